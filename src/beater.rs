@@ -1,0 +1,576 @@
+//! The `Beater`: one owned thread that proves this process is alive by
+//! rewriting its heartbeat file every interval.
+
+use std::cell::Cell;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, select};
+use parking_lot::Mutex;
+use serde_json::{Map, Value};
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::error::{Error, Result};
+use crate::state::{HeartbeatState, WriteOptions, write_atomic};
+use crate::systemd::Notifier;
+
+/// The beat interval when none is given.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+/// The shortest interval accepted; shorter ones are raised to it.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest interval accepted; longer ones are lowered to it.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Something whose health the beat thread watches alongside its own beats,
+/// such as a connection that may die. Closures `Fn() -> bool` are targets.
+pub trait Target: Send + Sync {
+    /// Whether the target is dead and needs recovering.
+    fn is_dead(&self) -> bool;
+}
+
+impl<F: Fn() -> bool + Send + Sync> Target for F {
+    fn is_dead(&self) -> bool {
+        self()
+    }
+}
+
+type Callback = Arc<dyn Fn() + Send + Sync>;
+type MissedCallback = Arc<dyn Fn(&Error) + Send + Sync>;
+type AlertCallback = Arc<dyn Fn(&str, &str, &Map<String, Value>) + Send + Sync>;
+
+/// Where beats go.
+#[derive(Debug, Clone)]
+enum Location {
+    /// Callbacks (and systemd) only.
+    Nowhere,
+    File(PathBuf),
+    /// `heartbeat-<pid>-<uuid>.json` in this directory.
+    Directory(PathBuf),
+}
+
+/// Configures a [`Beater`]. Get one from [`Beater::builder`].
+#[must_use]
+pub struct BeaterBuilder {
+    location: Location,
+    interval: Duration,
+    metadata: Map<String, Value>,
+    on_beat: Option<Callback>,
+    on_missed_beat: Option<MissedCallback>,
+    on_alert: Option<AlertCallback>,
+    target: Option<(Arc<dyn Target>, &'static str)>,
+    on_target_dead: Option<Callback>,
+    remove_on_stop: Option<bool>,
+    write: WriteOptions,
+    systemd: bool,
+    clock: SharedClock,
+}
+
+impl BeaterBuilder {
+    /// Beat into this file. Without a file or directory the beater writes
+    /// nothing and only runs its callbacks (and systemd notifications).
+    pub fn state_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.location = Location::File(path.into());
+        self
+    }
+
+    /// Beat into `heartbeat-<pid>-<uuid>.json` inside `dir`, the naming
+    /// directory scanners expect. The file is removed on a clean stop unless
+    /// [`remove_on_stop(false)`](Self::remove_on_stop) says otherwise.
+    pub fn directory(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.location = Location::Directory(dir.into());
+        self
+    }
+
+    /// Time between beats; default 10 s, clamped to [1 s, 300 s].
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// Adds one `metadata` entry to every beat.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Called on the beat thread after each successful beat.
+    pub fn on_beat(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_beat = Some(Arc::new(f));
+        self
+    }
+
+    /// Called on the beat thread with the error when a beat cannot be written.
+    /// The thread goes on beating.
+    pub fn on_missed_beat(mut self, f: impl Fn(&Error) + Send + Sync + 'static) -> Self {
+        self.on_missed_beat = Some(Arc::new(f));
+        self
+    }
+
+    /// Called as `(channel, message, context)` when the beater has something
+    /// to raise, e.g. `("heartbeat", "Target is dead, triggering recovery",
+    /// {"target": "<type name>"})`.
+    pub fn on_alert(mut self, f: impl Fn(&str, &str, &Map<String, Value>) + Send + Sync + 'static) -> Self {
+        self.on_alert = Some(Arc::new(f));
+        self
+    }
+
+    /// Checks `target` after every beat; while it is dead, each tick raises
+    /// an alert and then calls [`on_target_dead`](Self::on_target_dead).
+    pub fn target<T: Target + 'static>(mut self, target: T) -> Self {
+        self.target = Some((Arc::new(target), std::any::type_name::<T>()));
+        self
+    }
+
+    /// Called on the beat thread each tick the target is dead.
+    pub fn on_target_dead(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_target_dead = Some(Arc::new(f));
+        self
+    }
+
+    /// Remove the heartbeat file when the beater stops. Default: yes in
+    /// directory mode, no for an explicit state file.
+    pub fn remove_on_stop(mut self, remove: bool) -> Self {
+        self.remove_on_stop = Some(remove);
+        self
+    }
+
+    /// fsync the file and its directory on every beat. Default off.
+    pub fn fsync(mut self, fsync: bool) -> Self {
+        self.write.fsync = fsync;
+        self
+    }
+
+    /// The heartbeat file's permission bits. Default `0o644`.
+    pub fn file_mode(mut self, mode: u32) -> Self {
+        self.write.mode = mode;
+        self
+    }
+
+    /// Also notify systemd (`READY=1` once, `WATCHDOG=1` each beat) when
+    /// `$NOTIFY_SOCKET` is set. Nothing happens when it is not.
+    pub fn systemd(mut self, enable: bool) -> Self {
+        self.systemd = enable;
+        self
+    }
+
+    /// The clock beats are timed and stamped with. Default: the system clock.
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Checks the configuration and builds the beater (not yet started).
+    pub fn build(self) -> Result<Beater> {
+        let interval = clamp_interval(self.interval);
+        if interval != self.interval {
+            log::warn!(
+                "heartbeat interval {:?} is outside [{MIN_INTERVAL:?}, {MAX_INTERVAL:?}]; using {interval:?}",
+                self.interval
+            );
+        }
+        let state = HeartbeatState::for_current_process(self.clock.wall(), interval, self.metadata);
+        let (path, remove_default) = match &self.location {
+            Location::Nowhere => (None, false),
+            Location::File(p) => {
+                if p.is_dir() {
+                    return Err(Error::InvalidConfig(format!("state file {} is a directory", p.display())));
+                }
+                (Some(p.clone()), false)
+            }
+            Location::Directory(dir) => {
+                if dir.exists() && !dir.is_dir() {
+                    return Err(Error::InvalidConfig(format!("{} is not a directory", dir.display())));
+                }
+                let uuid = state.uuid.as_deref().expect("for_current_process sets a uuid");
+                (Some(dir.join(format!("heartbeat-{}-{uuid}.json", state.pid))), true)
+            }
+        };
+        let notifier = if self.systemd {
+            Notifier::from_env().map_err(|e| Error::InvalidConfig(format!("systemd notification: {e}")))?
+        } else {
+            None
+        };
+        Ok(Beater {
+            inner: Arc::new(Inner {
+                path,
+                interval,
+                write: self.write,
+                remove_on_stop: self.remove_on_stop.unwrap_or(remove_default),
+                on_beat: self.on_beat,
+                on_missed_beat: self.on_missed_beat,
+                on_alert: self.on_alert,
+                target: self.target,
+                on_target_dead: self.on_target_dead,
+                clock: self.clock,
+                writer: Mutex::new(Writer { state, buf: Vec::with_capacity(512), notifier }),
+                worker: Mutex::new(None),
+                stop_requested: AtomicBool::new(false),
+                shutdown: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+/// Clamps an interval into [`MIN_INTERVAL`, `MAX_INTERVAL`].
+pub fn clamp_interval(interval: Duration) -> Duration {
+    interval.clamp(MIN_INTERVAL, MAX_INTERVAL)
+}
+
+/// Writes this process's heartbeat every interval on a thread of its own.
+///
+/// ```
+/// use std::time::Duration;
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("app.heartbeat.json");
+/// let beater = heartbeat::Beater::builder()
+///     .state_file(&path)
+///     .interval(Duration::from_secs(10))
+///     .metadata("version", "1.2.3")
+///     .build()?;
+/// let guard = beater.start()?; // the first beat is on disk when this returns
+/// assert!(heartbeat::is_alive(&path, Duration::from_secs(30)));
+/// drop(guard); // stops the thread; so does `beater.stop()`
+/// # Ok::<(), heartbeat::Error>(())
+/// ```
+///
+/// Cloning a `Beater` gives another handle to the same beater.
+#[derive(Clone)]
+pub struct Beater {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: Option<PathBuf>,
+    interval: Duration,
+    write: WriteOptions,
+    remove_on_stop: bool,
+    on_beat: Option<Callback>,
+    on_missed_beat: Option<MissedCallback>,
+    on_alert: Option<AlertCallback>,
+    target: Option<(Arc<dyn Target>, &'static str)>,
+    on_target_dead: Option<Callback>,
+    clock: SharedClock,
+    /// The state template, the serialization buffer and the systemd socket:
+    /// one beat at a time, whether from the thread or from `beat()`.
+    writer: Mutex<Writer>,
+    /// The running thread. Held across `join` in `stop`, so start and stop
+    /// never interleave; the beat thread itself never takes it.
+    worker: Mutex<Option<Worker>>,
+    /// Set by `stop()` called from a callback on the beat thread.
+    stop_requested: AtomicBool,
+    shutdown: AtomicBool,
+}
+
+struct Writer {
+    state: HeartbeatState,
+    buf: Vec<u8>,
+    notifier: Option<Notifier>,
+}
+
+struct Worker {
+    stop: Sender<()>,
+    handle: JoinHandle<()>,
+}
+
+thread_local! {
+    /// The `Inner` whose beat thread this is (as an address), so that `stop`
+    /// and `start` called from a callback neither join nor lock themselves.
+    static BEAT_THREAD_OF: Cell<usize> = const { Cell::new(0) };
+}
+
+impl Beater {
+    /// A builder with the defaults: no file, 10 s interval, no callbacks.
+    pub fn builder() -> BeaterBuilder {
+        BeaterBuilder {
+            location: Location::Nowhere,
+            interval: DEFAULT_INTERVAL,
+            metadata: Map::new(),
+            on_beat: None,
+            on_missed_beat: None,
+            on_alert: None,
+            target: None,
+            on_target_dead: None,
+            remove_on_stop: None,
+            write: WriteOptions::default(),
+            systemd: false,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The heartbeat file, if the beater writes one (in directory mode, the
+    /// `heartbeat-<pid>-<uuid>.json` inside the directory).
+    pub fn state_file(&self) -> Option<&Path> {
+        self.inner.path.as_deref()
+    }
+
+    /// The interval in force, after clamping.
+    pub fn interval(&self) -> Duration {
+        self.inner.interval
+    }
+
+    /// This process run's uuid, as written in the file.
+    pub fn uuid(&self) -> String {
+        self.inner.writer.lock().state.uuid.clone().unwrap_or_default()
+    }
+
+    /// Replaces one `metadata` entry; the next beat carries it.
+    pub fn set_metadata(&self, key: impl Into<String>, value: impl Into<Value>) {
+        self.inner.writer.lock().state.metadata.insert(key.into(), value.into());
+    }
+
+    /// Starts the beat thread. The first beat is made before this returns,
+    /// so the process is visible at once; a failure of that beat goes to
+    /// `on_missed_beat` like any other (call [`beat`](Self::beat) first to
+    /// fail fast instead).
+    ///
+    /// The returned guard stops the thread when dropped, also while a panic
+    /// unwinds. Errors with [`Error::AlreadyRunning`] if the thread runs.
+    pub fn start(&self) -> Result<BeatGuard> {
+        if self.on_beat_thread() {
+            return Err(Error::AlreadyRunning);
+        }
+        let mut worker = self.inner.worker.lock();
+        if let Some(w) = worker.take() {
+            if !w.handle.is_finished() {
+                *worker = Some(w);
+                return Err(Error::AlreadyRunning);
+            }
+            // It stopped itself from a callback: reap it and start afresh.
+            let _ = w.handle.join();
+        }
+        self.inner.stop_requested.store(false, Ordering::SeqCst);
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+        let (first_tx, first_rx) = crossbeam_channel::bounded(1);
+        let inner = Arc::clone(&self.inner);
+        let handle = thread::Builder::new()
+            .name("heartbeat-beater".into())
+            .spawn(move || inner.run(&stop_rx, first_tx))?;
+        // Returns once the first beat is made (or the thread is gone).
+        let _ = first_rx.recv();
+        *worker = Some(Worker { stop: stop_tx, handle });
+        Ok(BeatGuard { beater: self.clone() })
+    }
+
+    /// Stops the beat thread and waits for it to finish its current beat;
+    /// never waits out an interval. With `remove_on_stop`, the file is gone
+    /// when this returns. Safe to call any number of times, and when never
+    /// started. Called from one of this beater's callbacks, it asks the
+    /// thread to stop once the callback returns.
+    pub fn stop(&self) {
+        if self.on_beat_thread() {
+            self.inner.stop_requested.store(true, Ordering::SeqCst);
+            return;
+        }
+        let mut worker = self.inner.worker.lock();
+        if let Some(w) = worker.take() {
+            let _ = w.stop.try_send(());
+            if w.handle.join().is_err() {
+                log::error!("heartbeat beat thread panicked");
+            }
+        }
+    }
+
+    /// Sets the shutdown flag ([`is_shutdown`](Self::is_shutdown)) and stops.
+    pub fn shutdown(&self) {
+        log::info!("heartbeat shutdown requested");
+        self.inner.shutdown.store(true, Ordering::SeqCst);
+        self.stop();
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called: other code can tell
+    /// an intentional stop from a failure.
+    pub fn is_shutdown(&self) -> bool {
+        self.inner.shutdown.load(Ordering::SeqCst)
+    }
+
+    /// Whether the beat thread is running.
+    pub fn is_running(&self) -> bool {
+        if self.on_beat_thread() {
+            return !self.inner.stop_requested.load(Ordering::SeqCst);
+        }
+        self.inner.worker.lock().as_ref().is_some_and(|w| !w.handle.is_finished())
+    }
+
+    /// Writes a beat now, on the calling thread, whether or not the thread
+    /// runs. Callbacks are not called; the error is returned instead.
+    /// Without a state file this only notifies systemd (when enabled).
+    pub fn beat(&self) -> Result<()> {
+        self.inner.write_beat()
+    }
+
+    fn on_beat_thread(&self) -> bool {
+        BEAT_THREAD_OF.with(Cell::get) == Arc::as_ptr(&self.inner) as usize
+    }
+}
+
+impl fmt::Debug for Beater {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Beater")
+            .field("state_file", &self.inner.path)
+            .field("interval", &self.inner.interval)
+            .field("running", &self.is_running())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inner {
+    fn run(self: &Arc<Self>, stop: &Receiver<()>, first_beat: Sender<()>) {
+        BEAT_THREAD_OF.with(|c| c.set(Arc::as_ptr(self) as usize));
+        let changes = self.clock.changes();
+        let mut next = self.clock.now();
+        let mut first_beat = Some(first_beat);
+        loop {
+            let now = self.clock.now();
+            if now >= next {
+                self.tick();
+                // A fixed grid, so beats do not drift; after a long stall
+                // (suspend, SIGSTOP) resume from now rather than catch up.
+                next += self.interval;
+                if next <= now {
+                    next = now + self.interval;
+                }
+                if let Some(tx) = first_beat.take() {
+                    let _ = tx.send(());
+                }
+            }
+            if self.stop_requested.load(Ordering::SeqCst) || self.shutdown.load(Ordering::SeqCst) {
+                break;
+            }
+            let wait = next.saturating_duration_since(self.clock.now());
+            select! {
+                recv(stop) -> _ => break,
+                recv(changes) -> _ => {}
+                default(wait) => {}
+            }
+        }
+        self.finish();
+    }
+
+    /// One beat: write, notify, run the callbacks, check the target.
+    fn tick(&self) {
+        match self.write_beat() {
+            Ok(()) => {
+                if let Some(f) = &self.on_beat {
+                    contained("on_beat", || f());
+                }
+            }
+            Err(e) => {
+                log::warn!("missed heartbeat: {e}");
+                if let Some(f) = &self.on_missed_beat {
+                    contained("on_missed_beat", || f(&e));
+                }
+            }
+        }
+        let Some((target, name)) = &self.target else { return };
+        if contained("target is_dead", || target.is_dead()) != Some(true) {
+            return;
+        }
+        log::warn!("heartbeat target {name} is dead");
+        if let Some(f) = &self.on_alert {
+            let mut context = Map::new();
+            context.insert("target".into(), Value::from(*name));
+            contained("on_alert", || f("heartbeat", "Target is dead, triggering recovery", &context));
+        }
+        if let Some(f) = &self.on_target_dead {
+            contained("on_target_dead", || f());
+        }
+    }
+
+    fn write_beat(&self) -> Result<()> {
+        let mut guard = self.writer.lock();
+        let w = &mut *guard;
+        if let Some(path) = &self.path {
+            w.state.last_beat = self.clock.wall();
+            w.buf.clear();
+            w.state.write_json(&mut w.buf);
+            write_atomic(path, &w.buf, self.write)?;
+        }
+        if let Some(n) = &mut w.notifier
+            && let Err(e) = n.beat()
+        {
+            log::warn!("systemd notification failed: {e}");
+        }
+        Ok(())
+    }
+
+    /// Runs on the beat thread as it ends.
+    fn finish(&self) {
+        let mut w = self.writer.lock();
+        if let Some(n) = &mut w.notifier
+            && let Err(e) = n.stopping()
+        {
+            log::warn!("systemd notification failed: {e}");
+        }
+        if self.remove_on_stop
+            && let Some(path) = &self.path
+            && let Err(e) = std::fs::remove_file(path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            log::warn!("cannot remove heartbeat file {}: {e}", path.display());
+        }
+    }
+}
+
+/// Runs a user callback, containing and logging a panic.
+fn contained<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => Some(r),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(non-string panic)");
+            log::error!("heartbeat {what} callback panicked: {msg}");
+            None
+        }
+    }
+}
+
+/// Stops the [`Beater`] when dropped, including during a panic's unwinding.
+#[must_use = "dropping the guard stops the beat thread at once"]
+#[derive(Debug)]
+pub struct BeatGuard {
+    beater: Beater,
+}
+
+impl BeatGuard {
+    /// The beater this guard keeps running.
+    pub fn beater(&self) -> &Beater {
+        &self.beater
+    }
+}
+
+impl Drop for BeatGuard {
+    fn drop(&mut self) {
+        self.beater.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_are_clamped_as_in_the_seed() {
+        assert_eq!(clamp_interval(Duration::from_millis(100)), Duration::from_secs(1));
+        assert_eq!(clamp_interval(Duration::from_secs(1000)), Duration::from_secs(300));
+        assert_eq!(clamp_interval(Duration::from_secs(10)), Duration::from_secs(10));
+        let b = Beater::builder().interval(Duration::from_millis(100)).build().unwrap();
+        assert_eq!(b.interval(), Duration::from_secs(1));
+        let b = Beater::builder().interval(Duration::from_secs(1000)).build().unwrap();
+        assert_eq!(b.interval(), Duration::from_secs(300));
+        assert_eq!(Beater::builder().build().unwrap().interval(), DEFAULT_INTERVAL);
+    }
+
+    #[test]
+    fn contained_returns_none_on_panic() {
+        assert_eq!(contained("t", || 5), Some(5));
+        assert_eq!(contained("t", || -> i32 { panic!("boom") }), None);
+    }
+}

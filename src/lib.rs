@@ -1,0 +1,66 @@
+//! Tell whether processes, sessions and network peers are still alive.
+//!
+//! `heartbeat` is synchronous: dedicated OS threads do the work, they talk
+//! over crossbeam channels, and every thread has an owner that stops and
+//! joins it. No async runtime.
+//!
+//! This release has the first part: **heartbeat files**. A process proves it
+//! is alive by rewriting a small JSON file every interval ([`Beater`]);
+//! anyone can read that file and judge its age ([`is_alive`], [`age`],
+//! [`read_state`]).
+//!
+//! ```
+//! use std::time::Duration;
+//! use heartbeat::Beater;
+//!
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let path = dir.path().join("worker.json");
+//! let beater = Beater::builder()
+//!     .state_file(&path)
+//!     .interval(Duration::from_secs(5))
+//!     .metadata("role", "worker")
+//!     .on_missed_beat(|err| eprintln!("could not beat: {err}"))
+//!     .build()?;
+//! let _guard = beater.start()?;
+//!
+//! // Elsewhere, perhaps in another process:
+//! let state = heartbeat::read_state(&path)?;
+//! assert_eq!(state.pid, i64::from(std::process::id()));
+//! assert_eq!(state.metadata["role"], "worker");
+//! assert!(heartbeat::is_alive(&path, Duration::from_secs(15)));
+//! # Ok::<(), heartbeat::Error>(())
+//! ```
+//!
+//! # Time
+//! Intervals and deadlines use the monotonic clock; wall-clock time appears
+//! only in the files other processes read. Both come from a [`Clock`], so
+//! tests drive time with a [`ManualClock`] instead of sleeping.
+//!
+//! # Files
+//! Writes are atomic (an exclusively created temporary file with an
+//! unpredictable name, then a rename), so readers never see half a file.
+//! The schema is described in the [`HeartbeatState`] docs and the README.
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+
+mod beater;
+mod clock;
+mod error;
+pub mod process;
+mod random;
+mod state;
+mod systemd;
+
+pub use crate::{
+    beater::{
+        BeatGuard, Beater, BeaterBuilder, DEFAULT_INTERVAL, MAX_INTERVAL, MIN_INTERVAL, Target,
+        clamp_interval,
+    },
+    clock::{Clock, ManualClock, SharedClock, SystemClock},
+    error::{Error, Result},
+    state::{
+        DEFAULT_FILE_MODE, HeartbeatState, SCHEMA_VERSION, SKEW_TOLERANCE, WriteOptions, age,
+        format_timestamp, is_alive, is_alive_at, parse_timestamp, read_state, write_atomic, write_state,
+    },
+    systemd::Notifier,
+};
