@@ -1,0 +1,190 @@
+//! `heartbeat beat`: keep a heartbeat file fresh until told to stop, or for
+//! as long as a wrapped command runs.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, ExitStatus};
+use std::time::Duration;
+
+use clap::Args;
+use heartbeat::{Beater, process};
+use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+/// Keep a heartbeat file fresh until SIGINT/SIGTERM, or while COMMAND runs.
+///
+/// With a COMMAND, runs it as a child, beats while it lives, forwards SIGINT
+/// and SIGTERM to it, removes the file when it exits, and exits with its exit
+/// code (128+N when it was killed by signal N).
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  heartbeat beat /run/myapp/heartbeat.json --interval 5 --meta version=1.2
+  heartbeat beat /tmp/worker.json -- python3 worker.py --queue jobs
+  heartbeat beat --dir /run/myapp/wrappers --systemd
+
+Exit codes: 0 after a clean stop on SIGINT/SIGTERM; with a COMMAND, the
+command's own code, 128+N if a signal N killed it, 126 if it could not be
+run, 127 if it was not found, 125 if heartbeat itself failed; without one,
+1 if heartbeat failed. Bad arguments exit 2.")]
+pub struct BeatArgs {
+    /// The heartbeat file to write (parent directories are created).
+    #[arg(required_unless_present = "dir", conflicts_with = "dir")]
+    file: Option<PathBuf>,
+    /// Seconds between beats, clamped to [1, 300].
+    #[arg(long, value_name = "S", default_value = "10", value_parser = super::parse_seconds)]
+    interval: Duration,
+    /// Adds KEY=VALUE (a string) to the file's metadata; repeatable.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
+    meta: Vec<(String, String)>,
+    /// Write heartbeat-<pid>-<uuid>.json in DIR instead of FILE.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// fsync the file and its directory on every beat.
+    #[arg(long)]
+    fsync: bool,
+    /// Also send READY=1 and WATCHDOG=1 to $NOTIFY_SOCKET (honours $WATCHDOG_PID).
+    #[arg(long)]
+    systemd: bool,
+    /// The file's permission bits, in octal.
+    #[arg(long, value_name = "OCTAL", default_value = "644", value_parser = parse_mode)]
+    mode: u32,
+    /// Leave the file in place on exit instead of removing it.
+    #[arg(long)]
+    keep: bool,
+    /// The command to run and watch, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+fn parse_meta(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE with a non-empty KEY")),
+    }
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{s:?} is not an octal file mode such as 644"))
+}
+
+pub fn run(args: BeatArgs) -> ExitCode {
+    let wrapping = !args.command.is_empty();
+    let failed = |what: &dyn std::fmt::Display| {
+        eprintln!("heartbeat beat: {what}");
+        ExitCode::from(if wrapping { 125 } else { 1 })
+    };
+
+    let mut builder = Beater::builder()
+        .interval(args.interval)
+        .fsync(args.fsync)
+        .file_mode(args.mode)
+        .systemd(args.systemd)
+        .remove_on_stop(!args.keep);
+    builder = match (&args.file, &args.dir) {
+        (_, Some(dir)) => builder.directory(dir),
+        (Some(file), None) => builder.state_file(file),
+        (None, None) => unreachable!("clap requires FILE unless --dir"),
+    };
+    for (k, v) in &args.meta {
+        builder = builder.metadata(k, v.as_str());
+    }
+    let beater = match builder.build() {
+        Ok(b) => b,
+        Err(e) => return failed(&e),
+    };
+
+    // Registered before the child exists, so neither a signal nor the
+    // child's exit can slip by unseen.
+    let wanted: &[i32] = if wrapping { &[SIGINT, SIGTERM, SIGCHLD] } else { &[SIGINT, SIGTERM] };
+    let mut signals = match Signals::new(wanted) {
+        Ok(s) => s,
+        Err(e) => return failed(&format_args!("cannot handle signals: {e}")),
+    };
+    // Fail fast and clearly when the file cannot be written at all.
+    if let Err(e) = beater.beat() {
+        return failed(&e);
+    }
+    let guard = match beater.start() {
+        Ok(g) => g,
+        Err(e) => return failed(&e),
+    };
+    let path = beater.state_file().map_or_else(|| "(no file)".into(), |p| p.display().to_string());
+    log::info!("beating {path} every {:?}", beater.interval());
+
+    let code = if wrapping {
+        supervise(&args.command, &mut signals)
+    } else {
+        let sig = signals.forever().next();
+        log::info!("signal {sig:?} received; stopping");
+        ExitCode::SUCCESS
+    };
+    drop(guard); // stops the thread and removes the file unless --keep
+    code
+}
+
+/// Runs `command` to its end, forwarding SIGINT/SIGTERM, and returns its exit code.
+fn supervise(command: &[OsString], signals: &mut Signals) -> ExitCode {
+    let program = command[0].to_string_lossy().into_owned();
+    let mut child = match Command::new(&command[0]).args(&command[1..]).spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("heartbeat beat: cannot run {program}: {e}");
+            return ExitCode::from(if e.kind() == io::ErrorKind::NotFound { 127 } else { 126 });
+        }
+    };
+    log::info!("running {program} as pid {}", child.id());
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return exit_code_of(status),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("heartbeat beat: cannot wait for {program}: {e}");
+                return ExitCode::from(125);
+            }
+        }
+        // Blocks until a signal arrives; SIGCHLD wakes us when the child exits.
+        for sig in signals.wait() {
+            if sig == SIGCHLD {
+                continue;
+            }
+            // Only this thread reaps the child, so its pid is still its own here
+            // (at worst a zombie, which ignores the signal).
+            log::info!("forwarding signal {sig} to {program} (pid {})", child.id());
+            if let Err(e) = process::send_signal(child.id(), sig) {
+                log::warn!("cannot forward signal {sig} to pid {}: {e}", child.id());
+            }
+        }
+    }
+}
+
+/// The shell's convention: the exit code, or 128+N for death by signal N.
+fn exit_code_of(status: ExitStatus) -> ExitCode {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1)),
+        (None, Some(sig)) => ExitCode::from(u8::try_from(128 + sig).unwrap_or(255)),
+        (None, None) => ExitCode::from(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_and_mode_parse_or_say_why() {
+        assert_eq!(parse_meta("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert_eq!(parse_meta("k="), Ok(("k".into(), String::new())));
+        assert!(parse_meta("=v").is_err());
+        assert!(parse_meta("novalue").unwrap_err().contains("KEY=VALUE"));
+        assert_eq!(parse_mode("644"), Ok(0o644));
+        assert_eq!(parse_mode("0o600"), Ok(0o600));
+        assert!(parse_mode("999").is_err());
+        assert!(parse_mode("77777").is_err());
+    }
+}
