@@ -408,6 +408,13 @@ impl Beater {
     }
 }
 
+// A panic elsewhere cannot leave a Beater inconsistent: its locks do not
+// poison, every field they guard is valid between statements, and user
+// callbacks run under `catch_unwind`. So it may cross `catch_unwind`, as the
+// guard-on-unwind pattern needs.
+impl std::panic::UnwindSafe for Beater {}
+impl std::panic::RefUnwindSafe for Beater {}
+
 impl fmt::Debug for Beater {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Beater")
