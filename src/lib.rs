@@ -51,6 +51,11 @@ mod random;
 mod state;
 mod systemd;
 
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use crate::{
     beater::{
         BeatGuard, Beater, BeaterBuilder, DEFAULT_INTERVAL, MAX_INTERVAL, MIN_INTERVAL, Target,
@@ -59,8 +64,8 @@ pub use crate::{
     clock::{Clock, ManualClock, SharedClock, SystemClock},
     error::{Error, Result},
     state::{
-        DEFAULT_FILE_MODE, HeartbeatState, SCHEMA_VERSION, SKEW_TOLERANCE, WriteOptions, age,
-        format_timestamp, is_alive, is_alive_at, parse_timestamp, read_state, write_atomic, write_state,
+        DEFAULT_FILE_MODE, HeartbeatState, MAX_STATE_BYTES, SCHEMA_VERSION, SKEW_TOLERANCE, WriteOptions,
+        age, format_timestamp, is_alive, is_alive_at, parse_timestamp, read_state, write_atomic, write_state,
     },
     systemd::Notifier,
 };

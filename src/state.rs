@@ -398,13 +398,42 @@ fn create_temp(dir: &Path, name: &std::ffi::OsStr) -> io::Result<(File, PathBuf)
 /// Each failure is its own error, naming the path: [`Error::NotFound`],
 /// [`Error::Unreadable`], [`Error::NotJson`], [`Error::MissingField`],
 /// [`Error::InvalidField`].
+///
+/// Only regular files of at most [`MAX_STATE_BYTES`] are read: a FIFO, a
+/// device or a huge file planted at the path is `Unreadable`, never a hang
+/// or an unbounded allocation.
 pub fn read_state(path: impl AsRef<Path>) -> Result<HeartbeatState> {
     let path = path.as_ref();
-    let bytes = fs::read(path).map_err(|source| match source.kind() {
+    let bytes = read_bounded(path).map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => Error::NotFound { path: path.to_owned() },
         _ => Error::Unreadable { path: path.to_owned(), source },
     })?;
     HeartbeatState::from_json(&bytes, path)
+}
+
+/// The largest heartbeat file a reader accepts (1 MiB); real ones are ~400 bytes.
+pub const MAX_STATE_BYTES: u64 = 1 << 20;
+
+fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    // O_NONBLOCK: opening a FIFO must not wait for a writer.
+    let file = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let meta = file.metadata()?;
+    if meta.is_dir() {
+        return Err(io::Error::new(io::ErrorKind::IsADirectory, "it is a directory"));
+    }
+    if !meta.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut bytes = Vec::with_capacity(meta.len().min(MAX_STATE_BYTES) as usize + 1);
+    file.take(MAX_STATE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_STATE_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {MAX_STATE_BYTES} bytes"),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// How old the heartbeat file at `path` is at wall-clock time `now`.

@@ -89,3 +89,23 @@ fn other_writers_files_are_read() {
     assert_eq!(s.last_beat, parse_timestamp("2026-05-02T15:14:30Z").unwrap());
     assert_eq!(s.started_at, parse_timestamp("2026-05-02T15:00:00Z"));
 }
+
+#[test]
+fn hostile_paths_are_unreadable_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.json");
+    // A FIFO with no writer: a blocking open would wait forever.
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let err = read_state(&fifo).unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+
+    let huge = dir.path().join("huge.json");
+    let f = std::fs::File::create(&huge).unwrap();
+    f.set_len(heartbeat::MAX_STATE_BYTES + 1).unwrap();
+    let err = read_state(&huge).unwrap_err();
+    assert!(matches!(err, Error::Unreadable { .. }) && err.to_string().contains("larger than"), "{err}");
+
+    let err = read_state(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("directory"), "{err}");
+    assert!(matches!(read_state("/dev/zero"), Err(Error::Unreadable { .. })));
+}
