@@ -49,6 +49,7 @@ mod error;
 pub mod process;
 mod random;
 mod state;
+mod sys;
 mod systemd;
 
 /// The README's examples, compiled and run as doctests so they stay true.

@@ -1,8 +1,6 @@
 //! Process facts and probes: host name, process identity, signals.
 //!
-//! This is the crate's one module that calls `libc` directly; every `unsafe`
-//! block is here, each a single documented system call.
-#![allow(unsafe_code)]
+//! The system calls behind these live in the crate's private `sys` module.
 
 use std::io;
 
@@ -56,18 +54,7 @@ pub fn boot_id() -> Option<String> {
 
 /// This machine's host name (`gethostname(2)`); `"localhost"` if it cannot be had.
 pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the pointer and length describe `buf`, which outlives the call;
-    // gethostname writes at most `len` bytes into it.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "localhost".to_owned();
-    }
-    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    match String::from_utf8_lossy(&buf[..len]).into_owned() {
-        name if name.is_empty() => "localhost".to_owned(),
-        name => name,
-    }
+    crate::sys::gethostname().filter(|name| !name.is_empty()).unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// Sends `signal` (e.g. `libc::SIGTERM`) to process `pid`.
@@ -79,8 +66,7 @@ pub fn send_signal(pid: u32, signal: i32) -> io::Result<()> {
         .ok()
         .filter(|&p| p > 0)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("bad pid {pid}")))?;
-    // SAFETY: kill(2) takes plain integers and has no memory effects.
-    if unsafe { libc::kill(pid, signal) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    crate::sys::kill(pid, signal)
 }
 
 /// Whether a process with this PID exists, by `kill(pid, 0)`: `ESRCH` means
@@ -91,11 +77,10 @@ pub fn pid_alive(pid: i64) -> bool {
     if pid <= 0 {
         return false;
     }
-    // SAFETY: signal 0 only checks for existence and permission; no memory effects.
-    if unsafe { libc::kill(pid, 0) } == 0 {
-        return true;
+    match crate::sys::kill(pid, 0) {
+        Ok(()) => true,
+        Err(e) => e.raw_os_error() == Some(libc::EPERM),
     }
-    io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use heartbeat::{Error, age, is_alive, is_alive_at, parse_timestamp, read_state};
+use heartbeat::{Error, WriteOptions, age, is_alive, is_alive_at, parse_timestamp, read_state, write_atomic};
 
 fn write(dir: &Path, name: &str, contents: &str) -> std::path::PathBuf {
     let path = dir.join(name);
@@ -108,4 +108,36 @@ fn hostile_paths_are_unreadable_not_a_hang() {
     let err = read_state(dir.path()).unwrap_err();
     assert!(err.to_string().contains("directory"), "{err}");
     assert!(matches!(read_state("/dev/zero"), Err(Error::Unreadable { .. })));
+}
+
+#[test]
+fn replacing_swaps_files_but_never_moves_links_or_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let fast = WriteOptions::default();
+    let durable = WriteOptions { fsync: true, ..fast };
+    let file = dir.path().join("hb.json");
+    for (i, options) in [fast, fast, durable, fast].into_iter().enumerate() {
+        write_atomic(&file, format!("beat {i}").as_bytes(), options).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("beat {i}"));
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "the old file is gone, no temp left");
+
+    // A symlink at the target is replaced, as rename(2) does; what it points to is untouched.
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    let link = dir.path().join("link.json");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    write_atomic(&link, b"new", fast).unwrap();
+    assert!(link.symlink_metadata().unwrap().is_file());
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+
+    // A directory at the target is an error, and stays where and what it was.
+    let sub = dir.path().join("sub.json");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(sub.join("inside"), "kept").unwrap();
+    let err = write_atomic(&sub, b"new", fast).unwrap_err();
+    assert!(matches!(err, Error::Write { .. }), "{err:?}");
+    assert_eq!(std::fs::read_to_string(sub.join("inside")).unwrap(), "kept");
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 4, "no temp file left behind: {names:?}");
 }

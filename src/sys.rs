@@ -1,0 +1,41 @@
+//! The crate's raw system calls, each a single documented `unsafe` block.
+//! Everything else in the crate is safe code.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::path::Path;
+
+/// `gethostname(2)`, or `None` if it fails.
+pub(crate) fn gethostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the pointer and length describe `buf`, which outlives the call;
+    // gethostname writes at most `len` bytes into it.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..len]).into_owned())
+}
+
+/// `kill(2)`: `Ok` if delivered (or, for signal 0, if the process exists and
+/// may be signalled).
+pub(crate) fn kill(pid: libc::pid_t, signal: i32) -> io::Result<()> {
+    // SAFETY: kill(2) takes plain integers and has no memory effects.
+    if unsafe { libc::kill(pid, signal) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// `renameat2(a, b, RENAME_EXCHANGE)`: atomically swaps two existing paths.
+/// Fails with `EINVAL` where the file system does not support it.
+#[cfg(target_os = "linux")]
+pub(crate) fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput);
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: both pointers are NUL-terminated strings that live across the call.
+    let rc = unsafe {
+        libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE)
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
