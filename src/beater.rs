@@ -329,30 +329,40 @@ impl Beater {
     /// fail fast instead).
     ///
     /// The returned guard stops the thread when dropped, also while a panic
-    /// unwinds. Errors with [`Error::AlreadyRunning`] if the thread runs.
+    /// unwinds. Errors with [`Error::AlreadyRunning`] if the thread runs, and
+    /// [`Error::ShutDown`] after [`shutdown`](Self::shutdown).
     pub fn start(&self) -> Result<BeatGuard> {
         if self.on_beat_thread() {
             return Err(Error::AlreadyRunning);
         }
-        let mut worker = self.inner.worker.lock();
-        if let Some(w) = worker.take() {
-            if !w.handle.is_finished() {
-                *worker = Some(w);
-                return Err(Error::AlreadyRunning);
+        let first_beat = {
+            let mut worker = self.inner.worker.lock();
+            if self.is_shutdown() {
+                return Err(Error::ShutDown);
             }
-            // It stopped itself from a callback: reap it and start afresh.
-            let _ = w.handle.join();
-        }
-        self.inner.stop_requested.store(false, Ordering::SeqCst);
-        let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
-        let (first_tx, first_rx) = crossbeam_channel::bounded(1);
-        let inner = Arc::clone(&self.inner);
-        let handle = thread::Builder::new()
-            .name("heartbeat-beater".into())
-            .spawn(move || inner.run(&stop_rx, first_tx))?;
-        // Returns once the first beat is made (or the thread is gone).
-        let _ = first_rx.recv();
-        *worker = Some(Worker { stop: stop_tx, handle });
+            if let Some(w) = worker.take() {
+                if !w.handle.is_finished() {
+                    *worker = Some(w);
+                    return Err(Error::AlreadyRunning);
+                }
+                // It stopped itself from a callback: reap it and start afresh.
+                let _ = w.handle.join();
+            }
+            self.inner.stop_requested.store(false, Ordering::SeqCst);
+            self.inner.writer.lock().state.started_at = Some(self.inner.clock.wall());
+            let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+            let (first_tx, first_rx) = crossbeam_channel::bounded(1);
+            let inner = Arc::clone(&self.inner);
+            let handle = thread::Builder::new()
+                .name("heartbeat-beater".into())
+                .spawn(move || inner.run(&stop_rx, first_tx))?;
+            *worker = Some(Worker { stop: stop_tx, handle });
+            first_rx
+        };
+        // Once the first beat is written (callbacks may still be running), or
+        // the thread was stopped before it: never under the lock, so `stop`
+        // and `is_running` from other threads stay prompt.
+        let _ = first_beat.recv();
         Ok(BeatGuard { beater: self.clone() })
     }
 
@@ -376,6 +386,7 @@ impl Beater {
     }
 
     /// Sets the shutdown flag ([`is_shutdown`](Self::is_shutdown)) and stops.
+    /// A beater that was shut down does not start again.
     pub fn shutdown(&self) {
         log::info!("heartbeat shutdown requested");
         self.inner.shutdown.store(true, Ordering::SeqCst);
@@ -434,15 +445,16 @@ impl Inner {
         loop {
             let now = self.clock.now();
             if now >= next {
-                self.tick();
+                let written = self.write_beat();
+                if let Some(tx) = first_beat.take() {
+                    let _ = tx.send(());
+                }
+                self.after_beat(written);
                 // A fixed grid, so beats do not drift; after a long stall
                 // (suspend, SIGSTOP) resume from now rather than catch up.
                 next += self.interval;
                 if next <= now {
                     next = now + self.interval;
-                }
-                if let Some(tx) = first_beat.take() {
-                    let _ = tx.send(());
                 }
             }
             if self.stop_requested.load(Ordering::SeqCst) || self.shutdown.load(Ordering::SeqCst) {
@@ -458,9 +470,9 @@ impl Inner {
         self.finish();
     }
 
-    /// One beat: write, notify, run the callbacks, check the target.
-    fn tick(&self) {
-        match self.write_beat() {
+    /// What follows a beat's write: its callbacks, then the target check.
+    fn after_beat(&self, written: Result<()>) {
+        match written {
             Ok(()) => {
                 if let Some(f) = &self.on_beat {
                     contained("on_beat", || f());
@@ -505,14 +517,9 @@ impl Inner {
         Ok(())
     }
 
-    /// Runs on the beat thread as it ends.
+    /// Runs on the beat thread as it ends. No `STOPPING=1` to systemd: a
+    /// stopped beater says nothing about whether the service is stopping.
     fn finish(&self) {
-        let mut w = self.writer.lock();
-        if let Some(n) = &mut w.notifier
-            && let Err(e) = n.stopping()
-        {
-            log::warn!("systemd notification failed: {e}");
-        }
         if self.remove_on_stop
             && let Some(path) = &self.path
             && let Err(e) = std::fs::remove_file(path)

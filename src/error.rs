@@ -67,6 +67,8 @@ pub enum Error {
     },
     /// `start` was called on a [`Beater`](crate::Beater) that is already running.
     AlreadyRunning,
+    /// `start` was called on a [`Beater`](crate::Beater) after its `shutdown`.
+    ShutDown,
     /// A configuration value was rejected.
     InvalidConfig(String),
 }
@@ -98,6 +100,7 @@ impl fmt::Display for Error {
                 ahead.as_secs_f64()
             ),
             Error::AlreadyRunning => f.write_str("heartbeat is already running"),
+            Error::ShutDown => f.write_str("heartbeat was shut down and does not start again"),
             Error::InvalidConfig(msg) => write!(f, "invalid configuration: {msg}"),
         }
     }

@@ -275,27 +275,43 @@ fn quote(s: &str) -> String {
 
 /// Formats `t` as RFC 3339 UTC with microseconds and a `+00:00` offset,
 /// e.g. `2026-11-23T22:05:10.123456+00:00` (what Python's `isoformat()` writes).
+///
+/// Instants outside years 0000 to 9999, which RFC 3339 cannot express and no
+/// real clock reads, are written as the nearest end of that range.
 pub fn format_timestamp(t: SystemTime) -> String {
     const FORMAT: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]+00:00"
     );
-    OffsetDateTime::from(t)
-        .to_offset(UtcOffset::UTC)
-        .format(FORMAT)
-        .expect("every SystemTime in range formats")
+    let utc = to_utc(t).unwrap_or_else(|| if t > SystemTime::UNIX_EPOCH { RFC3339_MAX } else { RFC3339_MIN });
+    utc.format(FORMAT).expect("a UTC instant in years 0000-9999 always formats")
+}
+
+const RFC3339_MIN: OffsetDateTime = time::macros::datetime!(0000-01-01 00:00:00 UTC);
+const RFC3339_MAX: OffsetDateTime = time::macros::datetime!(9999-12-31 23:59:59.999_999_999 UTC);
+
+/// `t` in UTC, if it lies within what RFC 3339 can express.
+fn to_utc(t: SystemTime) -> Option<OffsetDateTime> {
+    let utc = match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => OffsetDateTime::UNIX_EPOCH.checked_add(after.try_into().ok()?),
+        Err(before) => OffsetDateTime::UNIX_EPOCH.checked_sub(before.duration().try_into().ok()?),
+    }?;
+    (RFC3339_MIN..=RFC3339_MAX).contains(&utc).then_some(utc)
 }
 
 /// Parses an RFC 3339 timestamp with any offset (`Z`, `+00:00`, `-05:00`, ...).
 /// A timestamp with no offset at all (`2026-05-02T15:14:30`), as naive
-/// writers produce, is read as UTC. `None` for anything else.
+/// writers produce, is read as UTC. `None` for anything else, including
+/// instants whose UTC date falls outside years 0000 to 9999.
 pub fn parse_timestamp(s: &str) -> Option<SystemTime> {
     const NAIVE: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second][optional [.[subsecond]]]"
     );
     let parsed = OffsetDateTime::parse(s, &Rfc3339)
         .or_else(|_| PrimitiveDateTime::parse(s, NAIVE).map(PrimitiveDateTime::assume_utc))
-        .ok()?;
-    Some(parsed.into())
+        .ok()?
+        .checked_to_offset(UtcOffset::UTC)?;
+    let t = SystemTime::from(parsed);
+    to_utc(t).map(|_| t)
 }
 
 /// How a heartbeat file is written.
@@ -387,12 +403,17 @@ fn replace(tmp: &Path, path: &Path, durable: bool) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     if !durable && fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file()) {
         match crate::sys::rename_exchange(tmp, path) {
-            Ok(()) => {
-                if let Err(e) = fs::remove_file(tmp) {
-                    log::warn!("cannot remove the previous heartbeat, left at {}: {e}", tmp.display());
+            Ok(()) => match fs::symlink_metadata(tmp) {
+                Ok(m) if m.file_type().is_file() => {
+                    if let Err(e) = fs::remove_file(tmp) {
+                        log::warn!("cannot remove the previous heartbeat, left at {}: {e}", tmp.display());
+                    }
+                    return Ok(());
                 }
-                return Ok(());
-            }
+                // `path` became something else since the check: put it back
+                // and let rename report on it as it would have.
+                _ => crate::sys::rename_exchange(tmp, path)?,
+            },
             // Unsupported here, or `path` changed since the check: a plain rename decides.
             Err(e) => log::debug!("exchange over {} failed ({e}); renaming", path.display()),
         }
@@ -401,28 +422,31 @@ fn replace(tmp: &Path, path: &Path, durable: bool) -> io::Result<()> {
 }
 
 /// Creates `.<name>.<random>.tmp` in `dir`, exclusively, retrying on the
-/// (astronomically unlikely, or planted) name collision.
+/// (astronomically unlikely, or planted) name collision. `<name>` is cut to
+/// 200 bytes so the temporary name fits wherever the target's name does.
 fn create_temp(dir: &Path, name: &std::ffi::OsStr) -> io::Result<(File, PathBuf)> {
+    use std::os::unix::ffi::OsStrExt;
+    let stem = &name.as_bytes()[..name.len().min(200)];
     let mut last = None;
     for _ in 0..8 {
-        let mut tmp_name = std::ffi::OsString::with_capacity(name.len() + 22);
-        tmp_name.push(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".{:016x}.tmp", crate::random::u64()));
-        let tmp = dir.join(tmp_name);
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-        {
+        let mut tmp_name = Vec::with_capacity(stem.len() + 22);
+        tmp_name.push(b'.');
+        tmp_name.extend_from_slice(stem);
+        tmp_name.extend_from_slice(format!(".{:016x}.tmp", crate::random::u64()).as_bytes());
+        let tmp = dir.join(std::ffi::OsStr::from_bytes(&tmp_name));
+        match create_exclusive(&tmp) {
             Ok(f) => return Ok((f, tmp)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
             Err(e) => return Err(e),
         }
     }
     Err(last.expect("the loop ran"))
+}
+
+/// Creates `path` for writing, failing if anything, a symlink included, is
+/// already there (`O_CREAT | O_EXCL | O_NOFOLLOW`).
+fn create_exclusive(path: &Path) -> io::Result<File> {
+    OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path)
 }
 
 /// Reads and parses the heartbeat file at `path`.
@@ -511,6 +535,38 @@ mod tests {
         let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
         assert_eq!(format_timestamp(t), "2023-11-14T22:13:20.123456+00:00");
         assert_eq!(format_timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000000+00:00");
+        // Out of RFC 3339's range: the nearest end, never a panic.
+        let far = UNIX_EPOCH + Duration::from_secs(400_000_000_000);
+        assert_eq!(format_timestamp(far), "9999-12-31T23:59:59.999999+00:00");
+        let before = UNIX_EPOCH - Duration::from_secs(100_000_000_000);
+        assert_eq!(format_timestamp(before), "0000-01-01T00:00:00.000000+00:00");
+        let edge = parse_timestamp("9999-12-31T23:59:59.999999Z").unwrap();
+        assert_eq!(format_timestamp(edge), "9999-12-31T23:59:59.999999+00:00");
+    }
+
+    #[test]
+    fn exclusive_creation_never_follows_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "precious").unwrap();
+        let trap = dir.path().join("trap");
+        std::os::unix::fs::symlink(&victim, &trap).unwrap();
+        assert_eq!(create_exclusive(&trap).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        assert_eq!(create_exclusive(&dangling).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+        assert!(!dir.path().join("nowhere").exists());
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+    }
+
+    #[test]
+    fn temp_names_fit_where_the_target_name_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "h".repeat(250) + ".json"; // 255 bytes: NAME_MAX on Linux
+        let path = dir.path().join(&long);
+        write_atomic(&path, b"{}", WriteOptions::default()).unwrap();
+        write_atomic(&path, b"{}", WriteOptions::default()).unwrap();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]
@@ -521,7 +577,15 @@ mod tests {
         assert_eq!(at("2026-05-02T10:14:30-05:00"), utc);
         assert_eq!(at("2026-05-02T15:14:30"), utc);
         assert_eq!(at("2026-05-02T15:14:30.5Z"), utc + Duration::from_millis(500));
-        for bad in ["", "yesterday", "2026-05-02", "2026-13-02T15:14:30Z", "2026-05-02T15:14:30+0530x"] {
+        for bad in [
+            "",
+            "yesterday",
+            "2026-05-02",
+            "2026-13-02T15:14:30Z",
+            "2026-05-02T15:14:30+0530x",
+            "9999-12-31T23:59:59-23:59", // year 10000 in UTC
+            "0000-01-01T00:00:00+01:00", // year -1 in UTC
+        ] {
             assert_eq!(parse_timestamp(bad), None, "{bad:?}");
         }
     }

@@ -1,5 +1,6 @@
 //! systemd's notify protocol, the part a heartbeat needs: `READY=1` once,
-//! `WATCHDOG=1` per beat, `STOPPING=1` at the end (see `sd_notify(3)`).
+//! `WATCHDOG=1` per beat, and `STOPPING=1` for a process that is exiting
+//! (see `sd_notify(3)`).
 
 use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -62,7 +63,8 @@ impl Notifier {
         Ok(())
     }
 
-    /// Tells systemd the service is stopping.
+    /// Tells systemd the service is stopping. Only for a process on its way
+    /// out: systemd starts its stop timeout on receiving it.
     pub fn stopping(&mut self) -> io::Result<()> {
         self.send("STOPPING=1")
     }
