@@ -321,3 +321,89 @@ fn systemd_gets_ready_and_watchdog_and_stopping() {
     // Without NOTIFY_SOCKET, --systemd does nothing and nothing fails.
     assert_eq!(code(&run(&["beat", file.to_str().unwrap(), "--systemd", "--", "true"])), 0);
 }
+
+#[test]
+fn check_never_panics_on_hostile_files_or_paths() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let fresh = format_timestamp(SystemTime::now());
+    let cases = [
+        // A valid RFC 3339 time that is year 10000 in UTC.
+        (r#"{"pid": 1, "timestamp": "9999-12-31T23:59:59-23:59"}"#.to_owned(), 1, 3),
+        (format!(r#"{{"pid": 1, "timestamp": "{fresh}", "started_at": "9999-12-31T23:59:59-23:59"}}"#), 1, 3),
+        (format!(r#"{{"pid": 99999999999999, "timestamp": "{fresh}"}}"#), 0, 0),
+        (
+            format!(
+                r#"{{"pid": 1, "timestamp": "{fresh}", "metadata": {{"deep": {}}}}}"#,
+                "[".repeat(200) + &"]".repeat(200)
+            ),
+            // Past serde_json's nesting limit: corrupt, not a stack overflow.
+            1,
+            3,
+        ),
+    ];
+    for (i, (json, text_code, nagios_code)) in cases.iter().enumerate() {
+        let path = d.join(format!("{i}.json"));
+        std::fs::write(&path, json).unwrap();
+        let p = path.to_str().unwrap();
+        assert_eq!(code(&run(&["check", p])), *text_code, "{json}");
+        assert_eq!(code(&run(&["check", p, "--format", "nagios"])), *nagios_code, "{json}");
+        let out = run(&["check", p, "--format", "json"]);
+        assert_eq!(code(&out), *text_code, "{json}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str::<Value>(&stdout(&out)).unwrap();
+    }
+    // A path that is not UTF-8.
+    let odd = d.join(std::ffi::OsStr::from_bytes(b"\xff.json"));
+    let out = heartbeat().arg("check").arg(&odd).args(["--format", "json"]).output().unwrap();
+    assert_eq!(code(&out), 1, "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["status"], "missing");
+}
+
+#[test]
+fn check_output_stays_one_line_whatever_the_file_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("forged.json");
+    let json = serde_json::json!({
+        "pid": 1,
+        "hostname": "h\nHEARTBEAT OK - fake | age=0s;1;2;0",
+        "timestamp": format_timestamp(SystemTime::now() - Duration::from_secs(100)),
+    });
+    std::fs::write(&path, json.to_string()).unwrap();
+    for format in ["text", "nagios"] {
+        let out = run(&["check", path.to_str().unwrap(), "--format", format]);
+        assert_eq!(stdout(&out).lines().count(), 1, "{}", stdout(&out));
+        assert!(stdout(&out).contains("h\\nHEARTBEAT"), "{}", stdout(&out));
+    }
+}
+
+#[test]
+fn check_survives_a_closed_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file_aged(dir.path(), "fresh.json", 1.0);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = heartbeat().args(["check", path.to_str().unwrap()]).stdout(writer).status().unwrap();
+    assert_eq!(status.code(), Some(0), "the verdict, not a panic");
+}
+
+#[test]
+fn beat_stops_cleanly_on_sighup_and_forwards_it_to_a_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hup.json");
+    let mut hb = Running::spawn(heartbeat().args(["beat", file.to_str().unwrap()]));
+    wait_for(&file);
+    hb.signal(libc::SIGHUP);
+    assert_eq!(hb.wait().code(), Some(0));
+    assert!(!file.exists());
+
+    let ready = dir.path().join("ready");
+    let script = format!("trap 'exit 5' HUP; touch {}; while :; do sleep 0.02; done", ready.display());
+    let mut hb =
+        Running::spawn(heartbeat().args(["beat", file.to_str().unwrap(), "--", "sh", "-c", &script]));
+    wait_for(&ready);
+    hb.signal(libc::SIGHUP);
+    assert_eq!(hb.wait().code(), Some(5));
+    assert!(!file.exists());
+}

@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use clap::Args;
 use heartbeat::{Beater, process};
-use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 
-/// Keep a heartbeat file fresh until SIGINT/SIGTERM, or while COMMAND runs.
+/// Keep a heartbeat file fresh until SIGINT/SIGTERM/SIGHUP/SIGQUIT, or while COMMAND runs.
 ///
-/// With a COMMAND, runs it as a child, beats while it lives, forwards SIGINT
-/// and SIGTERM to it, removes the file when it exits, and exits with its exit
-/// code (128+N when it was killed by signal N).
+/// With a COMMAND, runs it as a child, beats while it lives, forwards SIGINT,
+/// SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to it, removes the file when
+/// it exits, and exits with its exit code (128+N when it was killed by signal N).
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Examples:
@@ -25,7 +25,7 @@ Examples:
   heartbeat beat /tmp/worker.json -- python3 worker.py --queue jobs
   heartbeat beat --dir /run/myapp/wrappers --systemd
 
-Exit codes: 0 after a clean stop on SIGINT/SIGTERM; with a COMMAND, the
+Exit codes: 0 after a clean stop on a signal; with a COMMAND, the
 command's own code, 128+N if a signal N killed it, 126 if it could not be
 run, 127 if it was not found, 125 if heartbeat itself failed; without one,
 1 if heartbeat failed. Bad arguments exit 2.")]
@@ -101,7 +101,13 @@ pub fn run(args: BeatArgs) -> ExitCode {
 
     // Registered before the child exists, so neither a signal nor the
     // child's exit can slip by unseen.
-    let wanted: &[i32] = if wrapping { &[SIGINT, SIGTERM, SIGCHLD] } else { &[SIGINT, SIGTERM] };
+    // Alone, any of these ends the beat cleanly (SIGHUP: the terminal went away);
+    // wrapping, they are the child's to act on.
+    let wanted: &[i32] = if wrapping {
+        &[SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCHLD]
+    } else {
+        &[SIGINT, SIGTERM, SIGHUP, SIGQUIT]
+    };
     let mut signals = match Signals::new(wanted) {
         Ok(s) => s,
         Err(e) => return failed(&format_args!("cannot handle signals: {e}")),
@@ -125,6 +131,18 @@ pub fn run(args: BeatArgs) -> ExitCode {
         ExitCode::SUCCESS
     };
     drop(guard); // stops the thread and removes the file unless --keep
+    if args.systemd {
+        // The process is on its way out: now systemd may start its stop timeout.
+        match heartbeat::Notifier::from_env() {
+            Ok(Some(mut n)) => {
+                if let Err(e) = n.stopping() {
+                    log::warn!("systemd notification failed: {e}");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => log::warn!("systemd notification failed: {e}"),
+        }
+    }
     code
 }
 

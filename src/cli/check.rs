@@ -1,5 +1,6 @@
 //! `heartbeat check`: judge a heartbeat file, for Docker, Kubernetes and Nagios.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -123,18 +124,24 @@ impl Verdict {
     }
 }
 
+/// Escapes control characters: the reason quotes the file (its host name,
+/// its path), and whoever wrote it must not be able to add lines to a probe's
+/// output, such as a forged Nagios `OK` line.
+fn one_line(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
 pub fn run(args: &CheckArgs) -> ExitCode {
     let verdict = Verdict::judge(&args.file, args.max_age, SystemTime::now());
     let alive = matches!(verdict, Verdict::Alive { .. });
-    let reason = verdict.reason(&args.file, args.max_age);
-    match args.format {
+    let reason = one_line(&verdict.reason(&args.file, args.max_age));
+    let (line, code) = match args.format {
         Format::Text => {
-            println!("{}: {reason}", if alive { "alive" } else { "not alive" });
-            ExitCode::from(u8::from(!alive))
+            (format!("{}: {reason}", if alive { "alive" } else { "not alive" }), u8::from(!alive))
         }
         Format::Json => {
             let out = json!({
-                "path": args.file,
+                "path": args.file.to_string_lossy(),
                 "alive": alive,
                 "status": verdict.name(),
                 "age_sec": verdict.age().map(|a| a.as_secs_f64()),
@@ -142,8 +149,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
                 "reason": reason,
                 "state": verdict.state(),
             });
-            println!("{out}");
-            ExitCode::from(u8::from(!alive))
+            (out.to_string(), u8::from(!alive))
         }
         Format::Nagios => {
             let warn_after = args.max_age.mul_f64(2.0 / 3.0);
@@ -164,8 +170,10 @@ pub fn run(args: &CheckArgs) -> ExitCode {
                     )
                 })
                 .unwrap_or_default();
-            println!("HEARTBEAT {label} - {reason}{perf}");
-            ExitCode::from(code)
+            (format!("HEARTBEAT {label} - {reason}{perf}"), code)
         }
-    }
+    };
+    // A closed stdout (`check ... | head -c0`) must not turn the verdict into a panic.
+    let _ = writeln!(std::io::stdout(), "{line}");
+    ExitCode::from(code)
 }
