@@ -3,14 +3,13 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, select};
+use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
 
@@ -18,6 +17,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::error::{Error, Result};
 use crate::state::{HeartbeatState, WriteOptions, write_atomic};
 use crate::systemd::Notifier;
+use crate::ticker::{Ticker, contained};
 
 /// The beat interval when none is given.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
@@ -439,32 +439,22 @@ impl fmt::Debug for Beater {
 impl Inner {
     fn run(self: &Arc<Self>, stop: &Receiver<()>, first_beat: Sender<()>) {
         BEAT_THREAD_OF.with(|c| c.set(Arc::as_ptr(self) as usize));
-        let changes = self.clock.changes();
-        let mut next = self.clock.now();
+        // A fixed grid, so beats do not drift; the first one at once.
+        let mut ticker = Ticker::new(self.clock.clone(), self.interval, Duration::ZERO);
         let mut first_beat = Some(first_beat);
         loop {
-            let now = self.clock.now();
-            if now >= next {
+            if ticker.due() {
                 let written = self.write_beat();
                 if let Some(tx) = first_beat.take() {
                     let _ = tx.send(());
                 }
                 self.after_beat(written);
-                // A fixed grid, so beats do not drift; after a long stall
-                // (suspend, SIGSTOP) resume from now rather than catch up.
-                next += self.interval;
-                if next <= now {
-                    next = now + self.interval;
-                }
             }
             if self.stop_requested.load(Ordering::SeqCst) || self.shutdown.load(Ordering::SeqCst) {
                 break;
             }
-            let wait = next.saturating_duration_since(self.clock.now());
-            select! {
-                recv(stop) -> _ => break,
-                recv(changes) -> _ => {}
-                default(wait) => {}
+            if !ticker.wait(stop) {
+                break;
             }
         }
         self.finish();
@@ -530,22 +520,6 @@ impl Inner {
     }
 }
 
-/// Runs a user callback, containing and logging a panic.
-fn contained<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => Some(r),
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("(non-string panic)");
-            log::error!("heartbeat {what} callback panicked: {msg}");
-            None
-        }
-    }
-}
-
 /// Stops the [`Beater`] when dropped, including during a panic's unwinding.
 #[must_use = "dropping the guard stops the beat thread at once"]
 #[derive(Debug)]
@@ -580,11 +554,5 @@ mod tests {
         let b = Beater::builder().interval(Duration::from_secs(1000)).build().unwrap();
         assert_eq!(b.interval(), Duration::from_secs(300));
         assert_eq!(Beater::builder().build().unwrap().interval(), DEFAULT_INTERVAL);
-    }
-
-    #[test]
-    fn contained_returns_none_on_panic() {
-        assert_eq!(contained("t", || 5), Some(5));
-        assert_eq!(contained("t", || -> i32 { panic!("boom") }), None);
     }
 }

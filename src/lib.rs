@@ -51,6 +51,7 @@ mod random;
 mod state;
 mod sys;
 mod systemd;
+mod ticker;
 
 /// The README's examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]
