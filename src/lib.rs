@@ -46,6 +46,7 @@
 mod beater;
 mod clock;
 mod error;
+mod monitor;
 pub mod process;
 mod random;
 mod state;
@@ -65,6 +66,10 @@ pub use crate::{
     },
     clock::{Clock, ManualClock, SharedClock, SystemClock},
     error::{Error, Result},
+    monitor::{
+        DEFAULT_CLIENT_INTERVAL, Detector, Event, HeartbeatClient, Monitor, MonitorBuilder, MonitorGuard,
+        PhiConfig, RegisterOptions, RemovalReason, SessionStatus, phi,
+    },
     state::{
         DEFAULT_FILE_MODE, HeartbeatState, MAX_STATE_BYTES, SCHEMA_VERSION, SKEW_TOLERANCE, WriteOptions,
         age, format_timestamp, is_alive, is_alive_at, parse_timestamp, read_state, write_atomic, write_state,

@@ -1,0 +1,861 @@
+//! The session monitor: sessions that must beat, warnings, timeouts.
+//!
+//! Sessions live in 64 shards, each behind its own lock: a beat hashes the id
+//! once, locks one shard and updates a timestamp. Deadlines sit in a per-shard
+//! heap that is re-armed lazily: a beat never touches it; a sweep pops only
+//! the entries that are due and, for a session that beat in the meantime,
+//! pushes its real deadline back. A sweep where nothing is due costs a peek
+//! per shard, however many sessions there are.
+//!
+//! Decisions are made in [`Monitor::sweep`], which a sweeper thread
+//! ([`Monitor::start`]) calls every `check_interval`, and which tests call
+//! directly with a manual clock.
+
+mod client;
+mod phi;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use hashbrown::HashTable;
+use parking_lot::{Mutex, RwLock};
+
+pub use self::client::{DEFAULT_CLIENT_INTERVAL, HeartbeatClient};
+use self::phi::PhiWindow;
+pub use self::phi::{PhiConfig, phi};
+use crate::clock::{SharedClock, SystemClock};
+use crate::error::{Error, Result};
+use crate::state::format_timestamp;
+use crate::ticker::{Ticker, contained};
+
+const SHARDS: usize = 64;
+
+/// How a monitor decides that a silent session is in trouble, and dead.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Detector {
+    /// The seed's rule: at each sweep, a session silent for longer than
+    /// `timeout` misses a beat; the first miss warns; `max_missed_beats`
+    /// misses time it out.
+    Fixed,
+    /// Phi accrual: a sweep that finds phi at or above `warn_threshold`
+    /// counts a miss (the first one warns); phi at or above `threshold`
+    /// times the session out.
+    Phi(PhiConfig),
+}
+
+/// Something that happened to a session. Sent on [`Monitor::events`], in
+/// order for each session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The session's first missed beat: it may be dying.
+    Warning {
+        /// The session.
+        session_id: String,
+        /// Missed beats so far (1 for the first warning).
+        missed_beats: u32,
+        /// The session's phi at the sweep, with the phi detector.
+        phi: Option<f64>,
+    },
+    /// A warned session beat again.
+    Recovered {
+        /// The session.
+        session_id: String,
+    },
+    /// The session missed `max_missed_beats` beats (or crossed the phi
+    /// threshold) and is declared dead. A [`Event::Removed`] follows.
+    TimedOut {
+        /// The session.
+        session_id: String,
+        /// Its agent type, as registered.
+        agent_type: String,
+    },
+    /// The session is no longer monitored.
+    Removed {
+        /// The session.
+        session_id: String,
+        /// Why.
+        reason: RemovalReason,
+    },
+}
+
+/// Why a session stopped being monitored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemovalReason {
+    /// It timed out.
+    TimedOut,
+    /// [`Monitor::unregister`] was called.
+    Unregistered,
+}
+
+/// Options for [`Monitor::register_with`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RegisterOptions {
+    /// No misses are counted for this long after registering (like Docker's
+    /// start period).
+    pub grace: Option<Duration>,
+    /// A detector for this session instead of the monitor's.
+    pub detector: Option<Detector>,
+}
+
+/// One session's state, as [`Monitor::status`] reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionStatus {
+    /// The session id.
+    pub session_id: String,
+    /// The agent type it was registered with.
+    pub agent_type: String,
+    /// Its last beat (or registration, or resume), RFC 3339 UTC.
+    pub last_beat: String,
+    /// Seconds since then.
+    pub seconds_since_beat: f64,
+    /// Misses counted since its last beat.
+    pub missed_beats: u32,
+    /// Whether it is paused.
+    pub is_paused: bool,
+    /// No missed beats.
+    pub is_healthy: bool,
+    /// Its phi now, with the phi detector.
+    pub phi: Option<f64>,
+    /// How long, from now, until it would be declared dead if it stayed
+    /// silent: an estimate, since sweeps run on a grid. `None` while paused.
+    pub time_to_death: Option<Duration>,
+}
+
+type WarningCallback = Arc<dyn Fn(&str, u32) + Send + Sync>;
+type TimeoutCallback = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
+/// Configures a [`Monitor`]; get one from [`Monitor::builder`].
+#[must_use]
+pub struct MonitorBuilder {
+    timeout: Duration,
+    check_interval: Duration,
+    max_missed_beats: u32,
+    detector: Detector,
+    /// `None`: the default, `check_interval`; `Some(None)`: off.
+    pause_guard: Option<Option<Duration>>,
+    on_warning: Option<WarningCallback>,
+    on_timeout: Option<TimeoutCallback>,
+    clock: SharedClock,
+}
+
+impl MonitorBuilder {
+    /// Silence longer than this at a sweep is a missed beat (fixed detector).
+    /// Default 30 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Time between sweeps. Default 5 s.
+    pub fn check_interval(mut self, interval: Duration) -> Self {
+        self.check_interval = interval;
+        self
+    }
+
+    /// Misses that time a session out. Default 3.
+    pub fn max_missed_beats(mut self, max: u32) -> Self {
+        self.max_missed_beats = max;
+        self
+    }
+
+    /// The detector for sessions registered without one. Default [`Detector::Fixed`].
+    pub fn detector(mut self, detector: Detector) -> Self {
+        self.detector = detector;
+        self
+    }
+
+    /// A sweep that comes more than `bound` later than `check_interval` after
+    /// the previous one means this process itself was not running (stopped,
+    /// swapped out, suspended): that round counts no misses against anyone.
+    /// Default: `Some(check_interval)`. `None` turns the guard off.
+    pub fn pause_guard(mut self, bound: Option<Duration>) -> Self {
+        self.pause_guard = Some(bound);
+        self
+    }
+
+    /// Called as `(session_id, missed_beats)` on a session's first miss, on
+    /// the thread that sweeps.
+    pub fn on_warning(mut self, f: impl Fn(&str, u32) + Send + Sync + 'static) -> Self {
+        self.on_warning = Some(Arc::new(f));
+        self
+    }
+
+    /// Called as `(session_id, agent_type)` when a session times out, on the
+    /// thread that sweeps.
+    pub fn on_timeout(mut self, f: impl Fn(&str, &str) + Send + Sync + 'static) -> Self {
+        self.on_timeout = Some(Arc::new(f));
+        self
+    }
+
+    /// The clock. Default: the system clock.
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Checks the configuration and builds the monitor (its sweeper not started).
+    pub fn build(self) -> Result<Monitor> {
+        if self.check_interval.is_zero() {
+            return Err(Error::InvalidConfig("check_interval must be positive".into()));
+        }
+        if self.max_missed_beats == 0 {
+            return Err(Error::InvalidConfig("max_missed_beats must be at least 1".into()));
+        }
+        if let Detector::Phi(c) = &self.detector {
+            check_phi(c)?;
+        }
+        let (events_tx, events_rx) = crossbeam_channel::unbounded();
+        let epoch = self.clock.now();
+        Ok(Monitor {
+            inner: Arc::new(Inner {
+                timeout: nanos(self.timeout),
+                check_interval: nanos(self.check_interval),
+                max_missed: self.max_missed_beats,
+                detector: self.detector,
+                pause_guard: self.pause_guard.unwrap_or(Some(self.check_interval)).map(nanos),
+                on_warning: self.on_warning,
+                on_timeout: self.on_timeout,
+                shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+                hasher: RandomState::new(),
+                agents: RwLock::new(Interner::default()),
+                epoch,
+                clock: self.clock,
+                events_tx,
+                events_rx,
+                subscribed: AtomicBool::new(false),
+                registered: AtomicUsize::new(0),
+                unhealthy: AtomicUsize::new(0),
+                last_sweep: AtomicU64::new(0),
+                sweeper: Mutex::new(None),
+            }),
+        })
+    }
+}
+
+fn check_phi(c: &PhiConfig) -> Result<()> {
+    let ok = c.threshold.is_finite()
+        && c.threshold > 0.0
+        && c.warn_threshold.is_finite()
+        && c.warn_threshold > 0.0
+        && c.warn_threshold <= c.threshold
+        && c.max_samples >= 2;
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig(format!(
+            "phi detector needs 0 < warn_threshold <= threshold (finite) and max_samples >= 2, got {c:?}"
+        )))
+    }
+}
+
+/// Durations as `u64` nanoseconds, saturating (584 years).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// An in-process registry of sessions that must beat.
+///
+/// ```
+/// use std::time::Duration;
+/// use heartbeat::{Event, Monitor};
+///
+/// let monitor = Monitor::builder().timeout(Duration::from_secs(30)).build()?;
+/// let events = monitor.events();
+/// let _sweeper = monitor.start()?;          // sweeps every check_interval (5 s)
+/// monitor.register("session-1", "worker");
+/// assert!(monitor.beat("session-1"));
+/// assert!(!monitor.beat("nobody"));
+/// assert_eq!(monitor.healthy_count(), 1);
+/// monitor.unregister("session-1");
+/// assert!(matches!(events.try_recv(), Ok(Event::Removed { .. })));
+/// # Ok::<(), heartbeat::Error>(())
+/// ```
+///
+/// Cloning gives another handle to the same monitor.
+#[derive(Clone)]
+pub struct Monitor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    timeout: u64,
+    check_interval: u64,
+    max_missed: u32,
+    detector: Detector,
+    pause_guard: Option<u64>,
+    on_warning: Option<WarningCallback>,
+    on_timeout: Option<TimeoutCallback>,
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    agents: RwLock<Interner>,
+    /// Monotonic instants are kept as nanoseconds since this one.
+    epoch: Instant,
+    clock: SharedClock,
+    events_tx: Sender<Event>,
+    events_rx: Receiver<Event>,
+    /// Events are queued only once someone has asked for the receiver, so
+    /// an unread channel cannot grow.
+    subscribed: AtomicBool,
+    registered: AtomicUsize,
+    unhealthy: AtomicUsize,
+    /// When the last sweep ran (ns since epoch), for the local-pause guard.
+    last_sweep: AtomicU64,
+    sweeper: Mutex<Option<Sweeper>>,
+}
+
+struct Sweeper {
+    stop: Sender<()>,
+    handle: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Session id hash -> slot in `sessions`.
+    index: HashTable<u32>,
+    sessions: Vec<Session>,
+    free: Vec<u32>,
+    /// (deadline, slot, generation), earliest first. Entries of a slot whose
+    /// generation moved on are stale and skipped.
+    due: BinaryHeap<Reverse<(u64, u32, u32)>>,
+}
+
+/// One session. Kept small: a million of them should fit in 200 MB.
+struct Session {
+    id: Box<str>,
+    /// The beat (or registration, resume), ns since the monitor's epoch.
+    last_beat: u64,
+    /// No misses before this instant (ns since epoch); 0 for none.
+    grace_until: u64,
+    /// Index into the monitor's agent-type table.
+    agent: u32,
+    generation: u32,
+    missed: u32,
+    paused: bool,
+    live: bool,
+    phi: Option<Box<PhiState>>,
+}
+
+struct PhiState {
+    config: PhiConfig,
+    window: PhiWindow,
+}
+
+/// Agent types are few and repeated: each is stored once.
+#[derive(Default)]
+struct Interner {
+    names: Vec<Box<str>>,
+    ids: std::collections::HashMap<Box<str>, u32>,
+}
+
+impl Interner {
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = u32::try_from(self.names.len()).expect("fewer than 4 billion agent types");
+        self.names.push(name.into());
+        self.ids.insert(name.into(), id);
+        id
+    }
+}
+
+/// What a sweep decided about one due session.
+enum Verdict {
+    /// Not dying: look again at this instant.
+    Rearm(u64),
+    /// A missed beat; look again at the next sweep.
+    Missed {
+        phi: Option<f64>,
+    },
+    Dead,
+}
+
+/// A callback to run once the shard lock is released.
+enum Pending {
+    Warning(String, u32),
+    Timeout(String, String),
+}
+
+impl Monitor {
+    /// A builder with the seed's defaults: timeout 30 s, check every 5 s,
+    /// 3 missed beats, the fixed detector.
+    pub fn builder() -> MonitorBuilder {
+        MonitorBuilder {
+            timeout: Duration::from_secs(30),
+            check_interval: Duration::from_secs(5),
+            max_missed_beats: 3,
+            detector: Detector::Fixed,
+            pause_guard: None,
+            on_warning: None,
+            on_timeout: None,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The events channel. Events are queued from the first call on; each
+    /// event goes to one receiver (clones share the queue). Unread events
+    /// accumulate: read them, or do not ask for the channel.
+    pub fn events(&self) -> Receiver<Event> {
+        self.inner.subscribed.store(true, Ordering::SeqCst);
+        self.inner.events_rx.clone()
+    }
+
+    /// Starts monitoring `session_id` (replacing any session of that id),
+    /// as beating now.
+    pub fn register(&self, session_id: &str, agent_type: &str) {
+        self.register_with(session_id, agent_type, RegisterOptions::default());
+    }
+
+    /// [`register`](Self::register) with a grace period and/or a detector of its own.
+    pub fn register_with(&self, session_id: &str, agent_type: &str, options: RegisterOptions) {
+        let inner = &*self.inner;
+        let agent = inner.agents.write().intern(agent_type);
+        let detector = options.detector.unwrap_or(inner.detector);
+        let phi = match detector {
+            Detector::Fixed => None,
+            Detector::Phi(config) => Some(Box::new(PhiState { config, window: PhiWindow::new(&config) })),
+        };
+        let now = inner.now();
+        let grace_until = options.grace.map_or(0, |g| now.saturating_add(nanos(g)));
+        let hash = inner.hasher.hash_one(session_id);
+        let mut guard = inner.shard(hash).lock();
+        let shard = &mut *guard;
+        let slot = match shard.find(hash, session_id) {
+            Some(slot) => {
+                let s = &mut shard.sessions[slot as usize];
+                if s.missed > 0 {
+                    inner.unhealthy.fetch_sub(1, Ordering::Relaxed);
+                }
+                s.generation = s.generation.wrapping_add(1);
+                slot
+            }
+            None => {
+                let session = Session {
+                    id: session_id.into(),
+                    last_beat: now,
+                    grace_until,
+                    agent,
+                    generation: 0,
+                    missed: 0,
+                    paused: false,
+                    live: true,
+                    phi: None,
+                };
+                let slot = match shard.free.pop() {
+                    Some(slot) => {
+                        let old = &mut shard.sessions[slot as usize];
+                        let generation = old.generation.wrapping_add(1);
+                        *old = Session { generation, ..session };
+                        slot
+                    }
+                    None => {
+                        shard.sessions.push(session);
+                        u32::try_from(shard.sessions.len() - 1)
+                            .expect("fewer than 4 billion sessions a shard")
+                    }
+                };
+                let sessions = &shard.sessions;
+                shard.index.insert_unique(hash, slot, |&i| inner.hasher.hash_one(&*sessions[i as usize].id));
+                inner.registered.fetch_add(1, Ordering::Relaxed);
+                slot
+            }
+        };
+        let s = &mut shard.sessions[slot as usize];
+        s.last_beat = now;
+        s.grace_until = grace_until;
+        s.agent = agent;
+        s.missed = 0;
+        s.paused = false;
+        s.phi = phi;
+        let first = inner.next_look(s, now);
+        shard.due.push(Reverse((first, slot, s.generation)));
+        log::debug!("registered session {session_id} ({agent_type})");
+    }
+
+    /// Records a beat. `false` if the session is not registered. No
+    /// allocation unless the session was warned (a `Recovered` event).
+    pub fn beat(&self, session_id: &str) -> bool {
+        let inner = &*self.inner;
+        let hash = inner.hasher.hash_one(session_id);
+        let now = inner.now();
+        let mut guard = inner.shard(hash).lock();
+        let shard = &mut *guard;
+        let Some(slot) = shard.find(hash, session_id) else { return false };
+        let s = &mut shard.sessions[slot as usize];
+        if let Some(p) = &mut s.phi {
+            // Akka's rule: an interval long enough to have been a failure
+            // does not become part of the history.
+            let interval = Duration::from_nanos(now.saturating_sub(s.last_beat));
+            if p.window.phi(interval, &p.config) < p.config.threshold {
+                p.window.record(interval);
+            }
+        }
+        s.last_beat = now;
+        if s.missed > 0 {
+            s.missed = 0;
+            inner.unhealthy.fetch_sub(1, Ordering::Relaxed);
+            inner.emit(Event::Recovered { session_id: session_id.to_owned() });
+        }
+        true
+    }
+
+    /// Stops monitoring a session. `false` if it was not registered.
+    pub fn unregister(&self, session_id: &str) -> bool {
+        let inner = &*self.inner;
+        let hash = inner.hasher.hash_one(session_id);
+        let mut guard = inner.shard(hash).lock();
+        let Some(slot) = guard.find(hash, session_id) else { return false };
+        inner.remove(&mut guard, hash, slot);
+        inner.emit(Event::Removed { session_id: session_id.to_owned(), reason: RemovalReason::Unregistered });
+        log::debug!("unregistered session {session_id}");
+        true
+    }
+
+    /// Stops counting misses for a session (e.g. it waits for user input).
+    /// `false` if it is not registered.
+    pub fn pause(&self, session_id: &str) -> bool {
+        self.inner.with_session(session_id, |_, s| s.paused = true).is_some()
+    }
+
+    /// Resumes a paused session as if it beat now. `false` if it was not paused.
+    pub fn resume(&self, session_id: &str) -> bool {
+        self.resume_with_grace(session_id, Duration::ZERO)
+    }
+
+    /// [`resume`](Self::resume), counting no misses for `grace` afterwards.
+    pub fn resume_with_grace(&self, session_id: &str, grace: Duration) -> bool {
+        let inner = &*self.inner;
+        let now = inner.now();
+        let hash = inner.hasher.hash_one(session_id);
+        let mut guard = inner.shard(hash).lock();
+        let shard = &mut *guard;
+        let Some(slot) = shard.find(hash, session_id) else { return false };
+        let s = &mut shard.sessions[slot as usize];
+        if !s.paused {
+            return false;
+        }
+        s.paused = false;
+        s.last_beat = now;
+        s.grace_until = if grace.is_zero() { 0 } else { now.saturating_add(nanos(grace)) };
+        if s.missed > 0 {
+            s.missed = 0;
+            inner.unhealthy.fetch_sub(1, Ordering::Relaxed);
+        }
+        // A new generation: any heap entry from before the pause is stale.
+        s.generation = s.generation.wrapping_add(1);
+        let first = inner.next_look(s, now);
+        shard.due.push(Reverse((first, slot, s.generation)));
+        true
+    }
+
+    /// One session's status, or `None` if it is not registered.
+    pub fn status(&self, session_id: &str) -> Option<SessionStatus> {
+        let now = self.inner.now();
+        let wall = self.inner.clock.wall();
+        let agents = self.inner.agents.read();
+        self.inner.with_session(session_id, |inner, s| inner.status_of(s, now, wall, &agents))
+    }
+
+    /// Every session's status.
+    pub fn all_status(&self) -> Vec<SessionStatus> {
+        let inner = &*self.inner;
+        let now = inner.now();
+        let wall = inner.clock.wall();
+        let mut out = Vec::with_capacity(self.registered_count());
+        for shard in inner.shards.iter() {
+            let shard = shard.lock();
+            let agents = inner.agents.read();
+            out.extend(
+                shard.sessions.iter().filter(|s| s.live).map(|s| inner.status_of(s, now, wall, &agents)),
+            );
+        }
+        out
+    }
+
+    /// How many sessions are registered.
+    pub fn registered_count(&self) -> usize {
+        self.inner.registered.load(Ordering::Relaxed)
+    }
+
+    /// How many sessions have no missed beats.
+    pub fn healthy_count(&self) -> usize {
+        self.registered_count().saturating_sub(self.inner.unhealthy.load(Ordering::Relaxed))
+    }
+
+    /// Runs one sweep now, on the calling thread: counts misses, raises
+    /// warnings and timeouts, removes the dead, then runs the callbacks.
+    /// The sweeper thread calls this every `check_interval`; tests call it
+    /// directly.
+    pub fn sweep(&self) {
+        let inner = &*self.inner;
+        let now = inner.now();
+        let previous = inner.last_sweep.swap(now, Ordering::SeqCst);
+        let late = inner
+            .pause_guard
+            .is_some_and(|bound| now.saturating_sub(previous) > inner.check_interval.saturating_add(bound));
+        if late {
+            log::warn!(
+                "monitor sweep ran {:.3}s after the previous one (interval {:.3}s): this process was paused; \
+                 counting no misses this round",
+                now.saturating_sub(previous) as f64 / 1e9,
+                inner.check_interval as f64 / 1e9
+            );
+        }
+        let mut pending = Vec::new();
+        for shard in inner.shards.iter() {
+            let mut shard = shard.lock();
+            inner.sweep_shard(&mut shard, now, late, &mut pending);
+        }
+        for p in pending {
+            match p {
+                Pending::Warning(id, missed) => {
+                    if let Some(f) = &inner.on_warning {
+                        contained("on_warning", || f(&id, missed));
+                    }
+                }
+                Pending::Timeout(id, agent) => {
+                    if let Some(f) = &inner.on_timeout {
+                        contained("on_timeout", || f(&id, &agent));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts the sweeper thread: a sweep every `check_interval`, the first
+    /// one `check_interval` from now. The guard stops it when dropped.
+    pub fn start(&self) -> Result<MonitorGuard> {
+        let mut sweeper = self.inner.sweeper.lock();
+        if sweeper.as_ref().is_some_and(|s| !s.handle.is_finished()) {
+            return Err(Error::AlreadyRunning);
+        }
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+        let monitor = self.clone();
+        let interval = Duration::from_nanos(self.inner.check_interval);
+        let mut ticker = Ticker::new(self.inner.clock.clone(), interval, interval);
+        self.inner.last_sweep.store(self.inner.now(), Ordering::SeqCst);
+        let handle = thread::Builder::new().name("heartbeat-monitor".into()).spawn(move || {
+            while ticker.wait(&stop_rx) {
+                if ticker.due() {
+                    monitor.sweep();
+                }
+            }
+        })?;
+        *sweeper = Some(Sweeper { stop: stop_tx, handle });
+        log::info!(
+            "monitor started (timeout {:?}, check every {interval:?})",
+            Duration::from_nanos(self.inner.timeout)
+        );
+        Ok(MonitorGuard { monitor: self.clone() })
+    }
+
+    /// Stops the sweeper thread and waits for it; prompt, idempotent.
+    pub fn stop(&self) {
+        if let Some(s) = self.inner.sweeper.lock().take() {
+            let _ = s.stop.try_send(());
+            if s.handle.join().is_err() {
+                log::error!("monitor sweeper thread panicked");
+            }
+        }
+    }
+
+    /// Whether the sweeper thread runs.
+    pub fn is_running(&self) -> bool {
+        self.inner.sweeper.lock().as_ref().is_some_and(|s| !s.handle.is_finished())
+    }
+
+    pub(crate) fn clock(&self) -> &SharedClock {
+        &self.inner.clock
+    }
+}
+
+impl fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Monitor")
+            .field("registered", &self.registered_count())
+            .field("healthy", &self.healthy_count())
+            .field("running", &self.is_running())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stops the monitor's sweeper thread when dropped.
+#[must_use = "dropping the guard stops the sweeper at once"]
+#[derive(Debug)]
+pub struct MonitorGuard {
+    monitor: Monitor,
+}
+
+impl Drop for MonitorGuard {
+    fn drop(&mut self) {
+        self.monitor.stop();
+    }
+}
+
+impl Shard {
+    fn find(&self, hash: u64, id: &str) -> Option<u32> {
+        let sessions = &self.sessions;
+        self.index.find(hash, |&i| &*sessions[i as usize].id == id).copied()
+    }
+}
+
+impl Inner {
+    fn now(&self) -> u64 {
+        nanos(self.clock.now().saturating_duration_since(self.epoch))
+    }
+
+    fn shard(&self, hash: u64) -> &Mutex<Shard> {
+        // The top bits pick the shard; hashbrown uses the low and top-7 bits
+        // inside it, which stay well mixed either way.
+        &self.shards[(hash >> 58) as usize % SHARDS]
+    }
+
+    fn emit(&self, event: Event) {
+        if self.subscribed.load(Ordering::Relaxed) {
+            let _ = self.events_tx.send(event);
+        }
+    }
+
+    fn with_session<R>(&self, session_id: &str, f: impl FnOnce(&Inner, &mut Session) -> R) -> Option<R> {
+        let hash = self.hasher.hash_one(session_id);
+        let mut shard = self.shard(hash).lock();
+        let slot = shard.find(hash, session_id)?;
+        Some(f(self, &mut shard.sessions[slot as usize]))
+    }
+
+    fn remove(&self, shard: &mut Shard, hash: u64, slot: u32) {
+        if let Ok(entry) = shard.index.find_entry(hash, |&i| i == slot) {
+            entry.remove();
+        }
+        let s = &mut shard.sessions[slot as usize];
+        if s.missed > 0 {
+            self.unhealthy.fetch_sub(1, Ordering::Relaxed);
+        }
+        s.live = false;
+        s.id = Box::default();
+        s.phi = None;
+        s.generation = s.generation.wrapping_add(1);
+        shard.free.push(slot);
+        self.registered.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// When a healthy session should next be looked at.
+    fn next_look(&self, s: &Session, now: u64) -> u64 {
+        let due = match &s.phi {
+            None => s.last_beat.saturating_add(self.timeout),
+            Some(p) => {
+                s.last_beat.saturating_add(nanos(p.window.silence_until(p.config.warn_threshold, &p.config)))
+            }
+        };
+        // Strictly after: the seed's miss is "silent for longer than timeout".
+        due.max(s.grace_until).saturating_add(1).max(now.saturating_add(1))
+    }
+
+    fn judge(&self, s: &Session, now: u64, late: bool) -> Verdict {
+        if now < s.grace_until {
+            return Verdict::Rearm(self.next_look(s, now));
+        }
+        let silence = now.saturating_sub(s.last_beat);
+        let (missed, dead, phi) = match &s.phi {
+            None => {
+                let missed = silence > self.timeout;
+                (missed, missed && s.missed + 1 >= self.max_missed, None)
+            }
+            Some(p) => {
+                let phi = p.window.phi(Duration::from_nanos(silence), &p.config);
+                (phi >= p.config.warn_threshold, phi >= p.config.threshold, Some(phi))
+            }
+        };
+        if !missed {
+            Verdict::Rearm(self.next_look(s, now))
+        } else if late {
+            // Our own pause, not theirs: look again next round.
+            Verdict::Rearm(now.saturating_add(1))
+        } else if dead {
+            Verdict::Dead
+        } else {
+            Verdict::Missed { phi }
+        }
+    }
+
+    fn sweep_shard(&self, shard: &mut Shard, now: u64, late: bool, pending: &mut Vec<Pending>) {
+        while let Some(&Reverse((deadline, slot, generation))) = shard.due.peek() {
+            if deadline > now {
+                break;
+            }
+            shard.due.pop();
+            let s = &mut shard.sessions[slot as usize];
+            if !s.live || s.generation != generation || s.paused {
+                continue; // stale, or paused (resume re-arms it)
+            }
+            match self.judge(s, now, late) {
+                Verdict::Rearm(at) => shard.due.push(Reverse((at, slot, generation))),
+                Verdict::Missed { phi } => {
+                    s.missed += 1;
+                    let id = s.id.to_string();
+                    log::warn!("session {id} missed a heartbeat ({}/{})", s.missed, self.max_missed);
+                    if s.missed == 1 {
+                        self.unhealthy.fetch_add(1, Ordering::Relaxed);
+                        self.emit(Event::Warning { session_id: id.clone(), missed_beats: 1, phi });
+                        pending.push(Pending::Warning(id, 1));
+                    }
+                    shard.due.push(Reverse((now.saturating_add(1), slot, generation)));
+                }
+                Verdict::Dead => {
+                    let id = s.id.to_string();
+                    let agent = self.agents.read().names[s.agent as usize].to_string();
+                    log::error!("session {id} ({agent}) timed out");
+                    let hash = self.hasher.hash_one(&*s.id);
+                    self.remove(shard, hash, slot);
+                    self.emit(Event::TimedOut { session_id: id.clone(), agent_type: agent.clone() });
+                    self.emit(Event::Removed { session_id: id.clone(), reason: RemovalReason::TimedOut });
+                    pending.push(Pending::Timeout(id, agent));
+                }
+            }
+        }
+    }
+
+    fn status_of(
+        &self,
+        s: &Session,
+        now: u64,
+        wall: std::time::SystemTime,
+        agents: &Interner,
+    ) -> SessionStatus {
+        let silence = now.saturating_sub(s.last_beat);
+        let phi = s.phi.as_ref().map(|p| p.window.phi(Duration::from_nanos(silence), &p.config));
+        let death_at = match &s.phi {
+            None if s.missed == 0 => s
+                .last_beat
+                .saturating_add(self.timeout)
+                .max(s.grace_until)
+                .saturating_add(self.check_interval.saturating_mul(u64::from(self.max_missed - 1))),
+            None => now.saturating_add(
+                self.check_interval.saturating_mul(u64::from(self.max_missed.saturating_sub(s.missed))),
+            ),
+            Some(p) => s
+                .last_beat
+                .saturating_add(nanos(p.window.silence_until(p.config.threshold, &p.config)))
+                .max(s.grace_until),
+        };
+        SessionStatus {
+            session_id: s.id.to_string(),
+            agent_type: agents.names[s.agent as usize].to_string(),
+            last_beat: format_timestamp(wall.checked_sub(Duration::from_nanos(silence)).unwrap_or(wall)),
+            seconds_since_beat: silence as f64 / 1e9,
+            missed_beats: s.missed,
+            is_paused: s.paused,
+            is_healthy: s.missed == 0,
+            phi,
+            time_to_death: (!s.paused).then(|| Duration::from_nanos(death_at.saturating_sub(now))),
+        }
+    }
+}
