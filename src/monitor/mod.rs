@@ -223,7 +223,7 @@ impl MonitorBuilder {
                 pause_guard: self.pause_guard.unwrap_or(Some(self.check_interval)).map(nanos),
                 on_warning: self.on_warning,
                 on_timeout: self.on_timeout,
-                shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+                shards: (0..SHARDS).map(|_| Padded(Mutex::new(Shard::default()))).collect(),
                 hasher: RandomState::new(),
                 agents: RwLock::new(Interner::default()),
                 epoch,
@@ -293,7 +293,7 @@ struct Inner {
     pause_guard: Option<u64>,
     on_warning: Option<WarningCallback>,
     on_timeout: Option<TimeoutCallback>,
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[Padded<Mutex<Shard>>]>,
     hasher: RandomState,
     agents: RwLock<Interner>,
     /// Monotonic instants are kept as nanoseconds since this one.
@@ -315,6 +315,11 @@ struct Sweeper {
     stop: Sender<()>,
     handle: JoinHandle<()>,
 }
+
+/// Keeps each shard's lock on cache lines of its own: two threads beating
+/// sessions in different shards must not contend through false sharing.
+#[repr(align(128))]
+struct Padded<T>(T);
 
 #[derive(Default)]
 struct Shard {
@@ -560,8 +565,10 @@ impl Monitor {
     pub fn status(&self, session_id: &str) -> Option<SessionStatus> {
         let now = self.inner.now();
         let wall = self.inner.clock.wall();
-        let agents = self.inner.agents.read();
-        self.inner.with_session(session_id, |inner, s| inner.status_of(s, now, wall, &agents))
+        // Lock order everywhere: a shard, then the agent names (`register`
+        // takes the names alone). parking_lot's RwLock queues new readers
+        // behind a waiting writer, so the reverse order could deadlock.
+        self.inner.with_session(session_id, |inner, s| inner.status_of(s, now, wall, &inner.agents.read()))
     }
 
     /// Every session's status.
@@ -570,7 +577,7 @@ impl Monitor {
         let now = inner.now();
         let wall = inner.clock.wall();
         let mut out = Vec::with_capacity(self.registered_count());
-        for shard in inner.shards.iter() {
+        for Padded(shard) in inner.shards.iter() {
             let shard = shard.lock();
             let agents = inner.agents.read();
             out.extend(
@@ -610,7 +617,7 @@ impl Monitor {
             );
         }
         let mut pending = Vec::new();
-        for shard in inner.shards.iter() {
+        for Padded(shard) in inner.shards.iter() {
             let mut shard = shard.lock();
             inner.sweep_shard(&mut shard, now, late, &mut pending);
         }
@@ -715,7 +722,7 @@ impl Inner {
     fn shard(&self, hash: u64) -> &Mutex<Shard> {
         // The top bits pick the shard; hashbrown uses the low and top-7 bits
         // inside it, which stay well mixed either way.
-        &self.shards[(hash >> 58) as usize % SHARDS]
+        &self.shards[(hash >> 58) as usize % SHARDS].0
     }
 
     fn emit(&self, event: Event) {
