@@ -1,0 +1,122 @@
+//! The session monitor at scale: memory per session, allocations per beat,
+//! and how beats scale from one thread to two.
+//!
+//! `cargo run --release --example monitor_load [SESSIONS]` (default
+//! 1,000,000) registers that many sessions with ids like `session-0000042`
+//! and reports:
+//! - the growth of the resident set (RSS, Linux `/proc/self/statm`) per session;
+//! - how many heap allocations beating every session once made (a counting
+//!   global allocator);
+//! - beats per second from 1 and from 2 threads beating distinct sessions,
+//!   over 2-second runs repeated three times: "hot" (each thread beats one
+//!   session of its own) and "spread" (each thread goes round its own half of
+//!   all sessions, so nearly every beat misses the CPU caches).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use heartbeat::Monitor;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as our caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc/self/statm");
+    let pages: u64 =
+        statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("statm resident field");
+    pages * 4096
+}
+
+fn main() {
+    let n: usize = std::env::args().nth(1).map_or(1_000_000, |a| a.parse().expect("SESSIONS: a number"));
+    // The ids exist before the measurement: they are the caller's, not the monitor's.
+    let ids: Vec<String> = (0..n).map(|i| format!("session-{i:07}")).collect();
+    let monitor = Monitor::builder().build().expect("monitor");
+    let before = rss_bytes();
+    for id in &ids {
+        monitor.register(id, "agent");
+    }
+    let after = rss_bytes();
+    let per_session = (after - before) as f64 / n as f64;
+    println!("sessions: {n}");
+    println!(
+        "rss growth: {:.1} MiB, {per_session:.1} bytes per session",
+        (after - before) as f64 / 1048576.0
+    );
+
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed);
+    for id in &ids {
+        assert!(monitor.beat(id));
+    }
+    let during_beats = ALLOCATIONS.load(Ordering::Relaxed) - allocations;
+    println!("heap allocations during {n} beats: {during_beats}");
+
+    let half = n / 2;
+    for (name, per_thread) in [("hot", 1), ("spread", half)] {
+        for _ in 0..3 {
+            let one = beats_per_second(&monitor, &[&ids[..per_thread]]);
+            let two = beats_per_second(&monitor, &[&ids[..per_thread], &ids[half..half + per_thread]]);
+            println!(
+                "{name:>6}: 1 thread {:.2} M beats/s ({:.0} ns each), 2 threads {:.2} M beats/s, x{:.2}",
+                one / 1e6,
+                1e9 / one,
+                two / 1e6,
+                two / one
+            );
+        }
+    }
+}
+
+/// Beats per second, summed over one thread per slice of ids, over 2 s.
+fn beats_per_second(monitor: &Monitor, slices: &[&[String]]) -> f64 {
+    const RUN: Duration = Duration::from_secs(2);
+    let stop = AtomicBool::new(false);
+    let total: u64 = std::thread::scope(|s| {
+        let threads: Vec<_> = slices
+            .iter()
+            .map(|&mine| {
+                let stop = &stop;
+                s.spawn(move || {
+                    let (mut beats, mut i) = (0u64, 0usize);
+                    while !stop.load(Ordering::Relaxed) {
+                        for _ in 0..1000 {
+                            i = if i + 1 == mine.len() { 0 } else { i + 1 };
+                            assert!(monitor.beat(&mine[i]));
+                        }
+                        beats += 1000;
+                    }
+                    beats
+                })
+            })
+            .collect();
+        std::thread::sleep(RUN);
+        stop.store(true, Ordering::Relaxed);
+        threads.into_iter().map(|t| t.join().expect("beat thread")).sum()
+    });
+    total as f64 / RUN.as_secs_f64()
+}
