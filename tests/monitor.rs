@@ -147,6 +147,7 @@ fn unregister_is_a_removal_event_and_registering_again_starts_afresh() {
         vec![Event::Removed { session_id: "s1".into(), reason: RemovalReason::Unregistered }]
     );
     monitor.register("s2", "crawler-v2"); // replaces: healthy, timer reset
+    assert_eq!(drain(&events), vec![Event::Recovered { session_id: "s2".into() }]);
     assert_eq!(monitor.registered_count(), 1);
     assert_eq!(monitor.healthy_count(), 1);
     let st = monitor.status("s2").unwrap();
@@ -190,12 +191,16 @@ fn grace_counts_no_misses_until_it_ends() {
     );
     sweep_until(&monitor, &clock, 12); // t = 60: silent 60 s, in grace
     assert!(drain(&events).is_empty());
-    sweep_until(&monitor, &clock, 1); // t = 65
+    // The end of grace counts as a beat: a full timeout (30 s) from t = 60.
+    sweep_until(&monitor, &clock, 6); // t = 90
+    assert!(drain(&events).is_empty());
+    sweep_until(&monitor, &clock, 1); // t = 95
     assert_eq!(drain(&events), vec![warning("slow-start")]);
 
     assert!(monitor.pause("slow-start"));
     assert!(monitor.resume_with_grace("slow-start", secs(100)));
-    sweep_until(&monitor, &clock, 20); // 100 s of grace after the resume
+    assert_eq!(drain(&events), vec![Event::Recovered { session_id: "slow-start".into() }]);
+    sweep_until(&monitor, &clock, 26); // 100 s of grace, then 30 s
     assert!(drain(&events).is_empty());
     sweep_until(&monitor, &clock, 1);
     assert_eq!(drain(&events), vec![warning("slow-start")]);
@@ -257,8 +262,9 @@ fn phi_rises_with_silence_falls_after_beats_and_matches_known_values() {
     let clock = ManualClock::new();
     let monitor = seed_monitor(&clock).detector(Detector::Phi(phi_config())).build().unwrap();
     monitor.register("p", "worker");
-    // Steady 1 s beats push out the two seeds: mean 1000 ms, std 0 (100 ms floor).
-    for _ in 0..4 {
+    // The first beat only sets the time (as in Akka); four more 1 s intervals
+    // push out the two seeds: mean 1000 ms, std 0 (100 ms floor).
+    for _ in 0..5 {
         clock.advance(secs(1));
         assert!(monitor.beat("p"));
     }
@@ -289,7 +295,7 @@ fn phi_warns_then_times_out_and_reports_time_to_death() {
         .unwrap();
     let events = monitor.events();
     monitor.register("p", "worker");
-    for _ in 0..4 {
+    for _ in 0..5 {
         clock.advance(secs(1));
         monitor.beat("p");
         monitor.sweep();
@@ -369,6 +375,7 @@ fn the_sweeper_and_a_client_run_on_their_threads_and_stop_promptly() {
     let (tx, timeouts) = unbounded();
     let monitor = seed_monitor(&clock)
         .pause_guard(None) // the test cannot keep its steps in step with the thread
+        .on_warning(|id, _| panic!("a careless on_warning for {id}")) // the sweeper survives it
         .on_timeout(move |id, _| tx.send(id.to_owned()).unwrap())
         .build()
         .unwrap();
@@ -396,7 +403,217 @@ fn the_sweeper_and_a_client_run_on_their_threads_and_stop_promptly() {
     drop(sweeper);
     assert!(!monitor.is_running());
     assert!(t.elapsed() < BOUND, "stopping took {:?}", t.elapsed());
-    // Stopped means stopped: time passes, nobody beats.
-    clock.advance(secs(10));
-    assert!(monitor.status("kept-alive").unwrap().seconds_since_beat >= 10.0);
+}
+
+#[test]
+fn phi_always_warns_before_death_with_the_default_sweeps() {
+    // A session beating every 10 s (the client default), then silent; the
+    // sweep grid (5 s) at ten different offsets from the beats.
+    for offset_ms in (0..5000).step_by(500) {
+        let clock = ManualClock::new();
+        let monitor = seed_monitor(&clock).detector(Detector::Phi(PhiConfig::default())).build().unwrap();
+        let events = monitor.events();
+        clock.advance(Duration::from_millis(offset_ms));
+        monitor.register("p", "worker");
+        let mut next_sweep = Duration::from_secs(5);
+        let mut now = Duration::from_millis(offset_ms);
+        let mut seen = Vec::new();
+        // 100 ms steps: a beat every 10 s for 1000 s, then silence; 1100 s in all.
+        for step in 0..11_000u64 {
+            clock.advance(Duration::from_millis(100));
+            now += Duration::from_millis(100);
+            if step % 100 == 99 && now < Duration::from_secs(1000) {
+                monitor.beat("p");
+            }
+            if now >= next_sweep {
+                next_sweep += Duration::from_secs(5);
+                monitor.sweep();
+            }
+            seen.extend(drain(&events).into_iter().map(|e| match e {
+                Event::Warning { .. } => "warning",
+                Event::TimedOut { .. } => "timed out",
+                Event::Recovered { .. } => "recovered",
+                Event::Removed { .. } => "removed",
+            }));
+            if seen.contains(&"removed") {
+                break;
+            }
+        }
+        assert_eq!(seen, ["warning", "timed out", "removed"], "grid offset {offset_ms} ms");
+    }
+}
+
+#[test]
+fn phi_follows_a_window_that_tightens_after_register() {
+    let clock = ManualClock::new();
+    let monitor = Monitor::builder()
+        .clock(clock.clone())
+        .check_interval(Duration::from_millis(100))
+        .detector(Detector::Phi(PhiConfig { max_samples: 4, ..PhiConfig::default() }))
+        .build()
+        .unwrap();
+    let events = monitor.events();
+    monitor.register("p", "worker");
+    for _ in 0..20 {
+        clock.advance(Duration::from_millis(100));
+        monitor.beat("p");
+        monitor.sweep();
+    }
+    // Beats 100 ms apart (+3 s acceptable pause): dead within a few seconds
+    // of silence, not at the deadline the seeded window (10 s) suggested.
+    let mut died_after = None;
+    for step in 1..=200 {
+        clock.advance(Duration::from_millis(100));
+        monitor.sweep();
+        if drain(&events).iter().any(|e| matches!(e, Event::TimedOut { .. })) {
+            died_after = Some(step);
+            break;
+        }
+    }
+    let died_after = died_after.expect("timed out");
+    assert!((30..=45).contains(&died_after), "died after {died_after} sweeps of 100 ms");
+}
+
+#[test]
+fn phi_with_grace_starts_counting_when_grace_ends() {
+    let clock = ManualClock::new();
+    let monitor = seed_monitor(&clock).detector(Detector::Phi(PhiConfig::default())).build().unwrap();
+    let events = monitor.events();
+    monitor.register_with("p", "worker", RegisterOptions { grace: Some(secs(60)), ..Default::default() });
+    sweep_until(&monitor, &clock, 13); // t = 65: 5 s after grace, phi is small
+    assert!(drain(&events).is_empty());
+    let st = monitor.status("p").unwrap();
+    assert!(st.phi.unwrap() < 1.0, "{st:?}");
+    assert!(st.time_to_death.unwrap() > secs(15), "{st:?}");
+}
+
+#[test]
+fn one_allowed_miss_still_warns_first_as_the_seed_does() {
+    let clock = ManualClock::new();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let (c1, c2) = (calls.clone(), calls.clone());
+    let monitor = seed_monitor(&clock)
+        .max_missed_beats(1)
+        .on_warning(move |id, n| c1.lock().push(format!("warning {id} {n}")))
+        .on_timeout(move |id, _| c2.lock().push(format!("timeout {id}")))
+        .build()
+        .unwrap();
+    let events = monitor.events();
+    monitor.register("s", "w");
+    sweep_until(&monitor, &clock, 7);
+    assert_eq!(
+        drain(&events),
+        vec![
+            warning("s"),
+            Event::TimedOut { session_id: "s".into(), agent_type: "w".into() },
+            Event::Removed { session_id: "s".into(), reason: RemovalReason::TimedOut },
+        ]
+    );
+    assert_eq!(*calls.lock(), vec!["warning s 1", "timeout s"]);
+    assert_eq!((monitor.registered_count(), monitor.healthy_count()), (0, 0));
+}
+
+#[test]
+fn registering_a_paused_session_again_leaves_it_paused() {
+    let monitor = Monitor::builder().build().unwrap();
+    monitor.register("s", "w");
+    monitor.pause("s");
+    monitor.register("s", "w2");
+    assert!(monitor.status("s").unwrap().is_paused);
+    assert!(monitor.resume("s"));
+}
+
+#[test]
+fn the_first_sweep_long_after_build_is_not_late() {
+    let clock = ManualClock::new();
+    let monitor = seed_monitor(&clock).build().unwrap();
+    let events = monitor.events();
+    clock.advance(secs(600));
+    monitor.register("s", "w");
+    clock.advance(secs(35));
+    monitor.sweep();
+    assert_eq!(drain(&events), vec![warning("s")]);
+}
+
+#[test]
+fn a_dropped_event_receiver_unsubscribes_and_others_still_get_everything() {
+    let clock = ManualClock::new();
+    let monitor = seed_monitor(&clock).build().unwrap();
+    let (kept, dropped) = (monitor.events(), monitor.events());
+    drop(dropped);
+    monitor.register("s", "w");
+    monitor.unregister("s");
+    assert_eq!(
+        drain(&kept),
+        vec![Event::Removed { session_id: "s".into(), reason: RemovalReason::Unregistered }]
+    );
+}
+
+#[test]
+fn a_client_needs_a_positive_interval() {
+    let monitor = Monitor::builder().build().unwrap();
+    assert!(matches!(
+        HeartbeatClient::start(&monitor, "s", Duration::ZERO),
+        Err(heartbeat::Error::InvalidConfig(_))
+    ));
+}
+
+/// Runs `f` on a thread and fails if it does not finish within BOUND.
+fn finishes(what: &str, f: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = unbounded();
+    std::thread::spawn(move || {
+        f();
+        tx.send(()).unwrap();
+    });
+    assert!(rx.recv_timeout(BOUND).is_ok(), "{what} did not finish within {BOUND:?}: deadlock?");
+}
+
+#[test]
+fn callbacks_may_call_back_into_the_monitor_and_even_stop_it() {
+    let clock = ManualClock::new();
+    let slot: Arc<Mutex<Option<Monitor>>> = Arc::default();
+    let (tx, rx) = unbounded();
+    let s = slot.clone();
+    let monitor = seed_monitor(&clock)
+        .pause_guard(None)
+        .on_timeout(move |id, _| {
+            let m = s.lock().clone().unwrap();
+            let line = format!("{id} {:?} {} {:?}", m.status(id), m.is_running(), m);
+            m.register("replacement", "w");
+            m.stop(); // from the sweeper itself: ends after this sweep
+            tx.send(line).unwrap();
+        })
+        .build()
+        .unwrap();
+    *slot.lock() = Some(monitor.clone());
+    monitor.register("s", "w");
+    let guard = monitor.start().unwrap();
+    let mut line = None;
+    for _ in 0..100 {
+        clock.advance(secs(5));
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(50)) {
+            line = Some(l);
+            break;
+        }
+    }
+    assert!(line.expect("a timeout").starts_with("s None true"));
+    eventually("the sweeper to end", || !monitor.is_running());
+    assert!(monitor.status("replacement").is_some());
+    finishes("dropping the guard", move || drop(guard));
+    let again = monitor.start().unwrap(); // restartable after stopping itself
+    assert!(monitor.is_running());
+    drop(again);
+    slot.lock().take();
+}
+
+#[test]
+fn a_guard_stops_only_the_sweeper_it_started() {
+    let monitor = Monitor::builder().build().unwrap();
+    let first = monitor.start().unwrap();
+    monitor.stop();
+    let second = monitor.start().unwrap();
+    drop(first);
+    assert!(monitor.is_running(), "the old guard stopped the new sweeper");
+    drop(second);
+    assert!(!monitor.is_running());
 }

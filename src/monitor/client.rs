@@ -6,7 +6,7 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 
 use super::Monitor;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ticker::Ticker;
 
 /// The interval a [`HeartbeatClient`] beats at unless told otherwise.
@@ -36,7 +36,11 @@ impl HeartbeatClient {
     /// Starts beating `session_id` on `monitor`: once now, then every
     /// `interval` on the monitor's clock. A beat for a session the monitor
     /// does not know (unregistered, timed out) is logged and beating goes on.
+    /// A zero `interval` is refused.
     pub fn start(monitor: &Monitor, session_id: impl Into<String>, interval: Duration) -> Result<Self> {
+        if interval.is_zero() {
+            return Err(Error::InvalidConfig("a heartbeat client's interval must be positive".into()));
+        }
         let session_id = session_id.into();
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         let (monitor, id) = (monitor.clone(), session_id.clone());

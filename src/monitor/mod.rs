@@ -38,6 +38,15 @@ use crate::ticker::{Ticker, contained};
 
 const SHARDS: usize = 64;
 
+/// `last_sweep` before the first sweep: nothing to be late against.
+const NO_SWEEP_YET: u64 = u64::MAX;
+
+thread_local! {
+    /// The monitor (as an address) whose sweeper runs on this thread, so that
+    /// `stop` called from a callback neither joins nor waits for itself.
+    static SWEEPER_OF: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// How a monitor decides that a silent session is in trouble, and dead.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Detector {
@@ -172,10 +181,12 @@ impl MonitorBuilder {
         self
     }
 
-    /// A sweep that comes more than `bound` later than `check_interval` after
-    /// the previous one means this process itself was not running (stopped,
-    /// swapped out, suspended): that round counts no misses against anyone.
-    /// Default: `Some(check_interval)`. `None` turns the guard off.
+    /// A sweep that comes more than `check_interval + bound` after the end of
+    /// the previous one (or after `start`) means this process itself was not
+    /// running (stopped, swapped out, suspended): that round counts no misses
+    /// against anyone, and says so in the log. The first sweep is never late.
+    /// Callers of [`Monitor::sweep`] who sweep irregularly should turn the
+    /// guard off. Default: `Some(check_interval)`. `None` turns it off.
     pub fn pause_guard(mut self, bound: Option<Duration>) -> Self {
         self.pause_guard = Some(bound);
         self
@@ -212,7 +223,6 @@ impl MonitorBuilder {
         if let Detector::Phi(c) = &self.detector {
             check_phi(c)?;
         }
-        let (events_tx, events_rx) = crossbeam_channel::unbounded();
         let epoch = self.clock.now();
         Ok(Monitor {
             inner: Arc::new(Inner {
@@ -228,13 +238,13 @@ impl MonitorBuilder {
                 agents: RwLock::new(Interner::default()),
                 epoch,
                 clock: self.clock,
-                events_tx,
-                events_rx,
-                subscribed: AtomicBool::new(false),
+                subscribers: Mutex::new(Vec::new()),
+                has_subscribers: AtomicBool::new(false),
                 registered: AtomicUsize::new(0),
                 unhealthy: AtomicUsize::new(0),
-                last_sweep: AtomicU64::new(0),
+                last_sweep: AtomicU64::new(NO_SWEEP_YET),
                 sweeper: Mutex::new(None),
+                sweepers_started: AtomicU64::new(0),
             }),
         })
     }
@@ -299,19 +309,21 @@ struct Inner {
     /// Monotonic instants are kept as nanoseconds since this one.
     epoch: Instant,
     clock: SharedClock,
-    events_tx: Sender<Event>,
-    events_rx: Receiver<Event>,
-    /// Events are queued only once someone has asked for the receiver, so
-    /// an unread channel cannot grow.
-    subscribed: AtomicBool,
+    /// One channel per `events()` call; pruned when its receiver is dropped.
+    subscribers: Mutex<Vec<Sender<Event>>>,
+    has_subscribers: AtomicBool,
     registered: AtomicUsize,
     unhealthy: AtomicUsize,
-    /// When the last sweep ran (ns since epoch), for the local-pause guard.
+    /// When the last sweep ended (ns since epoch), for the local-pause guard.
     last_sweep: AtomicU64,
+    /// Never held while joining: a callback on the sweeper may take it.
     sweeper: Mutex<Option<Sweeper>>,
+    sweepers_started: AtomicU64,
 }
 
 struct Sweeper {
+    /// Which start this is, so a guard stops only the sweeper it started.
+    id: u64,
     stop: Sender<()>,
     handle: JoinHandle<()>,
 }
@@ -345,6 +357,8 @@ struct Session {
     missed: u32,
     paused: bool,
     live: bool,
+    /// Beaten since register or resume (phi records intervals from the second beat).
+    has_beaten: bool,
     phi: Option<Box<PhiState>>,
 }
 
@@ -353,22 +367,48 @@ struct PhiState {
     window: PhiWindow,
 }
 
-/// Agent types are few and repeated: each is stored once.
+/// Agent types are few and repeated: each is stored once, and forgotten
+/// when its last session goes.
 #[derive(Default)]
 struct Interner {
     names: Vec<Box<str>>,
+    sessions: Vec<u32>,
     ids: std::collections::HashMap<Box<str>, u32>,
+    free: Vec<u32>,
 }
 
 impl Interner {
-    fn intern(&mut self, name: &str) -> u32 {
+    /// The id of `name`, counting one more session of it.
+    fn acquire(&mut self, name: &str) -> u32 {
         if let Some(&id) = self.ids.get(name) {
+            self.sessions[id as usize] += 1;
             return id;
         }
-        let id = u32::try_from(self.names.len()).expect("fewer than 4 billion agent types");
-        self.names.push(name.into());
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.names[id as usize] = name.into();
+                self.sessions[id as usize] = 1;
+                id
+            }
+            None => {
+                self.names.push(name.into());
+                self.sessions.push(1);
+                u32::try_from(self.names.len() - 1).expect("fewer than 4 billion agent types")
+            }
+        };
         self.ids.insert(name.into(), id);
         id
+    }
+
+    /// One session fewer of type `id`.
+    fn release(&mut self, id: u32) {
+        let count = &mut self.sessions[id as usize];
+        *count -= 1;
+        if *count == 0 {
+            let name = std::mem::take(&mut self.names[id as usize]);
+            self.ids.remove(&name);
+            self.free.push(id);
+        }
     }
 }
 
@@ -405,12 +445,15 @@ impl Monitor {
         }
     }
 
-    /// The events channel. Events are queued from the first call on; each
-    /// event goes to one receiver (clones share the queue). Unread events
-    /// accumulate: read them, or do not ask for the channel.
+    /// A new channel that receives every event from now on. Each call makes
+    /// its own channel; dropping the receiver unsubscribes it. Events pile up
+    /// in a receiver that is kept but not read.
     pub fn events(&self) -> Receiver<Event> {
-        self.inner.subscribed.store(true, Ordering::SeqCst);
-        self.inner.events_rx.clone()
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut subscribers = self.inner.subscribers.lock();
+        subscribers.push(tx);
+        self.inner.has_subscribers.store(true, Ordering::SeqCst);
+        rx
     }
 
     /// Starts monitoring `session_id` (replacing any session of that id),
@@ -422,7 +465,7 @@ impl Monitor {
     /// [`register`](Self::register) with a grace period and/or a detector of its own.
     pub fn register_with(&self, session_id: &str, agent_type: &str, options: RegisterOptions) {
         let inner = &*self.inner;
-        let agent = inner.agents.write().intern(agent_type);
+        let agent = inner.agents.write().acquire(agent_type);
         let detector = options.detector.unwrap_or(inner.detector);
         let phi = match detector {
             Detector::Fixed => None,
@@ -435,10 +478,14 @@ impl Monitor {
         let shard = &mut *guard;
         let slot = match shard.find(hash, session_id) {
             Some(slot) => {
+                // Registering again replaces the session; a paused one stays
+                // paused, as in the seed.
                 let s = &mut shard.sessions[slot as usize];
                 if s.missed > 0 {
                     inner.unhealthy.fetch_sub(1, Ordering::Relaxed);
+                    inner.emit(Event::Recovered { session_id: session_id.to_owned() });
                 }
+                inner.agents.write().release(s.agent);
                 s.generation = s.generation.wrapping_add(1);
                 slot
             }
@@ -452,6 +499,7 @@ impl Monitor {
                     missed: 0,
                     paused: false,
                     live: true,
+                    has_beaten: false,
                     phi: None,
                 };
                 let slot = match shard.free.pop() {
@@ -478,10 +526,11 @@ impl Monitor {
         s.grace_until = grace_until;
         s.agent = agent;
         s.missed = 0;
-        s.paused = false;
+        s.has_beaten = false;
         s.phi = phi;
         let first = inner.next_look(s, now);
-        shard.due.push(Reverse((first, slot, s.generation)));
+        let generation = s.generation;
+        shard.push_due(first, slot, generation);
         log::debug!("registered session {session_id} ({agent_type})");
     }
 
@@ -495,14 +544,18 @@ impl Monitor {
         let shard = &mut *guard;
         let Some(slot) = shard.find(hash, session_id) else { return false };
         let s = &mut shard.sessions[slot as usize];
-        if let Some(p) = &mut s.phi {
-            // Akka's rule: an interval long enough to have been a failure
-            // does not become part of the history.
+        if let Some(p) = &mut s.phi
+            && s.has_beaten
+        {
+            // Akka's rules: the first beat (after register or resume) only
+            // sets the time, and an interval long enough to have been a
+            // failure does not become part of the history.
             let interval = Duration::from_nanos(now.saturating_sub(s.last_beat));
             if p.window.phi(interval, &p.config) < p.config.threshold {
                 p.window.record(interval);
             }
         }
+        s.has_beaten = true;
         s.last_beat = now;
         if s.missed > 0 {
             s.missed = 0;
@@ -549,15 +602,18 @@ impl Monitor {
         }
         s.paused = false;
         s.last_beat = now;
+        s.has_beaten = false;
         s.grace_until = if grace.is_zero() { 0 } else { now.saturating_add(nanos(grace)) };
         if s.missed > 0 {
             s.missed = 0;
             inner.unhealthy.fetch_sub(1, Ordering::Relaxed);
+            inner.emit(Event::Recovered { session_id: session_id.to_owned() });
         }
         // A new generation: any heap entry from before the pause is stale.
         s.generation = s.generation.wrapping_add(1);
         let first = inner.next_look(s, now);
-        shard.due.push(Reverse((first, slot, s.generation)));
+        let generation = s.generation;
+        shard.push_due(first, slot, generation);
         true
     }
 
@@ -604,10 +660,11 @@ impl Monitor {
     pub fn sweep(&self) {
         let inner = &*self.inner;
         let now = inner.now();
-        let previous = inner.last_sweep.swap(now, Ordering::SeqCst);
-        let late = inner
-            .pause_guard
-            .is_some_and(|bound| now.saturating_sub(previous) > inner.check_interval.saturating_add(bound));
+        let previous = inner.last_sweep.load(Ordering::SeqCst);
+        let late = previous != NO_SWEEP_YET
+            && inner.pause_guard.is_some_and(|bound| {
+                now.saturating_sub(previous) > inner.check_interval.saturating_add(bound)
+            });
         if late {
             log::warn!(
                 "monitor sweep ran {:.3}s after the previous one (interval {:.3}s): this process was paused; \
@@ -635,42 +692,70 @@ impl Monitor {
                 }
             }
         }
+        // Lateness is measured from the end of this sweep: slow callbacks
+        // delay the next round, and must not make it look like our pause.
+        inner.last_sweep.store(inner.now(), Ordering::SeqCst);
     }
 
     /// Starts the sweeper thread: a sweep every `check_interval`, the first
     /// one `check_interval` from now. The guard stops it when dropped.
     pub fn start(&self) -> Result<MonitorGuard> {
-        let mut sweeper = self.inner.sweeper.lock();
-        if sweeper.as_ref().is_some_and(|s| !s.handle.is_finished()) {
-            return Err(Error::AlreadyRunning);
+        let inner = &self.inner;
+        let mut sweeper = inner.sweeper.lock();
+        if let Some(old) = sweeper.take() {
+            if !old.handle.is_finished() {
+                *sweeper = Some(old);
+                return Err(Error::AlreadyRunning);
+            }
+            // It was stopped from one of its own callbacks: reap it.
+            let _ = old.handle.join();
         }
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         let monitor = self.clone();
-        let interval = Duration::from_nanos(self.inner.check_interval);
-        let mut ticker = Ticker::new(self.inner.clock.clone(), interval, interval);
-        self.inner.last_sweep.store(self.inner.now(), Ordering::SeqCst);
+        let interval = Duration::from_nanos(inner.check_interval);
+        let mut ticker = Ticker::new(inner.clock.clone(), interval, interval);
+        inner.last_sweep.store(inner.now(), Ordering::SeqCst);
         let handle = thread::Builder::new().name("heartbeat-monitor".into()).spawn(move || {
+            SWEEPER_OF.with(|c| c.set(Arc::as_ptr(&monitor.inner) as usize));
             while ticker.wait(&stop_rx) {
                 if ticker.due() {
                     monitor.sweep();
                 }
             }
         })?;
-        *sweeper = Some(Sweeper { stop: stop_tx, handle });
+        let id = inner.sweepers_started.fetch_add(1, Ordering::SeqCst);
+        *sweeper = Some(Sweeper { id, stop: stop_tx, handle });
         log::info!(
             "monitor started (timeout {:?}, check every {interval:?})",
-            Duration::from_nanos(self.inner.timeout)
+            Duration::from_nanos(inner.timeout)
         );
-        Ok(MonitorGuard { monitor: self.clone() })
+        Ok(MonitorGuard { monitor: self.clone(), sweeper: id })
     }
 
-    /// Stops the sweeper thread and waits for it; prompt, idempotent.
+    /// Stops the sweeper thread and waits for it; prompt and idempotent.
+    /// Called from a callback on the sweeper, it asks the thread to stop once
+    /// the sweep is over.
     pub fn stop(&self) {
-        if let Some(s) = self.inner.sweeper.lock().take() {
-            let _ = s.stop.try_send(());
-            if s.handle.join().is_err() {
-                log::error!("monitor sweeper thread panicked");
+        self.stop_sweeper(None);
+    }
+
+    fn stop_sweeper(&self, only: Option<u64>) {
+        let taken = {
+            let mut sweeper = self.inner.sweeper.lock();
+            match sweeper.as_ref() {
+                Some(s) if only.is_none_or(|id| id == s.id) => {
+                    let _ = s.stop.try_send(());
+                    let on_sweeper =
+                        SWEEPER_OF.with(std::cell::Cell::get) == Arc::as_ptr(&self.inner) as usize;
+                    if on_sweeper { None } else { sweeper.take() }
+                }
+                _ => None,
             }
+        };
+        if let Some(s) = taken
+            && s.handle.join().is_err()
+        {
+            log::error!("monitor sweeper thread panicked");
         }
     }
 
@@ -694,20 +779,38 @@ impl fmt::Debug for Monitor {
     }
 }
 
-/// Stops the monitor's sweeper thread when dropped.
+/// Stops the sweeper thread it was returned with when dropped (not one
+/// started later).
 #[must_use = "dropping the guard stops the sweeper at once"]
 #[derive(Debug)]
 pub struct MonitorGuard {
     monitor: Monitor,
+    sweeper: u64,
 }
 
 impl Drop for MonitorGuard {
     fn drop(&mut self) {
-        self.monitor.stop();
+        self.monitor.stop_sweeper(Some(self.sweeper));
     }
 }
 
 impl Shard {
+    /// Queues a look at `slot` at `deadline`. Entries made stale by
+    /// re-register or resume stay until popped; when they outnumber the live
+    /// sessions the heap is rebuilt without them, so it stays within twice
+    /// the sessions whatever the deadlines.
+    fn push_due(&mut self, deadline: u64, slot: u32, generation: u32) {
+        self.due.push(Reverse((deadline, slot, generation)));
+        let live = self.sessions.len() - self.free.len();
+        if self.due.len() > 2 * live + 64 {
+            let sessions = &self.sessions;
+            self.due.retain(|&Reverse((_, slot, generation))| {
+                let s = &sessions[slot as usize];
+                s.live && s.generation == generation
+            });
+        }
+    }
+
     fn find(&self, hash: u64, id: &str) -> Option<u32> {
         let sessions = &self.sessions;
         self.index.find(hash, |&i| &*sessions[i as usize].id == id).copied()
@@ -720,15 +823,20 @@ impl Inner {
     }
 
     fn shard(&self, hash: u64) -> &Mutex<Shard> {
-        // The top bits pick the shard; hashbrown uses the low and top-7 bits
-        // inside it, which stay well mixed either way.
-        &self.shards[(hash >> 58) as usize % SHARDS].0
+        // Bits 32-37 pick the shard: hashbrown uses the low bits (bucket) and
+        // the top 7 (tag) inside it, which must stay independent of the shard.
+        &self.shards[(hash >> 32) as usize % SHARDS].0
     }
 
+    /// Sends `event` to every subscriber. Called under the shard lock, so
+    /// the events of one session arrive in the order they happened.
     fn emit(&self, event: Event) {
-        if self.subscribed.load(Ordering::Relaxed) {
-            let _ = self.events_tx.send(event);
+        if !self.has_subscribers.load(Ordering::Relaxed) {
+            return;
         }
+        let mut subscribers = self.subscribers.lock();
+        subscribers.retain(|tx| tx.send(event.clone()).is_ok());
+        self.has_subscribers.store(!subscribers.is_empty(), Ordering::Relaxed);
     }
 
     fn with_session<R>(&self, session_id: &str, f: impl FnOnce(&Inner, &mut Session) -> R) -> Option<R> {
@@ -749,28 +857,37 @@ impl Inner {
         s.live = false;
         s.id = Box::default();
         s.phi = None;
+        self.agents.write().release(s.agent);
         s.generation = s.generation.wrapping_add(1);
         shard.free.push(slot);
         self.registered.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Where silence is measured from: the last beat, or the end of a grace
+    /// period, which counts as a beat (a session gets a full timeout after it).
+    fn silent_since(s: &Session) -> u64 {
+        s.last_beat.max(s.grace_until)
+    }
+
     /// When a healthy session should next be looked at.
     fn next_look(&self, s: &Session, now: u64) -> u64 {
-        let due = match &s.phi {
-            None => s.last_beat.saturating_add(self.timeout),
-            Some(p) => {
-                s.last_beat.saturating_add(nanos(p.window.silence_until(p.config.warn_threshold, &p.config)))
-            }
-        };
-        // Strictly after: the seed's miss is "silent for longer than timeout".
-        due.max(s.grace_until).saturating_add(1).max(now.saturating_add(1))
+        match &s.phi {
+            // Strictly after: the seed's miss is "silent for longer than timeout".
+            None => Self::silent_since(s)
+                .saturating_add(self.timeout)
+                .saturating_add(1)
+                .max(now.saturating_add(1)),
+            // A phi deadline moves earlier when beats tighten the window, and
+            // beats do not touch the heap: phi sessions are looked at every sweep.
+            Some(_) => now.saturating_add(1),
+        }
     }
 
     fn judge(&self, s: &Session, now: u64, late: bool) -> Verdict {
         if now < s.grace_until {
             return Verdict::Rearm(self.next_look(s, now));
         }
-        let silence = now.saturating_sub(s.last_beat);
+        let silence = now.saturating_sub(Self::silent_since(s));
         let (missed, dead, phi) = match &s.phi {
             None => {
                 let missed = silence > self.timeout;
@@ -804,7 +921,7 @@ impl Inner {
                 continue; // stale, or paused (resume re-arms it)
             }
             match self.judge(s, now, late) {
-                Verdict::Rearm(at) => shard.due.push(Reverse((at, slot, generation))),
+                Verdict::Rearm(at) => shard.push_due(at, slot, generation),
                 Verdict::Missed { phi } => {
                     s.missed += 1;
                     let id = s.id.to_string();
@@ -814,9 +931,22 @@ impl Inner {
                         self.emit(Event::Warning { session_id: id.clone(), missed_beats: 1, phi });
                         pending.push(Pending::Warning(id, 1));
                     }
-                    shard.due.push(Reverse((now.saturating_add(1), slot, generation)));
+                    shard.push_due(now.saturating_add(1), slot, generation);
                 }
                 Verdict::Dead => {
+                    // Never dead without a warning first: as the seed does with
+                    // max_missed_beats = 1, and as phi does when it passes both
+                    // thresholds between two sweeps, the miss is counted and
+                    // warned of in the same round.
+                    s.missed += 1;
+                    if s.missed == 1 {
+                        let id = s.id.to_string();
+                        self.unhealthy.fetch_add(1, Ordering::Relaxed);
+                        let silence = Duration::from_nanos(now.saturating_sub(Self::silent_since(s)));
+                        let phi = s.phi.as_ref().map(|p| p.window.phi(silence, &p.config));
+                        self.emit(Event::Warning { session_id: id.clone(), missed_beats: 1, phi });
+                        pending.push(Pending::Warning(id, 1));
+                    }
                     let id = s.id.to_string();
                     let agent = self.agents.read().names[s.agent as usize].to_string();
                     log::error!("session {id} ({agent}) timed out");
@@ -838,20 +968,17 @@ impl Inner {
         agents: &Interner,
     ) -> SessionStatus {
         let silence = now.saturating_sub(s.last_beat);
-        let phi = s.phi.as_ref().map(|p| p.window.phi(Duration::from_nanos(silence), &p.config));
+        let judged = Duration::from_nanos(now.saturating_sub(Self::silent_since(s)));
+        let phi = s.phi.as_ref().map(|p| p.window.phi(judged, &p.config));
         let death_at = match &s.phi {
-            None if s.missed == 0 => s
-                .last_beat
+            None if s.missed == 0 => Self::silent_since(s)
                 .saturating_add(self.timeout)
-                .max(s.grace_until)
                 .saturating_add(self.check_interval.saturating_mul(u64::from(self.max_missed - 1))),
             None => now.saturating_add(
                 self.check_interval.saturating_mul(u64::from(self.max_missed.saturating_sub(s.missed))),
             ),
-            Some(p) => s
-                .last_beat
-                .saturating_add(nanos(p.window.silence_until(p.config.threshold, &p.config)))
-                .max(s.grace_until),
+            Some(p) => Self::silent_since(s)
+                .saturating_add(nanos(p.window.silence_until(p.config.threshold, &p.config))),
         };
         SessionStatus {
             session_id: s.id.to_string(),
@@ -864,5 +991,57 @@ impl Inner {
             phi,
             time_to_death: (!s.paused).then(|| Duration::from_nanos(death_at.saturating_sub(now))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_types_are_forgotten_with_their_last_session() {
+        let monitor = Monitor::builder().build().unwrap();
+        for i in 0..1000 {
+            let id = format!("s{i}");
+            monitor.register(&id, &format!("type-{i}"));
+            monitor.unregister(&id);
+        }
+        monitor.register("a", "x");
+        monitor.register("a", "y"); // replacing releases "x"
+        let agents = monitor.inner.agents.read();
+        assert_eq!(agents.ids.len(), 1);
+        assert!(agents.names.len() <= 2, "{} names kept", agents.names.len());
+    }
+
+    #[test]
+    fn dropped_subscribers_are_pruned() {
+        let monitor = Monitor::builder().build().unwrap();
+        drop(monitor.events());
+        monitor.register("s", "w");
+        monitor.unregister("s");
+        assert!(monitor.inner.subscribers.lock().is_empty());
+        assert!(!monitor.inner.has_subscribers.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn stale_heap_entries_are_compacted() {
+        let monitor = Monitor::builder().build().unwrap();
+        monitor.register_with("s", "w", RegisterOptions { grace: Some(Duration::MAX), ..Default::default() });
+        for _ in 0..10_000 {
+            monitor.pause("s");
+            monitor.resume_with_grace("s", Duration::MAX);
+            monitor.register_with(
+                "s",
+                "w",
+                RegisterOptions { grace: Some(Duration::MAX), ..Default::default() },
+            );
+        }
+        let total: usize = monitor.inner.shards.iter().map(|Padded(s)| s.lock().due.len()).sum();
+        assert!(total <= 2 + 64, "{total} heap entries for one session");
+    }
+
+    #[test]
+    fn a_session_stays_small() {
+        assert!(std::mem::size_of::<Session>() <= 64, "{}", std::mem::size_of::<Session>());
     }
 }
