@@ -10,13 +10,17 @@
 //! - beats per second from 1 and from 2 threads beating distinct sessions,
 //!   over 2-second runs repeated three times: "hot" (each thread beats one
 //!   session of its own) and "spread" (each thread goes round its own half of
-//!   all sessions, so nearly every beat misses the CPU caches).
+//!   all sessions, so nearly every beat misses the CPU caches);
+//! - the wall time of sweeps in a steady state, on a manual clock: every
+//!   session beats every 10 s (phases spread evenly), a sweep every 5 s,
+//!   timeout 30 s, nobody misses. Each sweep then re-arms the deadlines that
+//!   came up since the last one (about a sixth of all sessions).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use heartbeat::Monitor;
+use heartbeat::{ManualClock, Monitor};
 
 struct Counting;
 
@@ -76,6 +80,20 @@ fn main() {
     let during_beats = ALLOCATIONS.load(Ordering::Relaxed) - allocations;
     println!("heap allocations during {n} beats: {during_beats}");
 
+    drop(monitor);
+    let mut sweeps = steady_state_sweeps(&ids);
+    sweeps.sort();
+    println!(
+        "steady-state sweeps of {n} sessions ({} sweeps): median {:.1} ms, max {:.1} ms",
+        sweeps.len(),
+        sweeps[sweeps.len() / 2].as_secs_f64() * 1e3,
+        sweeps[sweeps.len() - 1].as_secs_f64() * 1e3
+    );
+    let monitor = Monitor::builder().build().expect("monitor");
+    for id in &ids {
+        monitor.register(id, "agent");
+    }
+
     let half = n / 2;
     for (name, per_thread) in [("hot", 1), ("spread", half)] {
         for _ in 0..3 {
@@ -90,6 +108,32 @@ fn main() {
             );
         }
     }
+}
+
+/// Sweep wall times in a simulated steady state (see the module docs).
+fn steady_state_sweeps(ids: &[String]) -> Vec<Duration> {
+    let clock = ManualClock::new();
+    let monitor = Monitor::builder().clock(clock.clone()).build().expect("monitor");
+    let tenth =
+        |second: usize| ids.iter().enumerate().filter(move |(i, _)| i % 10 == second % 10).map(|(_, id)| id);
+    for second in 0..10 {
+        clock.advance(Duration::from_secs(1));
+        tenth(second).for_each(|id| monitor.register(id, "agent"));
+    }
+    let mut sweeps = Vec::new();
+    for second in 10..130 {
+        clock.advance(Duration::from_secs(1));
+        tenth(second).for_each(|id| assert!(monitor.beat(id)));
+        if second % 5 == 0 {
+            let t = Instant::now();
+            monitor.sweep();
+            if second >= 40 {
+                sweeps.push(t.elapsed()); // past the first timeout: steady
+            }
+        }
+    }
+    assert_eq!(monitor.healthy_count(), ids.len(), "nobody should have missed a beat");
+    sweeps
 }
 
 /// Beats per second, summed over one thread per slice of ids, over 2 s.

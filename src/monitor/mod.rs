@@ -16,7 +16,6 @@ mod phi;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -25,7 +24,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use hashbrown::HashTable;
+use hashbrown::{DefaultHashBuilder, HashTable};
 use parking_lot::{Mutex, RwLock};
 
 pub use self::client::{DEFAULT_CLIENT_INTERVAL, HeartbeatClient};
@@ -234,7 +233,7 @@ impl MonitorBuilder {
                 on_warning: self.on_warning,
                 on_timeout: self.on_timeout,
                 shards: (0..SHARDS).map(|_| Padded(Mutex::new(Shard::default()))).collect(),
-                hasher: RandomState::new(),
+                hasher: DefaultHashBuilder::default(),
                 agents: RwLock::new(Interner::default()),
                 epoch,
                 clock: self.clock,
@@ -304,7 +303,9 @@ struct Inner {
     on_warning: Option<WarningCallback>,
     on_timeout: Option<TimeoutCallback>,
     shards: Box<[Padded<Mutex<Shard>>]>,
-    hasher: RandomState,
+    /// foldhash, randomly seeded per monitor: hashbrown's default, a few
+    /// nanoseconds for a short id where SipHash takes 15.
+    hasher: DefaultHashBuilder,
     agents: RwLock<Interner>,
     /// Monotonic instants are kept as nanoseconds since this one.
     epoch: Instant,
