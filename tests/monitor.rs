@@ -617,3 +617,68 @@ fn a_guard_stops_only_the_sweeper_it_started() {
     drop(second);
     assert!(!monitor.is_running());
 }
+
+#[test]
+fn concurrent_stops_and_starts_wait_for_the_sweeper_to_end() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let clock = ManualClock::new();
+    let (entered_tx, entered_rx) = unbounded();
+    let (release_tx, release_rx) = unbounded::<()>();
+    let released = Arc::new(AtomicBool::new(false));
+    let monitor = seed_monitor(&clock)
+        .pause_guard(None)
+        .on_warning(move |_, _| {
+            entered_tx.send(()).unwrap();
+            let _ = release_rx.recv_timeout(BOUND); // a slow callback
+        })
+        .build()
+        .unwrap();
+    monitor.register("s", "w");
+    let guard = monitor.start().unwrap();
+    let mut entered = false;
+    for _ in 0..200 {
+        clock.advance(secs(5));
+        if entered_rx.recv_timeout(Duration::from_millis(20)).is_ok() {
+            entered = true;
+            break;
+        }
+    }
+    assert!(entered, "the sweeper never warned");
+    // The sweeper is inside its callback. One thread stops it; another starts anew.
+    let stopper = {
+        let m = monitor.clone();
+        std::thread::spawn(move || m.stop())
+    };
+    let starter = {
+        let (m, released) = (monitor.clone(), released.clone());
+        std::thread::spawn(move || {
+            // AlreadyRunning is a fine answer while the old sweeper lives;
+            // succeeding before it has ended is not.
+            let deadline = Instant::now() + BOUND;
+            loop {
+                if let Ok(guard) = m.start() {
+                    return (released.load(Ordering::SeqCst), Some(guard));
+                }
+                if Instant::now() > deadline {
+                    return (false, None);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let until = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < until {
+        assert!(monitor.is_running(), "reported stopped while its thread was still in a callback");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    released.store(true, Ordering::SeqCst);
+    release_tx.send(()).unwrap();
+    stopper.join().unwrap();
+    let (started_after_release, new_guard) = starter.join().unwrap();
+    assert!(new_guard.is_some(), "never restarted");
+    assert!(started_after_release, "start() overlapped the old sweeper");
+    drop(guard); // its sweeper is gone; the new one keeps running
+    assert!(monitor.is_running());
+    drop(new_guard);
+    assert!(!monitor.is_running());
+}

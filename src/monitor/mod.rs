@@ -243,6 +243,7 @@ impl MonitorBuilder {
                 unhealthy: AtomicUsize::new(0),
                 last_sweep: AtomicU64::new(NO_SWEEP_YET),
                 sweeper: Mutex::new(None),
+                lifecycle: Mutex::new(()),
                 sweepers_started: AtomicU64::new(0),
             }),
         })
@@ -317,8 +318,13 @@ struct Inner {
     unhealthy: AtomicUsize,
     /// When the last sweep ended (ns since epoch), for the local-pause guard.
     last_sweep: AtomicU64,
-    /// Never held while joining: a callback on the sweeper may take it.
+    /// Held only briefly, never while waiting: callbacks on the sweeper
+    /// thread may take it (`is_running`, `stop`).
     sweeper: Mutex<Option<Sweeper>>,
+    /// Held by `start` and by `stop` while it waits for the thread to end,
+    /// so starts and stops happen one at a time. Never taken on the sweeper
+    /// thread.
+    lifecycle: Mutex<()>,
     sweepers_started: AtomicU64,
 }
 
@@ -326,6 +332,8 @@ struct Sweeper {
     /// Which start this is, so a guard stops only the sweeper it started.
     id: u64,
     stop: Sender<()>,
+    /// Disconnects when the thread ends (its sender is dropped, also on panic).
+    done: Receiver<()>,
     handle: JoinHandle<()>,
 }
 
@@ -702,6 +710,10 @@ impl Monitor {
     /// one `check_interval` from now. The guard stops it when dropped.
     pub fn start(&self) -> Result<MonitorGuard> {
         let inner = &self.inner;
+        if self.on_sweeper_thread() {
+            return Err(Error::AlreadyRunning);
+        }
+        let _one_at_a_time = inner.lifecycle.lock();
         let mut sweeper = inner.sweeper.lock();
         if let Some(old) = sweeper.take() {
             if !old.handle.is_finished() {
@@ -712,11 +724,13 @@ impl Monitor {
             let _ = old.handle.join();
         }
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
         let monitor = self.clone();
         let interval = Duration::from_nanos(inner.check_interval);
         let mut ticker = Ticker::new(inner.clock.clone(), interval, interval);
         inner.last_sweep.store(inner.now(), Ordering::SeqCst);
         let handle = thread::Builder::new().name("heartbeat-monitor".into()).spawn(move || {
+            let _done = done_tx;
             SWEEPER_OF.with(|c| c.set(Arc::as_ptr(&monitor.inner) as usize));
             while ticker.wait(&stop_rx) {
                 if ticker.due() {
@@ -725,7 +739,7 @@ impl Monitor {
             }
         })?;
         let id = inner.sweepers_started.fetch_add(1, Ordering::SeqCst);
-        *sweeper = Some(Sweeper { id, stop: stop_tx, handle });
+        *sweeper = Some(Sweeper { id, stop: stop_tx, done: done_rx, handle });
         log::info!(
             "monitor started (timeout {:?}, check every {interval:?})",
             Duration::from_nanos(inner.timeout)
@@ -741,23 +755,34 @@ impl Monitor {
     }
 
     fn stop_sweeper(&self, only: Option<u64>) {
-        let taken = {
-            let mut sweeper = self.inner.sweeper.lock();
-            match sweeper.as_ref() {
-                Some(s) if only.is_none_or(|id| id == s.id) => {
-                    let _ = s.stop.try_send(());
-                    let on_sweeper =
-                        SWEEPER_OF.with(std::cell::Cell::get) == Arc::as_ptr(&self.inner) as usize;
-                    if on_sweeper { None } else { sweeper.take() }
-                }
-                _ => None,
+        let wanted = |s: &Sweeper| only.is_none_or(|id| id == s.id);
+        if self.on_sweeper_thread() {
+            // From a callback: ask, and let the thread end after this sweep.
+            if let Some(s) = self.inner.sweeper.lock().as_ref().filter(|s| wanted(s)) {
+                let _ = s.stop.try_send(());
             }
+            return;
+        }
+        let _one_at_a_time = self.inner.lifecycle.lock();
+        let done = match self.inner.sweeper.lock().as_ref().filter(|s| wanted(s)) {
+            Some(s) => {
+                let _ = s.stop.try_send(());
+                s.done.clone()
+            }
+            None => return,
         };
-        if let Some(s) = taken
+        // The sweeper stays in its slot (so `is_running` tells the truth)
+        // until its thread has ended; then it is reaped.
+        let _ = done.recv();
+        if let Some(s) = self.inner.sweeper.lock().take()
             && s.handle.join().is_err()
         {
             log::error!("monitor sweeper thread panicked");
         }
+    }
+
+    fn on_sweeper_thread(&self) -> bool {
+        SWEEPER_OF.with(std::cell::Cell::get) == Arc::as_ptr(&self.inner) as usize
     }
 
     /// Whether the sweeper thread runs.
