@@ -425,11 +425,8 @@ impl Interner {
 enum Verdict {
     /// Not dying: look again at this instant.
     Rearm(u64),
-    /// A missed beat; look again at the next sweep.
-    Missed {
-        phi: Option<f64>,
-    },
-    Dead,
+    /// A missed beat: the last one when `dead`, else look again at the next sweep.
+    Missed { phi: Option<f64>, dead: bool },
 }
 
 /// A callback to run once the shard lock is released.
@@ -929,10 +926,8 @@ impl Inner {
         } else if late {
             // Our own pause, not theirs: look again next round.
             Verdict::Rearm(now.saturating_add(1))
-        } else if dead {
-            Verdict::Dead
         } else {
-            Verdict::Missed { phi }
+            Verdict::Missed { phi, dead }
         }
     }
 
@@ -948,32 +943,23 @@ impl Inner {
             }
             match self.judge(s, now, late) {
                 Verdict::Rearm(at) => shard.push_due(at, slot, generation),
-                Verdict::Missed { phi } => {
+                Verdict::Missed { phi, dead } => {
+                    // The first miss warns, also when it is the last one (as the
+                    // seed does with max_missed_beats = 1, and as phi does when it
+                    // passes both thresholds between two sweeps): never dead
+                    // without a warning first.
                     s.missed += 1;
                     let id = s.id.to_string();
-                    log::warn!("session {id} missed a heartbeat ({}/{})", s.missed, self.max_missed);
                     if s.missed == 1 {
                         self.unhealthy.fetch_add(1, Ordering::Relaxed);
                         self.emit(Event::Warning { session_id: id.clone(), missed_beats: 1, phi });
-                        pending.push(Pending::Warning(id, 1));
+                        pending.push(Pending::Warning(id.clone(), 1));
                     }
-                    shard.push_due(now.saturating_add(1), slot, generation);
-                }
-                Verdict::Dead => {
-                    // Never dead without a warning first: as the seed does with
-                    // max_missed_beats = 1, and as phi does when it passes both
-                    // thresholds between two sweeps, the miss is counted and
-                    // warned of in the same round.
-                    s.missed += 1;
-                    if s.missed == 1 {
-                        let id = s.id.to_string();
-                        self.unhealthy.fetch_add(1, Ordering::Relaxed);
-                        let silence = Duration::from_nanos(now.saturating_sub(Self::silent_since(s)));
-                        let phi = s.phi.as_ref().map(|p| p.window.phi(silence, &p.config));
-                        self.emit(Event::Warning { session_id: id.clone(), missed_beats: 1, phi });
-                        pending.push(Pending::Warning(id, 1));
+                    if !dead {
+                        log::warn!("session {id} missed a heartbeat ({}/{})", s.missed, self.max_missed);
+                        shard.push_due(now.saturating_add(1), slot, generation);
+                        continue;
                     }
-                    let id = s.id.to_string();
                     let agent = self.agents.read().names[s.agent as usize].to_string();
                     log::error!("session {id} ({agent}) timed out");
                     let hash = self.hasher.hash_one(&*s.id);
