@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use hashbrown::{DefaultHashBuilder, HashTable};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 
 pub use self::client::{DEFAULT_CLIENT_INTERVAL, HeartbeatClient};
 use self::phi::PhiWindow;
@@ -487,10 +487,7 @@ impl Monitor {
                 // Registering again replaces the session; a paused one stays
                 // paused, as in the seed.
                 let s = &mut shard.sessions[slot as usize];
-                if s.missed > 0 {
-                    inner.unhealthy.fetch_sub(1, Ordering::Relaxed);
-                    inner.emit(Event::Recovered { session_id: session_id.to_owned() });
-                }
+                inner.recover(s, session_id);
                 inner.agents.write().release(s.agent);
                 s.generation = s.generation.wrapping_add(1);
                 slot
@@ -544,11 +541,8 @@ impl Monitor {
     /// allocation unless the session was warned (a `Recovered` event).
     pub fn beat(&self, session_id: &str) -> bool {
         let inner = &*self.inner;
-        let hash = inner.hasher.hash_one(session_id);
         let now = inner.now();
-        let mut guard = inner.shard(hash).lock();
-        let shard = &mut *guard;
-        let Some(slot) = shard.find(hash, session_id) else { return false };
+        let Some((mut shard, slot, _)) = inner.locate(session_id) else { return false };
         let s = &mut shard.sessions[slot as usize];
         if let Some(p) = &mut s.phi
             && s.has_beaten
@@ -563,21 +557,15 @@ impl Monitor {
         }
         s.has_beaten = true;
         s.last_beat = now;
-        if s.missed > 0 {
-            s.missed = 0;
-            inner.unhealthy.fetch_sub(1, Ordering::Relaxed);
-            inner.emit(Event::Recovered { session_id: session_id.to_owned() });
-        }
+        inner.recover(s, session_id);
         true
     }
 
     /// Stops monitoring a session. `false` if it was not registered.
     pub fn unregister(&self, session_id: &str) -> bool {
         let inner = &*self.inner;
-        let hash = inner.hasher.hash_one(session_id);
-        let mut guard = inner.shard(hash).lock();
-        let Some(slot) = guard.find(hash, session_id) else { return false };
-        inner.remove(&mut guard, hash, slot);
+        let Some((mut shard, slot, hash)) = inner.locate(session_id) else { return false };
+        inner.remove(&mut shard, hash, slot);
         inner.emit(Event::Removed { session_id: session_id.to_owned(), reason: RemovalReason::Unregistered });
         log::debug!("unregistered session {session_id}");
         true
@@ -598,10 +586,8 @@ impl Monitor {
     pub fn resume_with_grace(&self, session_id: &str, grace: Duration) -> bool {
         let inner = &*self.inner;
         let now = inner.now();
-        let hash = inner.hasher.hash_one(session_id);
-        let mut guard = inner.shard(hash).lock();
+        let Some((mut guard, slot, _)) = inner.locate(session_id) else { return false };
         let shard = &mut *guard;
-        let Some(slot) = shard.find(hash, session_id) else { return false };
         let s = &mut shard.sessions[slot as usize];
         if !s.paused {
             return false;
@@ -610,11 +596,7 @@ impl Monitor {
         s.last_beat = now;
         s.has_beaten = false;
         s.grace_until = if grace.is_zero() { 0 } else { now.saturating_add(nanos(grace)) };
-        if s.missed > 0 {
-            s.missed = 0;
-            inner.unhealthy.fetch_sub(1, Ordering::Relaxed);
-            inner.emit(Event::Recovered { session_id: session_id.to_owned() });
-        }
+        inner.recover(s, session_id);
         // A new generation: any heap entry from before the pause is stale.
         s.generation = s.generation.wrapping_add(1);
         let first = inner.next_look(s, now);
@@ -862,11 +844,28 @@ impl Inner {
         self.has_subscribers.store(!subscribers.is_empty(), Ordering::Relaxed);
     }
 
-    fn with_session<R>(&self, session_id: &str, f: impl FnOnce(&Inner, &mut Session) -> R) -> Option<R> {
+    /// The locked shard holding `session_id`, its slot there and the id's
+    /// hash; `None` if the session is not registered.
+    fn locate(&self, session_id: &str) -> Option<(MutexGuard<'_, Shard>, u32, u64)> {
         let hash = self.hasher.hash_one(session_id);
-        let mut shard = self.shard(hash).lock();
+        let shard = self.shard(hash).lock();
         let slot = shard.find(hash, session_id)?;
+        Some((shard, slot, hash))
+    }
+
+    fn with_session<R>(&self, session_id: &str, f: impl FnOnce(&Inner, &mut Session) -> R) -> Option<R> {
+        let (mut shard, slot, _) = self.locate(session_id)?;
         Some(f(self, &mut shard.sessions[slot as usize]))
+    }
+
+    /// Clears a session's misses; if it had been warned, it is healthy again
+    /// and `Recovered` is sent.
+    fn recover(&self, s: &mut Session, session_id: &str) {
+        if s.missed > 0 {
+            s.missed = 0;
+            self.unhealthy.fetch_sub(1, Ordering::Relaxed);
+            self.emit(Event::Recovered { session_id: session_id.to_owned() });
+        }
     }
 
     fn remove(&self, shard: &mut Shard, hash: u64, slot: u32) {
