@@ -65,6 +65,13 @@ pub enum Error {
         /// How far ahead of our clock the timestamp is.
         ahead: Duration,
     },
+    /// A directory of heartbeat files could not be listed (permissions, not a directory, ...).
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
     /// `start` was called on a [`Beater`](crate::Beater) that is already running.
     AlreadyRunning,
     /// `start` was called on a [`Beater`](crate::Beater) after its `shutdown`.
@@ -99,6 +106,9 @@ impl fmt::Display for Error {
                 path.display(),
                 ahead.as_secs_f64()
             ),
+            Error::Directory { path, source } => {
+                write!(f, "cannot read heartbeat directory {}: {source}", path.display())
+            }
             Error::AlreadyRunning => f.write_str("heartbeat is already running"),
             Error::ShutDown => f.write_str("heartbeat was shut down and does not start again"),
             Error::InvalidConfig(msg) => write!(f, "invalid configuration: {msg}"),
@@ -109,7 +119,10 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Io(e) | Error::Write { source: e, .. } | Error::Unreadable { source: e, .. } => Some(e),
+            Error::Io(e)
+            | Error::Write { source: e, .. }
+            | Error::Unreadable { source: e, .. }
+            | Error::Directory { source: e, .. } => Some(e),
             Error::NotJson { source, .. } => Some(source),
             _ => None,
         }

@@ -49,6 +49,7 @@ mod error;
 mod monitor;
 pub mod process;
 mod random;
+mod scanner;
 mod state;
 mod sys;
 mod systemd;
@@ -69,6 +70,10 @@ pub use crate::{
     monitor::{
         DEFAULT_CLIENT_INTERVAL, Detector, Event, HeartbeatClient, Monitor, MonitorBuilder, MonitorGuard,
         PhiConfig, RegisterOptions, RemovalReason, SessionStatus, phi,
+    },
+    scanner::{
+        Cleanup, DEFAULT_IDLE_WINDOW, DEFAULT_SCAN_INTERVAL, DEFAULT_STALE_AFTER, IgnoredFile, Scan,
+        ScanEntry, ScanEvent, ScanReason, ScanStatus, Scanner, ScannerBuilder, Watch, is_heartbeat_name,
     },
     state::{
         DEFAULT_FILE_MODE, HeartbeatState, MAX_STATE_BYTES, SCHEMA_VERSION, SKEW_TOLERANCE, WriteOptions,

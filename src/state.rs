@@ -161,11 +161,17 @@ impl HeartbeatState {
     /// A beat dated in the future by at most [`SKEW_TOLERANCE`] is age zero;
     /// further ahead it is `Err(ahead)`: clock skew, whose real age is unknown.
     pub fn age_at(&self, now: SystemTime) -> Result<Duration, Duration> {
-        match now.duration_since(self.last_beat) {
-            Ok(age) => Ok(age),
-            Err(e) if e.duration() <= SKEW_TOLERANCE => Ok(Duration::ZERO),
-            Err(e) => Err(e.duration()),
-        }
+        beat_age(self.last_beat, now)
+    }
+}
+
+/// How long before `now` a beat at `beat` was; `Err(ahead)` when it lies
+/// further in the future than [`SKEW_TOLERANCE`].
+pub(crate) fn beat_age(beat: SystemTime, now: SystemTime) -> Result<Duration, Duration> {
+    match now.duration_since(beat) {
+        Ok(age) => Ok(age),
+        Err(e) if e.duration() <= SKEW_TOLERANCE => Ok(Duration::ZERO),
+        Err(e) => Err(e.duration()),
     }
 }
 

@@ -2,7 +2,10 @@
 //! Everything else in the crate is safe code.
 #![allow(unsafe_code)]
 
+use std::ffi::CStr;
+use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 /// `gethostname(2)`, or `None` if it fails.
@@ -38,4 +41,48 @@ pub(crate) fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
         libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE)
     };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// `openat(dir, name, flags | O_CLOEXEC)`: opens `name` relative to the
+/// directory `dir`. `name` must be a single path component.
+pub(crate) fn open_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<File> {
+    // SAFETY: `name` is NUL-terminated and outlives the call; `dir` is a
+    // valid descriptor for the duration of the borrow.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat returned a fresh descriptor that nothing else owns.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// What `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)` says about a directory entry.
+pub(crate) struct EntryStat {
+    /// A regular file (a symlink is not, whatever it points to).
+    pub regular: bool,
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`: a symlink is described, not followed.
+pub(crate) fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<EntryStat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is valid for writes of one `stat`; `name` is NUL-terminated.
+    let rc =
+        unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstatat returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    Ok(EntryStat { regular: st.st_mode & libc::S_IFMT == libc::S_IFREG })
+}
+
+/// `unlinkat(dir, name, 0)`: removes the directory entry `name` itself
+/// (a symlink, not its target).
+pub(crate) fn unlink_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated and outlives the call.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

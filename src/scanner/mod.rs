@@ -1,0 +1,738 @@
+//! The `Scanner`: judges a directory of per-process heartbeat files
+//! (`heartbeat-<pid>-<uuid>.json`, as a [`Beater`](crate::Beater) writes in
+//! directory mode) as FRESH, STALE, ORPHAN, REMOTE or SKEWED, removes the
+//! dead ones safely, and remembers when it last saw anyone alive.
+//!
+//! Files are opened relative to the directory (`openat`, never following a
+//! symlink) and parsed straight into a borrowed record: no JSON tree, one
+//! read buffer per scan.
+
+mod watch;
+
+use std::borrow::Cow;
+use std::ffi::{CStr, OsStr};
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::Mutex;
+use serde::Deserialize;
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::error::{Error, Result};
+use crate::state::{MAX_STATE_BYTES, beat_age, parse_timestamp};
+
+pub use watch::{ScanEvent, Watch};
+
+/// A heartbeat older than this is STALE whatever its process does: three
+/// missed beats at the seed's 30 s refresh.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(90);
+/// How often a [`Watch`] scans unless told otherwise.
+pub const DEFAULT_SCAN_INTERVAL: Duration = Duration::from_secs(30);
+/// The seed's idle window: no FRESH entry for 30 minutes.
+pub const DEFAULT_IDLE_WINDOW: Duration = Duration::from_secs(30 * 60);
+
+const PREFIX: &str = "heartbeat-";
+const SUFFIX: &str = ".json";
+
+/// Whether `name` is a heartbeat file name: `heartbeat-*.json`.
+pub fn is_heartbeat_name(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    b.len() >= PREFIX.len() + SUFFIX.len()
+        && b.starts_with(PREFIX.as_bytes())
+        && b.ends_with(SUFFIX.as_bytes())
+}
+
+/// What a scan makes of one heartbeat file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScanStatus {
+    /// Beaten within the stale threshold by a process that is still running.
+    Fresh,
+    /// Not beaten within the stale threshold, whether or not its PID lives.
+    Stale,
+    /// Recent, but its writer is gone: the PID is dead, was given to another
+    /// process, or belongs to an earlier boot.
+    Orphan,
+    /// Recent, written on another host: judged by age alone, since its PID
+    /// cannot be probed from here.
+    Remote,
+    /// Dated in the future beyond [`SKEW_TOLERANCE`](crate::SKEW_TOLERANCE):
+    /// the writer's clock and ours disagree, so its age is unknown.
+    Skewed,
+}
+
+impl ScanStatus {
+    /// The upper-case name: `FRESH`, `STALE`, `ORPHAN`, `REMOTE`, `SKEWED`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScanStatus::Fresh => "FRESH",
+            ScanStatus::Stale => "STALE",
+            ScanStatus::Orphan => "ORPHAN",
+            ScanStatus::Remote => "REMOTE",
+            ScanStatus::Skewed => "SKEWED",
+        }
+    }
+
+    /// Whether cleanup removes files with this status (STALE and ORPHAN).
+    pub fn is_removable(self) -> bool {
+        matches!(self, ScanStatus::Stale | ScanStatus::Orphan)
+    }
+}
+
+impl fmt::Display for ScanStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// ScanReason an entry got its [`ScanStatus`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ScanReason {
+    /// FRESH: the PID is running, and where the file records the writer's
+    /// start time, the running process is the writer.
+    Running {
+        /// Whether the start time was compared (Linux, and the file records it).
+        identity_checked: bool,
+    },
+    /// STALE: the last beat is older than the threshold.
+    TooOld {
+        /// The last beat's age.
+        age: Duration,
+        /// The stale threshold.
+        limit: Duration,
+    },
+    /// ORPHAN: no process has this PID.
+    NotRunning,
+    /// ORPHAN: the PID is zero, negative or out of range, so no process can have it.
+    BadPid,
+    /// ORPHAN: the PID is alive but belongs to a later process (PID reuse).
+    PidReused {
+        /// The writer's start time the file records, in clock ticks since boot.
+        recorded: u64,
+        /// The start time of the process that has the PID now.
+        found: u64,
+    },
+    /// ORPHAN: the file was written during an earlier boot of this host.
+    OtherBoot,
+    /// REMOTE: written on another host.
+    OtherHost,
+    /// SKEWED: the last beat lies this far in the future.
+    Future {
+        /// How far ahead of our clock.
+        ahead: Duration,
+    },
+}
+
+impl fmt::Display for ScanReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScanReason::Running { identity_checked: true } => {
+                f.write_str("pid running, same process start time")
+            }
+            ScanReason::Running { identity_checked: false } => f.write_str("pid running"),
+            ScanReason::TooOld { age, limit } => {
+                write!(f, "last beat {} ago, over {}", secs(*age), secs(*limit))
+            }
+            ScanReason::NotRunning => f.write_str("pid not running"),
+            ScanReason::BadPid => f.write_str("pid cannot name a process"),
+            ScanReason::PidReused { recorded, found } => {
+                write!(f, "pid reused: writer started at tick {recorded}, running process at {found}")
+            }
+            ScanReason::OtherBoot => f.write_str("written before this host last booted"),
+            ScanReason::OtherHost => f.write_str("written on another host; pid not probed"),
+            ScanReason::Future { ahead } => {
+                write!(f, "last beat {} in the future (clock skew)", secs(*ahead))
+            }
+        }
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+/// One heartbeat file as a scan found it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScanEntry {
+    /// The file.
+    pub path: PathBuf,
+    /// The writer's PID.
+    pub pid: i64,
+    /// The writer's run id (from the file, else from its name; may be empty).
+    pub uuid: String,
+    /// The writer's host, when the file names one.
+    pub hostname: Option<String>,
+    /// The last beat: `last_refresh` (or `timestamp`), or the file's mtime
+    /// when its contents are unusable.
+    pub last_beat: SystemTime,
+    /// The last beat's age; `None` when it lies in the future beyond the tolerance.
+    pub age: Option<Duration>,
+    /// The verdict.
+    pub status: ScanStatus,
+    /// ScanReason.
+    pub why: ScanReason,
+    /// ScanReason the contents were not used, when the PID and uuid came from the
+    /// file name and the time from its mtime (a torn or foreign file).
+    pub fallback: Option<String>,
+}
+
+/// A directory entry the scan looked at but could not judge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IgnoredFile {
+    /// The path.
+    pub path: PathBuf,
+    /// What was wrong with it.
+    pub why: String,
+}
+
+/// The result of one scan. Entries are in directory order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scan {
+    /// Every heartbeat file judged.
+    pub entries: Vec<ScanEntry>,
+    /// Names matching `heartbeat-*.json` that could not be judged: symlinks,
+    /// directories and other non-files, unreadable files, and files whose
+    /// contents and name are both unusable. Files that vanish mid-scan are
+    /// not listed: they are simply gone.
+    pub ignored: Vec<IgnoredFile>,
+}
+
+impl Scan {
+    /// How many entries are FRESH.
+    pub fn fresh_count(&self) -> usize {
+        self.entries.iter().filter(|e| e.status == ScanStatus::Fresh).count()
+    }
+}
+
+/// What [`Scanner::cleanup`] did.
+#[derive(Debug, Default)]
+pub struct Cleanup {
+    /// Files removed (or, in a dry run, that would be). A file that was
+    /// already gone counts as removed.
+    pub removed: Vec<ScanEntry>,
+    /// Files left alone although the scan found them STALE or ORPHAN, with
+    /// why: they turned out FRESH on a second look, stopped being regular
+    /// files, or could not be removed.
+    pub kept: Vec<(ScanEntry, String)>,
+}
+
+/// Configures a [`Scanner`]. Get one from [`Scanner::builder`].
+#[must_use]
+pub struct ScannerBuilder {
+    dir: PathBuf,
+    stale_after: Duration,
+    interval: Duration,
+    clock: SharedClock,
+    hostname: Option<String>,
+    boot_id: Option<Option<String>>,
+}
+
+impl ScannerBuilder {
+    /// Heartbeats older than this are STALE. Default [`DEFAULT_STALE_AFTER`].
+    pub fn stale_after(mut self, limit: Duration) -> Self {
+        self.stale_after = limit;
+        self
+    }
+
+    /// How often a [`Watch`] scans. Default [`DEFAULT_SCAN_INTERVAL`]; must be positive.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// The clock for ages (wall) and the idle window (monotonic). Default: the system's.
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The name this host is known by in heartbeat files. Default: `gethostname`.
+    pub fn hostname(mut self, name: impl Into<String>) -> Self {
+        self.hostname = Some(name.into());
+        self
+    }
+
+    /// This boot's id, or `None` to never judge by boot. Default: the kernel's.
+    pub fn boot_id(mut self, id: Option<String>) -> Self {
+        self.boot_id = Some(id);
+        self
+    }
+
+    /// Builds the scanner. Fails on a zero interval.
+    pub fn build(self) -> Result<Scanner> {
+        if self.interval.is_zero() {
+            return Err(Error::InvalidConfig("a scanner's interval must be positive".into()));
+        }
+        let created = self.clock.now();
+        Ok(Scanner {
+            inner: Arc::new(Inner {
+                dir: self.dir,
+                stale_after: self.stale_after,
+                interval: self.interval,
+                hostname: self.hostname.unwrap_or_else(crate::process::hostname),
+                boot_id: self.boot_id.unwrap_or_else(crate::process::boot_id),
+                clock: self.clock,
+                created,
+                last_fresh: Mutex::new(None),
+            }),
+        })
+    }
+}
+
+/// Judges a directory of per-process heartbeat files.
+///
+/// Each file is classified, in this order:
+/// 1. dated in the future beyond the skew tolerance: SKEWED, unless its PID
+///    is provably gone (then ORPHAN);
+/// 2. older than the stale threshold: STALE, even if the PID lives;
+/// 3. written on another host: REMOTE (age alone; its PID means nothing here);
+/// 4. written in an earlier boot, PID dead (`kill(pid, 0)` says ESRCH; EPERM
+///    is alive), PID zero or negative, or PID alive with another start time
+///    than the file records: ORPHAN;
+/// 5. otherwise FRESH.
+///
+/// A file that is not JSON or lacks the fields is judged by the PID and uuid
+/// in its name and its mtime, so a torn write is classified by age rather
+/// than dropped. Cheap to clone: clones share the idle-window memory.
+///
+/// ```
+/// use heartbeat::{Beater, Scanner, ScanStatus};
+/// # let dir = tempfile::tempdir()?;
+/// let _guard = Beater::builder().directory(dir.path()).build()?.start()?;
+///
+/// let scanner = Scanner::new(dir.path());
+/// let scan = scanner.scan()?;
+/// assert_eq!(scan.entries[0].status, ScanStatus::Fresh);
+/// assert!(scanner.is_active()?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Scanner {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    stale_after: Duration,
+    interval: Duration,
+    hostname: String,
+    boot_id: Option<String>,
+    clock: SharedClock,
+    /// When this scanner started watching (monotonic).
+    created: Instant,
+    /// The latest instant some entry is known to have been FRESH.
+    last_fresh: Mutex<Option<Instant>>,
+}
+
+impl fmt::Debug for Scanner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scanner")
+            .field("dir", &self.inner.dir)
+            .field("stale_after", &self.inner.stale_after)
+            .field("interval", &self.inner.interval)
+            .field("hostname", &self.inner.hostname)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scanner {
+    /// A scanner of `dir` with the defaults.
+    pub fn new(dir: impl Into<PathBuf>) -> Scanner {
+        Scanner::builder(dir).build().expect("the default interval is positive")
+    }
+
+    /// Configures a scanner of `dir`.
+    pub fn builder(dir: impl Into<PathBuf>) -> ScannerBuilder {
+        ScannerBuilder {
+            dir: dir.into(),
+            stale_after: DEFAULT_STALE_AFTER,
+            interval: DEFAULT_SCAN_INTERVAL,
+            clock: Arc::new(SystemClock),
+            hostname: None,
+            boot_id: None,
+        }
+    }
+
+    /// The directory scanned.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The stale threshold.
+    pub fn stale_after(&self) -> Duration {
+        self.inner.stale_after
+    }
+
+    /// How often a [`Watch`] scans.
+    pub fn interval(&self) -> Duration {
+        self.inner.interval
+    }
+
+    /// Reads and judges every `heartbeat-*.json` in the directory.
+    ///
+    /// A missing directory is an empty scan; one that cannot be listed is
+    /// [`Error::Directory`]. Problems with single files never fail the scan:
+    /// see [`Scan::ignored`].
+    pub fn scan(&self) -> Result<Scan> {
+        self.inner.scan()
+    }
+
+    /// How many entries are FRESH now (a new scan).
+    pub fn fresh_count(&self) -> Result<usize> {
+        Ok(self.scan()?.fresh_count())
+    }
+
+    /// Whether at least one entry is FRESH now (a new scan).
+    pub fn is_active(&self) -> Result<bool> {
+        Ok(self.fresh_count()? > 0)
+    }
+
+    /// Whether no entry has been FRESH for at least `window` (a new scan).
+    ///
+    /// Unlike the seed's "no FRESH now", this remembers across scans when
+    /// an entry was last seen FRESH ([`last_fresh`](Self::last_fresh)). A
+    /// writer that came and went between two scans still counts: its file's
+    /// last beat is evidence that it was alive then, as long as the file is
+    /// there. A scanner only answers for the time it has watched: a new one
+    /// says `false` until `window` has passed since it was built.
+    pub fn idle_for(&self, window: Duration) -> Result<bool> {
+        let scan = self.scan()?;
+        if scan.fresh_count() > 0 {
+            return Ok(false);
+        }
+        let inner = &*self.inner;
+        let since = inner.last_fresh.lock().map_or(inner.created, |t| t.max(inner.created));
+        Ok(inner.clock.now().saturating_duration_since(since) >= window)
+    }
+
+    /// The latest monotonic instant (on the scanner's clock) at which some
+    /// entry is known to have been FRESH: seen FRESH by a scan, or beating,
+    /// by the last beat of a file from this host. `None` if never.
+    pub fn last_fresh(&self) -> Option<Instant> {
+        *self.inner.last_fresh.lock()
+    }
+
+    /// Removes the STALE and ORPHAN files, as [`cleanup_plan`](Self::cleanup_plan) would list them.
+    ///
+    /// Safe against a busy directory: only regular files named
+    /// `heartbeat-*.json` directly in the directory are removed (by
+    /// `unlinkat` on the directory, so never a symlink's target nor anything
+    /// outside), and each is read and judged again just before removal, so a
+    /// writer that resumed meanwhile keeps its file. A file already gone
+    /// counts as removed; any other failure keeps that file and goes on.
+    pub fn cleanup(&self) -> Result<Cleanup> {
+        self.inner.cleanup(true)
+    }
+
+    /// What [`cleanup`](Self::cleanup) would remove, removing nothing (a dry run).
+    pub fn cleanup_plan(&self) -> Result<Cleanup> {
+        self.inner.cleanup(false)
+    }
+
+    /// Starts a thread that scans every [`interval`](ScannerBuilder::interval)
+    /// and reports entries that appear, change status or disappear.
+    pub fn watch(&self) -> Result<Watch> {
+        Watch::start(self.clone())
+    }
+
+    pub(crate) fn clock(&self) -> &SharedClock {
+        &self.inner.clock
+    }
+}
+
+/// What judging one directory entry gave.
+enum Judged {
+    Entry(ScanEntry),
+    Ignored(String),
+    /// Vanished between listing and reading.
+    Gone,
+}
+
+/// The buffers a scan reuses from file to file.
+#[derive(Default)]
+struct Reader {
+    bytes: Vec<u8>,
+    name: Vec<u8>,
+}
+
+impl Reader {
+    /// `name` as a C string, in a reused buffer.
+    fn c_name(&mut self, name: &OsStr) -> &CStr {
+        self.name.clear();
+        self.name.extend_from_slice(name.as_bytes());
+        self.name.push(0);
+        CStr::from_bytes_with_nul(&self.name).expect("directory entry names hold no NUL")
+    }
+}
+
+/// The fields a scanner reads, borrowed from the file's bytes where possible.
+/// Other fields (metadata, ...) are skipped without being built.
+#[derive(Deserialize)]
+struct Raw<'a> {
+    pid: Option<i64>,
+    #[serde(borrow)]
+    uuid: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    hostname: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    last_refresh: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    timestamp: Option<Cow<'a, str>>,
+    process_start_ticks: Option<u64>,
+    #[serde(borrow)]
+    boot_id: Option<Cow<'a, str>>,
+}
+
+/// The facts a verdict is made from.
+struct Record {
+    pid: i64,
+    uuid: String,
+    hostname: Option<String>,
+    last_beat: SystemTime,
+    start_ticks: Option<u64>,
+    boot_id: Option<String>,
+    fallback: Option<String>,
+}
+
+impl Record {
+    /// The record in a file's contents, or why they are unusable.
+    fn parse(bytes: &[u8]) -> Result<Record, String> {
+        let raw: Raw<'_> =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a heartbeat object: {e}"))?;
+        let pid = raw.pid.ok_or("no pid")?;
+        let beat = raw.last_refresh.or(raw.timestamp).ok_or("no last_refresh or timestamp")?;
+        let last_beat = parse_timestamp(&beat).ok_or("last_refresh is not an RFC 3339 timestamp")?;
+        Ok(Record {
+            pid,
+            uuid: raw.uuid.map(Cow::into_owned).unwrap_or_default(),
+            hostname: raw.hostname.map(Cow::into_owned),
+            last_beat,
+            start_ticks: raw.process_start_ticks,
+            boot_id: raw.boot_id.map(Cow::into_owned),
+            fallback: None,
+        })
+    }
+
+    /// The seed's fallback: PID and uuid from `heartbeat-<pid>-<uuid>.json`,
+    /// time from the file's mtime. `None` if the name does not carry them.
+    fn from_name(name: &OsStr, file: &File, why: String) -> Option<io::Result<Record>> {
+        let stem = name.to_str()?.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
+        let (pid, uuid) = stem.split_once('-')?;
+        let pid: i64 = pid.parse().ok()?;
+        Some(file.metadata().and_then(|m| m.modified()).map(|mtime| Record {
+            pid,
+            uuid: uuid.to_owned(),
+            hostname: None,
+            last_beat: mtime,
+            start_ticks: None,
+            boot_id: None,
+            fallback: Some(why),
+        }))
+    }
+}
+
+impl Inner {
+    /// One pass over the directory; see [`Scanner::scan`].
+    fn scan(&self) -> Result<Scan> {
+        let Some(dir) = self.open_dir()? else {
+            return Ok(Scan::default());
+        };
+        let listing = std::fs::read_dir(&self.dir).map_err(|e| self.dir_error(e))?;
+        let now = self.clock.wall();
+        let mut reader = Reader::default();
+        let mut scan = Scan::default();
+        for item in listing {
+            let item = item.map_err(|e| self.dir_error(e))?;
+            let name = item.file_name();
+            if !is_heartbeat_name(&name) {
+                continue;
+            }
+            match self.judge(&dir, &name, now, &mut reader) {
+                Judged::Entry(entry) => scan.entries.push(entry),
+                Judged::Ignored(why) => scan.ignored.push(IgnoredFile { path: self.dir.join(&name), why }),
+                Judged::Gone => {}
+            }
+        }
+        self.remember(&scan.entries);
+        Ok(scan)
+    }
+
+    fn dir_error(&self, source: io::Error) -> Error {
+        Error::Directory { path: self.dir.clone(), source }
+    }
+
+    /// The directory, opened for `*at` calls; `None` if it does not exist.
+    fn open_dir(&self) -> Result<Option<File>> {
+        match OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY).open(&self.dir) {
+            Ok(dir) => Ok(Some(dir)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.dir_error(e)),
+        }
+    }
+
+    /// Reads and judges the file `name` in `dir`.
+    fn judge(&self, dir: &File, name: &OsStr, now: SystemTime, reader: &mut Reader) -> Judged {
+        let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
+        let file = match crate::sys::open_at(dir.as_fd(), reader.c_name(name), flags) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Judged::Gone,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Judged::Ignored("a symbolic link; not followed".into());
+            }
+            Err(e) => return Judged::Ignored(format!("cannot open: {e}")),
+        };
+        let bytes = &mut reader.bytes;
+        bytes.clear();
+        if let Err(e) = (&file).take(MAX_STATE_BYTES + 1).read_to_end(bytes) {
+            return Judged::Ignored(match e.raw_os_error() {
+                Some(libc::EISDIR) => "a directory".into(),
+                _ => format!("cannot read: {e}"),
+            });
+        }
+        let parsed = if bytes.len() as u64 > MAX_STATE_BYTES {
+            Err(format!("larger than {MAX_STATE_BYTES} bytes"))
+        } else {
+            Record::parse(bytes)
+        };
+        let record = match parsed {
+            Ok(record) => record,
+            Err(why) => match file.metadata() {
+                Ok(m) if !m.is_file() => return Judged::Ignored("not a regular file".into()),
+                Err(e) => return Judged::Ignored(format!("cannot stat: {e}")),
+                Ok(_) => match Record::from_name(name, &file, why.clone()) {
+                    Some(Ok(record)) => record,
+                    Some(Err(e)) => return Judged::Ignored(format!("{why}; cannot stat: {e}")),
+                    None => return Judged::Ignored(format!("{why}; no pid in the file name")),
+                },
+            },
+        };
+        Judged::Entry(self.classify(self.dir.join(name), record, now))
+    }
+
+    fn classify(&self, path: PathBuf, r: Record, now: SystemTime) -> ScanEntry {
+        let age = beat_age(r.last_beat, now).ok();
+        let remote = r.hostname.as_deref().is_some_and(|h| h != self.hostname);
+        let (status, why) = match age {
+            Some(age) if age > self.stale_after => {
+                (ScanStatus::Stale, ScanReason::TooOld { age, limit: self.stale_after })
+            }
+            _ if remote => match age {
+                Some(_) => (ScanStatus::Remote, ScanReason::OtherHost),
+                None => (
+                    ScanStatus::Skewed,
+                    ScanReason::Future { ahead: r.last_beat.duration_since(now).unwrap_or_default() },
+                ),
+            },
+            _ => match (self.probe(&r), age) {
+                (Err(why), _) => (ScanStatus::Orphan, why),
+                (Ok(_), None) => (
+                    ScanStatus::Skewed,
+                    ScanReason::Future { ahead: r.last_beat.duration_since(now).unwrap_or_default() },
+                ),
+                (Ok(identity_checked), Some(_)) => {
+                    (ScanStatus::Fresh, ScanReason::Running { identity_checked })
+                }
+            },
+        };
+        ScanEntry {
+            path,
+            pid: r.pid,
+            uuid: r.uuid,
+            hostname: r.hostname,
+            last_beat: r.last_beat,
+            age,
+            status,
+            why,
+            fallback: r.fallback,
+        }
+    }
+
+    /// Whether the writer of a local record still runs: `Ok(identity_checked)`
+    /// or the reason it does not.
+    fn probe(&self, r: &Record) -> Result<bool, ScanReason> {
+        if let (Some(theirs), Some(ours)) = (&r.boot_id, &self.boot_id)
+            && theirs != ours
+        {
+            return Err(ScanReason::OtherBoot);
+        }
+        if r.pid <= 0 || libc::pid_t::try_from(r.pid).is_err() {
+            return Err(ScanReason::BadPid);
+        }
+        if !crate::process::pid_alive(r.pid) {
+            return Err(ScanReason::NotRunning);
+        }
+        let Some(recorded) = r.start_ticks else { return Ok(false) };
+        match crate::process::start_ticks(r.pid as u32) {
+            Some(found) if found != recorded => Err(ScanReason::PidReused { recorded, found }),
+            Some(_) => Ok(true),
+            // Not readable here (hidepid, no /proc, or it just exited): alive by kill.
+            None => Ok(false),
+        }
+    }
+
+    /// Records the evidence of liveness a scan's entries carry.
+    fn remember(&self, entries: &[ScanEntry]) {
+        let now = self.clock.now();
+        let evidence = entries
+            .iter()
+            .filter_map(|e| match e.status {
+                ScanStatus::Fresh => Some(now),
+                ScanStatus::Remote | ScanStatus::Skewed => None,
+                ScanStatus::Stale | ScanStatus::Orphan => now.checked_sub(e.age?),
+            })
+            .max();
+        if let Some(t) = evidence {
+            let mut last = self.last_fresh.lock();
+            *last = Some(last.map_or(t, |l| l.max(t)));
+        }
+    }
+
+    fn cleanup(&self, remove: bool) -> Result<Cleanup> {
+        let scan = self.scan()?;
+        let mut done = Cleanup::default();
+        let Some(dir) = self.open_dir()? else { return Ok(done) };
+        let mut reader = Reader::default();
+        for entry in scan.entries.into_iter().filter(|e| e.status.is_removable()) {
+            let Some(name) = entry.path.file_name().map(OsStr::to_owned) else { continue };
+            let verdict = self.removal_check(&dir, &name, &mut reader);
+            match verdict {
+                Err(why) => done.kept.push((entry, why)),
+                Ok(()) if !remove => done.removed.push(entry),
+                Ok(()) => match crate::sys::unlink_at(dir.as_fd(), reader.c_name(&name)) {
+                    Ok(()) => done.removed.push(entry),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => done.removed.push(entry),
+                    Err(e) => done.kept.push((entry, format!("cannot remove: {e}"))),
+                },
+            }
+        }
+        Ok(done)
+    }
+
+    /// Checks, just before removal, that `name` is still a regular heartbeat
+    /// file directly in the directory and still STALE or ORPHAN.
+    fn removal_check(&self, dir: &File, name: &OsStr, reader: &mut Reader) -> Result<(), String> {
+        if !is_heartbeat_name(name) {
+            return Err("not a heartbeat file name".into());
+        }
+        match crate::sys::stat_at(dir.as_fd(), reader.c_name(name)) {
+            Ok(st) if st.regular => {}
+            Ok(_) => return Err("no longer a regular file".into()),
+            // Gone already: removing it is a no-op that counts as done.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("cannot stat: {e}")),
+        }
+        match self.judge(dir, name, self.clock.wall(), reader) {
+            Judged::Entry(again) if again.status.is_removable() => Ok(()),
+            Judged::Entry(again) => Err(format!("now {}: {}", again.status, again.why)),
+            Judged::Gone => Ok(()),
+            Judged::Ignored(why) => Err(why),
+        }
+    }
+}
