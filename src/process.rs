@@ -32,17 +32,19 @@ impl ProcessIdentity {
 /// platform exposes it (Linux `/proc`); `None` if the process does not exist
 /// or the value cannot be read.
 pub fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Bytes, not a String: the command name may be any bytes.
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
     parse_start_ticks(&stat)
 }
 
 /// Parses field 22 (`starttime`) of a `/proc/<pid>/stat` line. The command
-/// name (field 2) is in parentheses and may itself hold spaces and `)`, so
-/// fields are counted from the last `)`.
-fn parse_start_ticks(stat: &str) -> Option<u64> {
-    let after_comm = &stat[stat.rfind(')')? + 1..];
+/// name (field 2) is in parentheses and may itself hold spaces, `)` and
+/// bytes that are not UTF-8, so fields are counted from the last `)`.
+pub(crate) fn parse_start_ticks(stat: &[u8]) -> Option<u64> {
+    let after_comm = &stat[stat.iter().rposition(|&b| b == b')')? + 1..];
     // Fields after the name start at field 3 (state); starttime is field 22.
-    after_comm.split_ascii_whitespace().nth(22 - 3)?.parse().ok()
+    let field = after_comm.split(u8::is_ascii_whitespace).filter(|f| !f.is_empty()).nth(22 - 3)?;
+    std::str::from_utf8(field).ok()?.parse().ok()
 }
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`), where available.
@@ -91,9 +93,13 @@ mod tests {
     fn start_ticks_are_counted_from_the_last_paren() {
         // A command name with spaces and a ')' must not shift the fields.
         let stat = "4242 (we ird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
-        assert_eq!(parse_start_ticks(stat), Some(987654));
-        assert_eq!(parse_start_ticks("garbage"), None);
-        assert_eq!(parse_start_ticks("1 (x) S 1 2"), None);
+        assert_eq!(parse_start_ticks(stat.as_bytes()), Some(987654));
+        assert_eq!(parse_start_ticks(b"garbage"), None);
+        assert_eq!(
+            parse_start_ticks(b"1 (\xff\xfe) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 42 0"),
+            Some(42)
+        );
+        assert_eq!(parse_start_ticks(b"1 (x) S 1 2"), None);
     }
 
     #[cfg(target_os = "linux")]

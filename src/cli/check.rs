@@ -124,17 +124,10 @@ impl Verdict {
     }
 }
 
-/// Escapes control characters: the reason quotes the file (its host name,
-/// its path), and whoever wrote it must not be able to add lines to a probe's
-/// output, such as a forged Nagios `OK` line.
-fn one_line(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
-}
-
 pub fn run(args: &CheckArgs) -> ExitCode {
     let verdict = Verdict::judge(&args.file, args.max_age, SystemTime::now());
     let alive = matches!(verdict, Verdict::Alive { .. });
-    let reason = one_line(&verdict.reason(&args.file, args.max_age));
+    let reason = super::one_line(&verdict.reason(&args.file, args.max_age));
     let (line, code) = match args.format {
         Format::Text => {
             (format!("{}: {reason}", if alive { "alive" } else { "not alive" }), u8::from(!alive))

@@ -2,13 +2,14 @@
 
 mod beat;
 mod check;
+mod scan;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-/// Liveness for processes: keep a heartbeat file fresh, or judge one.
+/// Liveness for processes: keep a heartbeat file fresh, judge one, or scan a directory of them.
 #[derive(Debug, Parser)]
 #[command(name = "heartbeat", version, about, propagate_version = true)]
 #[command(after_help = "Logging goes to stderr and is set with RUST_LOG (e.g. RUST_LOG=debug).")]
@@ -21,6 +22,7 @@ struct Cli {
 enum Command {
     Beat(beat::BeatArgs),
     Check(check::CheckArgs),
+    Scan(scan::ScanArgs),
 }
 
 /// Parses the command line (exit 2 on bad arguments, clap's convention) and runs the command.
@@ -29,6 +31,7 @@ pub fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Beat(args) => beat::run(args),
         Command::Check(args) => check::run(&args),
+        Command::Scan(args) => scan::run(&args),
     }
 }
 
@@ -37,6 +40,21 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
     Duration::try_from_secs_f64(secs)
         .map_err(|_| format!("{s:?} is not a non-negative, finite number of seconds"))
+}
+
+/// Parses a positive, finite number of seconds: like [`parse_seconds`], but not zero.
+fn parse_positive_seconds(s: &str) -> Result<Duration, String> {
+    parse_seconds(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{s:?} is not a positive, finite number of seconds"))
+}
+
+/// Escapes control characters. Output quotes what files say (host names,
+/// uuids, paths, parse errors), and whoever wrote a file must not be able to
+/// add lines to a probe's output, such as a forged Nagios `OK` line.
+fn one_line(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 #[cfg(test)]
@@ -51,6 +69,15 @@ mod tests {
         assert!(parse_seconds("inf").is_err());
         assert!(parse_seconds("NaN").is_err());
         assert!(parse_seconds("ten").unwrap_err().contains("not a number"));
+        assert_eq!(parse_positive_seconds("0.2"), Ok(Duration::from_millis(200)));
+        assert!(parse_positive_seconds("0").unwrap_err().contains("positive"));
+        assert!(parse_positive_seconds("-1").is_err());
+    }
+
+    #[test]
+    fn one_line_escapes_control_characters_only() {
+        assert_eq!(one_line("a\nb\tc\u{1b}[31m\u{7f}"), "a\\nb\\tc\\u{1b}[31m\\u{7f}");
+        assert_eq!(one_line("web-1 héllo ✓"), "web-1 héllo ✓");
     }
 
     #[test]

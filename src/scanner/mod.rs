@@ -7,10 +7,12 @@
 //! symlink) and parsed straight into a borrowed record: no JSON tree, one
 //! read buffer per scan.
 
+mod proc;
 mod watch;
 
 use std::borrow::Cow;
-use std::ffi::{CStr, OsStr};
+use std::collections::HashMap;
+use std::ffi::{CStr, OsStr, OsString};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
@@ -19,6 +21,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
@@ -27,6 +30,7 @@ use serde::Deserialize;
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::{Error, Result};
 use crate::state::{MAX_STATE_BYTES, beat_age, parse_timestamp};
+use proc::StartTimes;
 
 pub use watch::{ScanEvent, Watch};
 
@@ -232,9 +236,19 @@ pub struct ScannerBuilder {
     clock: SharedClock,
     hostname: Option<String>,
     boot_id: Option<Option<String>>,
+    threads: usize,
 }
 
 impl ScannerBuilder {
+    /// The most threads one scan reads files with. Large directories are
+    /// split between scoped threads, each given at least 512 files; smaller
+    /// ones are read on the calling thread. Default: the available
+    /// parallelism, at most 4. `1` never starts a thread; `0` is taken as `1`.
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
+
     /// Heartbeats older than this are STALE. Default [`DEFAULT_STALE_AFTER`].
     pub fn stale_after(mut self, limit: Duration) -> Self {
         self.stale_after = limit;
@@ -276,11 +290,13 @@ impl ScannerBuilder {
                 dir: self.dir,
                 stale_after: self.stale_after,
                 interval: self.interval,
+                threads: self.threads,
                 hostname: self.hostname.unwrap_or_else(crate::process::hostname),
                 boot_id: self.boot_id.unwrap_or_else(crate::process::boot_id),
                 clock: self.clock,
                 created,
                 last_fresh: Mutex::new(None),
+                start_times: Mutex::default(),
             }),
         })
     }
@@ -322,6 +338,7 @@ struct Inner {
     dir: PathBuf,
     stale_after: Duration,
     interval: Duration,
+    threads: usize,
     hostname: String,
     boot_id: Option<String>,
     clock: SharedClock,
@@ -329,6 +346,8 @@ struct Inner {
     created: Instant,
     /// The latest instant some entry is known to have been FRESH.
     last_fresh: Mutex<Option<Instant>>,
+    /// PIDs' start times as the last scan found them.
+    start_times: Mutex<HashMap<i32, proc::Known>>,
 }
 
 impl fmt::Debug for Scanner {
@@ -357,6 +376,7 @@ impl Scanner {
             clock: Arc::new(SystemClock),
             hostname: None,
             boot_id: None,
+            threads: thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         }
     }
 
@@ -455,20 +475,58 @@ enum Judged {
     Gone,
 }
 
-/// The buffers a scan reuses from file to file.
-#[derive(Default)]
-struct Reader {
-    bytes: Vec<u8>,
+/// What a scan reuses from file to file: buffers, and PIDs' start times.
+struct Reader<'a> {
+    /// The first read of every file lands here; heartbeat files are ~400 bytes.
+    head: Box<[u8]>,
+    /// Files that do not fit `head` or do not parse are read whole into this.
+    whole: Vec<u8>,
     name: Vec<u8>,
+    starts: StartTimes<'a>,
 }
 
-impl Reader {
+impl<'a> Reader<'a> {
+    fn new(starts: StartTimes<'a>) -> Self {
+        Reader { head: vec![0; HEAD_BYTES].into(), whole: Vec::new(), name: Vec::new(), starts }
+    }
+}
+
+/// A scan uses more threads only when each gets at least this many files.
+const FILES_PER_THREAD: usize = 512;
+
+/// The size of a scan's first read of each file.
+const HEAD_BYTES: usize = 16 * 1024;
+
+impl Reader<'_> {
     /// `name` as a C string, in a reused buffer.
     fn c_name(&mut self, name: &OsStr) -> &CStr {
         self.name.clear();
         self.name.extend_from_slice(name.as_bytes());
         self.name.push(0);
         CStr::from_bytes_with_nul(&self.name).expect("directory entry names hold no NUL")
+    }
+
+    /// Reads and parses a heartbeat file: `Ok(Err(why))` when its contents are unusable.
+    ///
+    /// One `read` usually suffices: a regular file reads short only at its
+    /// end, so a short first read that parses is the whole file. Otherwise
+    /// (a long file, or one that does not parse, perhaps because a file
+    /// system read short) the file is read to its end, up to
+    /// [`MAX_STATE_BYTES`], and parsed whole.
+    fn read(&mut self, mut file: &File) -> io::Result<Result<Record, String>> {
+        let n = file.read(&mut self.head)?;
+        if n < self.head.len()
+            && let Ok(record) = Record::parse(&self.head[..n])
+        {
+            return Ok(Ok(record));
+        }
+        self.whole.clear();
+        self.whole.extend_from_slice(&self.head[..n]);
+        file.take(MAX_STATE_BYTES + 1 - n as u64).read_to_end(&mut self.whole)?;
+        if self.whole.len() as u64 > MAX_STATE_BYTES {
+            return Ok(Err(format!("larger than {MAX_STATE_BYTES} bytes")));
+        }
+        Ok(Record::parse(&self.whole))
     }
 }
 
@@ -544,24 +602,72 @@ impl Inner {
         let Some(dir) = self.open_dir()? else {
             return Ok(Scan::default());
         };
-        let listing = std::fs::read_dir(&self.dir).map_err(|e| self.dir_error(e))?;
-        let now = self.clock.wall();
-        let mut reader = Reader::default();
-        let mut scan = Scan::default();
-        for item in listing {
-            let item = item.map_err(|e| self.dir_error(e))?;
-            let name = item.file_name();
-            if !is_heartbeat_name(&name) {
-                continue;
+        let mut names = Vec::new();
+        for item in std::fs::read_dir(&self.dir).map_err(|e| self.dir_error(e))? {
+            let name = item.map_err(|e| self.dir_error(e))?.file_name();
+            if is_heartbeat_name(&name) {
+                names.push(name);
             }
-            match self.judge(&dir, &name, now, &mut reader) {
+        }
+        let now = self.clock.wall();
+        let earlier = std::mem::take(&mut *self.start_times.lock());
+        let threads = self.threads.min(names.len() / FILES_PER_THREAD).max(1);
+        let mut parts = if threads == 1 {
+            vec![self.judge_all(&dir, &names, now, &earlier)]
+        } else {
+            let chunk = names.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                let (dir, earlier) = (&dir, &earlier);
+                let spawned: Vec<_> = names
+                    .chunks(chunk)
+                    .map(|part| {
+                        let job = move || self.judge_all(dir, part, now, earlier);
+                        thread::Builder::new()
+                            .name("heartbeat-scan".into())
+                            .spawn_scoped(scope, job)
+                            .map_err(|_| part)
+                    })
+                    .collect();
+                spawned
+                    .into_iter()
+                    .map(|spawned| match spawned {
+                        Ok(handle) => handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                        // No thread to be had: read that part here.
+                        Err(part) => self.judge_all(dir, part, now, earlier),
+                    })
+                    .collect()
+            })
+        };
+        let mut known = HashMap::new();
+        let mut scan = Scan::default();
+        for (part, part_known) in &mut parts {
+            scan.entries.append(&mut part.entries);
+            scan.ignored.append(&mut part.ignored);
+            known.extend(part_known.drain());
+        }
+        *self.start_times.lock() = known;
+        self.remember(&scan.entries);
+        Ok(scan)
+    }
+
+    /// Judges the files `names`; with the PID start times it looked up.
+    fn judge_all(
+        &self,
+        dir: &File,
+        names: &[OsString],
+        now: SystemTime,
+        earlier: &HashMap<i32, proc::Known>,
+    ) -> (Scan, HashMap<i32, proc::Known>) {
+        let mut reader = Reader::new(StartTimes::new(earlier));
+        let mut scan = Scan { entries: Vec::with_capacity(names.len()), ignored: Vec::new() };
+        for name in names {
+            match self.judge(dir, name, now, &mut reader) {
                 Judged::Entry(entry) => scan.entries.push(entry),
-                Judged::Ignored(why) => scan.ignored.push(IgnoredFile { path: self.dir.join(&name), why }),
+                Judged::Ignored(why) => scan.ignored.push(IgnoredFile { path: self.dir.join(name), why }),
                 Judged::Gone => {}
             }
         }
-        self.remember(&scan.entries);
-        Ok(scan)
+        (scan, reader.starts.into_known())
     }
 
     fn dir_error(&self, source: io::Error) -> Error {
@@ -578,7 +684,7 @@ impl Inner {
     }
 
     /// Reads and judges the file `name` in `dir`.
-    fn judge(&self, dir: &File, name: &OsStr, now: SystemTime, reader: &mut Reader) -> Judged {
+    fn judge(&self, dir: &File, name: &OsStr, now: SystemTime, reader: &mut Reader<'_>) -> Judged {
         let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
         let file = match crate::sys::open_at(dir.as_fd(), reader.c_name(name), flags) {
             Ok(file) => file,
@@ -588,18 +694,14 @@ impl Inner {
             }
             Err(e) => return Judged::Ignored(format!("cannot open: {e}")),
         };
-        let bytes = &mut reader.bytes;
-        bytes.clear();
-        if let Err(e) = (&file).take(MAX_STATE_BYTES + 1).read_to_end(bytes) {
-            return Judged::Ignored(match e.raw_os_error() {
-                Some(libc::EISDIR) => "a directory".into(),
-                _ => format!("cannot read: {e}"),
-            });
-        }
-        let parsed = if bytes.len() as u64 > MAX_STATE_BYTES {
-            Err(format!("larger than {MAX_STATE_BYTES} bytes"))
-        } else {
-            Record::parse(bytes)
+        let parsed = match reader.read(&file) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                return Judged::Ignored(match e.raw_os_error() {
+                    Some(libc::EISDIR) => "a directory".into(),
+                    _ => format!("cannot read: {e}"),
+                });
+            }
         };
         let record = match parsed {
             Ok(record) => record,
@@ -613,10 +715,10 @@ impl Inner {
                 },
             },
         };
-        Judged::Entry(self.classify(self.dir.join(name), record, now))
+        Judged::Entry(self.classify(self.dir.join(name), record, now, &mut reader.starts))
     }
 
-    fn classify(&self, path: PathBuf, r: Record, now: SystemTime) -> ScanEntry {
+    fn classify(&self, path: PathBuf, r: Record, now: SystemTime, starts: &mut StartTimes<'_>) -> ScanEntry {
         let age = beat_age(r.last_beat, now).ok();
         let remote = r.hostname.as_deref().is_some_and(|h| h != self.hostname);
         let (status, why) = match age {
@@ -630,7 +732,7 @@ impl Inner {
                     ScanReason::Future { ahead: r.last_beat.duration_since(now).unwrap_or_default() },
                 ),
             },
-            _ => match (self.probe(&r), age) {
+            _ => match (self.probe(&r, starts), age) {
                 (Err(why), _) => (ScanStatus::Orphan, why),
                 (Ok(_), None) => (
                     ScanStatus::Skewed,
@@ -656,20 +758,21 @@ impl Inner {
 
     /// Whether the writer of a local record still runs: `Ok(identity_checked)`
     /// or the reason it does not.
-    fn probe(&self, r: &Record) -> Result<bool, ScanReason> {
+    fn probe(&self, r: &Record, starts: &mut StartTimes<'_>) -> Result<bool, ScanReason> {
         if let (Some(theirs), Some(ours)) = (&r.boot_id, &self.boot_id)
             && theirs != ours
         {
             return Err(ScanReason::OtherBoot);
         }
-        if r.pid <= 0 || libc::pid_t::try_from(r.pid).is_err() {
-            return Err(ScanReason::BadPid);
-        }
+        let pid = match libc::pid_t::try_from(r.pid) {
+            Ok(pid) if pid > 0 => pid,
+            _ => return Err(ScanReason::BadPid),
+        };
         if !crate::process::pid_alive(r.pid) {
             return Err(ScanReason::NotRunning);
         }
         let Some(recorded) = r.start_ticks else { return Ok(false) };
-        match crate::process::start_ticks(r.pid as u32) {
+        match starts.get(pid) {
             Some(found) if found != recorded => Err(ScanReason::PidReused { recorded, found }),
             Some(_) => Ok(true),
             // Not readable here (hidepid, no /proc, or it just exited): alive by kill.
@@ -698,7 +801,8 @@ impl Inner {
         let scan = self.scan()?;
         let mut done = Cleanup::default();
         let Some(dir) = self.open_dir()? else { return Ok(done) };
-        let mut reader = Reader::default();
+        let no_earlier = HashMap::new();
+        let mut reader = Reader::new(StartTimes::new(&no_earlier));
         for entry in scan.entries.into_iter().filter(|e| e.status.is_removable()) {
             let Some(name) = entry.path.file_name().map(OsStr::to_owned) else { continue };
             let verdict = self.removal_check(&dir, &name, &mut reader);
@@ -717,7 +821,7 @@ impl Inner {
 
     /// Checks, just before removal, that `name` is still a regular heartbeat
     /// file directly in the directory and still STALE or ORPHAN.
-    fn removal_check(&self, dir: &File, name: &OsStr, reader: &mut Reader) -> Result<(), String> {
+    fn removal_check(&self, dir: &File, name: &OsStr, reader: &mut Reader<'_>) -> Result<(), String> {
         if !is_heartbeat_name(name) {
             return Err("not a heartbeat file name".into());
         }
