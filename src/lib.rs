@@ -4,10 +4,13 @@
 //! over crossbeam channels, and every thread has an owner that stops and
 //! joins it. No async runtime.
 //!
-//! This release has the first part: **heartbeat files**. A process proves it
-//! is alive by rewriting a small JSON file every interval ([`Beater`]);
-//! anyone can read that file and judge its age ([`is_alive`], [`age`],
-//! [`read_state`]).
+//! - **Heartbeat files.** A process proves it is alive by rewriting a small
+//!   JSON file every interval ([`Beater`]); anyone can read that file and
+//!   judge its age ([`is_alive`], [`age`], [`read_state`]).
+//! - **Sessions that must beat** inside one process: [`Monitor`], with
+//!   warnings, then timeouts, and phi-accrual detection.
+//! - **A directory of per-process heartbeat files:** [`Scanner`] judges each
+//!   FRESH, STALE, ORPHAN, REMOTE or SKEWED, cleans up safely and watches.
 //!
 //! ```
 //! use std::time::Duration;
