@@ -60,6 +60,10 @@ pub(crate) fn open_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Resul
 pub(crate) struct EntryStat {
     /// A regular file (a symlink is not, whatever it points to).
     pub regular: bool,
+    /// The device it is on.
+    pub dev: u64,
+    /// Its inode number.
+    pub ino: u64,
 }
 
 /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`: a symlink is described, not followed.
@@ -73,7 +77,7 @@ pub(crate) fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<EntryStat>
     }
     // SAFETY: fstatat returned 0, so it filled `st`.
     let st = unsafe { st.assume_init() };
-    Ok(EntryStat { regular: st.st_mode & libc::S_IFMT == libc::S_IFREG })
+    Ok(EntryStat { regular: st.st_mode & libc::S_IFMT == libc::S_IFREG, dev: st.st_dev, ino: st.st_ino })
 }
 
 /// `unlinkat(dir, name, 0)`: removes the directory entry `name` itself

@@ -8,6 +8,10 @@ use crossbeam_channel::{Receiver, select};
 
 use crate::clock::SharedClock;
 
+/// Where the next tick goes when `interval` is too large to add to an
+/// `Instant`: far enough to mean never.
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// A fixed grid of ticks `interval` apart on an injected clock.
 pub(crate) struct Ticker {
     clock: SharedClock,
@@ -19,7 +23,8 @@ pub(crate) struct Ticker {
 impl Ticker {
     /// A grid whose first tick is `first_after` from now (zero: at once).
     pub(crate) fn new(clock: SharedClock, interval: Duration, first_after: Duration) -> Self {
-        let next = clock.now() + first_after;
+        let now = clock.now();
+        let next = now.checked_add(first_after).unwrap_or_else(|| now + FAR_FUTURE);
         Ticker { changes: clock.changes(), clock, interval, next }
     }
 
@@ -31,10 +36,10 @@ impl Ticker {
         if now < self.next {
             return false;
         }
-        self.next += self.interval;
-        if self.next <= now {
-            self.next = now + self.interval;
-        }
+        self.next = match self.next.checked_add(self.interval) {
+            Some(next) if next > now => next,
+            _ => now.checked_add(self.interval).unwrap_or_else(|| now + FAR_FUTURE),
+        };
         true
     }
 
@@ -105,6 +110,21 @@ mod tests {
         assert!(!t.wait(&stop_rx));
         drop(stop_tx);
         assert!(!t.wait(&stop_rx), "a disconnected stop channel means stop");
+    }
+
+    #[test]
+    fn an_interval_too_large_for_an_instant_never_ticks_again_and_never_panics() {
+        let clock = ManualClock::new();
+        let huge = Duration::from_secs(u64::MAX / 2);
+        let mut t = Ticker::new(clock.clone(), huge, Duration::ZERO);
+        assert!(t.due());
+        clock.advance(Duration::from_secs(3600));
+        assert!(!t.due());
+        let (_stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+        clock.advance(Duration::from_secs(1));
+        assert!(t.wait(&stop_rx), "woken by the clock, not stuck computing a deadline");
+        let mut late = Ticker::new(clock.clone(), Duration::from_secs(1), huge);
+        assert!(!late.due());
     }
 
     #[test]

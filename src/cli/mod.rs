@@ -54,7 +54,17 @@ fn parse_positive_seconds(s: &str) -> Result<Duration, String> {
 /// uuids, paths, parse errors), and whoever wrote a file must not be able to
 /// add lines to a probe's output, such as a forged Nagios `OK` line.
 fn one_line(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_control() || is_bidi_control(c) { c.escape_default().to_string() } else { c.to_string() }
+        })
+        .collect()
+}
+
+/// Unicode's bidirectional formatting characters: printed raw, they can
+/// reorder the rest of a line on a terminal, so a file could disguise a row.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]
@@ -75,9 +85,10 @@ mod tests {
     }
 
     #[test]
-    fn one_line_escapes_control_characters_only() {
+    fn one_line_escapes_control_and_bidi_characters_only() {
         assert_eq!(one_line("a\nb\tc\u{1b}[31m\u{7f}"), "a\\nb\\tc\\u{1b}[31m\\u{7f}");
         assert_eq!(one_line("web-1 héllo ✓"), "web-1 héllo ✓");
+        assert_eq!(one_line("a\u{202e}b\u{2066}c"), "a\\u{202e}b\\u{2066}c");
     }
 
     #[test]

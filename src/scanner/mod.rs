@@ -18,7 +18,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
@@ -95,7 +95,7 @@ impl fmt::Display for ScanStatus {
     }
 }
 
-/// ScanReason an entry got its [`ScanStatus`].
+/// Why an entry got its [`ScanStatus`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ScanReason {
@@ -180,9 +180,9 @@ pub struct ScanEntry {
     pub age: Option<Duration>,
     /// The verdict.
     pub status: ScanStatus,
-    /// ScanReason.
+    /// Why.
     pub why: ScanReason,
-    /// ScanReason the contents were not used, when the PID and uuid came from the
+    /// Why the contents were not used, when the PID and uuid came from the
     /// file name and the time from its mtime (a torn or foreign file).
     pub fallback: Option<String>,
 }
@@ -433,8 +433,13 @@ impl Scanner {
     }
 
     /// The latest monotonic instant (on the scanner's clock) at which some
-    /// entry is known to have been FRESH: seen FRESH by a scan, or beating,
-    /// by the last beat of a file from this host. `None` if never.
+    /// entry is known to have been FRESH: seen FRESH by a scan, or the last
+    /// beat of a STALE or ORPHAN file written on this host by a process that
+    /// has since gone (not one of another host, another boot, or an
+    /// impossible PID). `None` if never.
+    ///
+    /// On Linux the monotonic clock stops while the machine is suspended:
+    /// time asleep does not count towards an idle window.
     pub fn last_fresh(&self) -> Option<Instant> {
         *self.inner.last_fresh.lock()
     }
@@ -444,9 +449,12 @@ impl Scanner {
     /// Safe against a busy directory: only regular files named
     /// `heartbeat-*.json` directly in the directory are removed (by
     /// `unlinkat` on the directory, so never a symlink's target nor anything
-    /// outside), and each is read and judged again just before removal, so a
-    /// writer that resumed meanwhile keeps its file. A file already gone
-    /// counts as removed; any other failure keeps that file and goes on.
+    /// outside). Each is read and judged again just before removal and
+    /// removed only if the name still holds that file (device and inode), so
+    /// a writer that resumed, or renamed a new file into place, keeps it; only
+    /// a rename in the microseconds between that check and the unlink can
+    /// still lose one beat's file. A file already gone counts as removed; any
+    /// other failure keeps that file and goes on.
     pub fn cleanup(&self) -> Result<Cleanup> {
         self.inner.cleanup(true)
     }
@@ -469,7 +477,7 @@ impl Scanner {
 
 /// What judging one directory entry gave.
 enum Judged {
-    Entry(ScanEntry),
+    Entry(ScanEntry, FileId),
     Ignored(String),
     /// Vanished between listing and reading.
     Gone,
@@ -513,10 +521,15 @@ impl Reader<'_> {
     /// (a long file, or one that does not parse, perhaps because a file
     /// system read short) the file is read to its end, up to
     /// [`MAX_STATE_BYTES`], and parsed whole.
-    fn read(&mut self, mut file: &File) -> io::Result<Result<Record, String>> {
+    fn read(
+        &mut self,
+        mut file: &File,
+        name: &OsStr,
+        boot: Option<&str>,
+    ) -> io::Result<Result<Record, String>> {
         let n = file.read(&mut self.head)?;
         if n < self.head.len()
-            && let Ok(record) = Record::parse(&self.head[..n])
+            && let Ok(record) = Record::parse(&self.head[..n], name, boot)
         {
             return Ok(Ok(record));
         }
@@ -526,26 +539,50 @@ impl Reader<'_> {
         if self.whole.len() as u64 > MAX_STATE_BYTES {
             return Ok(Err(format!("larger than {MAX_STATE_BYTES} bytes")));
         }
-        Ok(Record::parse(&self.whole))
+        Ok(Record::parse(&self.whole, name, boot))
     }
 }
 
-/// The fields a scanner reads, borrowed from the file's bytes where possible.
-/// Other fields (metadata, ...) are skipped without being built.
+/// The fields a scanner reads. Strings are borrowed from the file's bytes
+/// unless they hold escapes; other fields (metadata, ...) are skipped
+/// without being built.
 #[derive(Deserialize)]
 struct Raw<'a> {
     pid: Option<i64>,
     #[serde(borrow)]
-    uuid: Option<Cow<'a, str>>,
+    uuid: Option<Str<'a>>,
     #[serde(borrow)]
-    hostname: Option<Cow<'a, str>>,
+    hostname: Option<Str<'a>>,
     #[serde(borrow)]
-    last_refresh: Option<Cow<'a, str>>,
+    last_refresh: Option<Str<'a>>,
     #[serde(borrow)]
-    timestamp: Option<Cow<'a, str>>,
+    timestamp: Option<Str<'a>>,
     process_start_ticks: Option<u64>,
     #[serde(borrow)]
-    boot_id: Option<Cow<'a, str>>,
+    boot_id: Option<Str<'a>>,
+}
+
+/// A JSON string, borrowed when it can be. (serde borrows a bare `Cow<str>`
+/// field but not one inside an `Option`; this type borrows in both.)
+struct Str<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = Str<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(Visitor(std::marker::PhantomData))
+    }
 }
 
 /// The facts a verdict is made from.
@@ -555,45 +592,66 @@ struct Record {
     hostname: Option<String>,
     last_beat: SystemTime,
     start_ticks: Option<u64>,
-    boot_id: Option<String>,
+    /// Whether the file names a boot, and it is not this one.
+    other_boot: bool,
     fallback: Option<String>,
+}
+
+/// The PID and uuid a heartbeat file's name carries: `heartbeat-<pid>-<uuid>.json`.
+fn name_parts(name: &OsStr) -> Option<(i64, &str)> {
+    let stem = name.as_bytes().strip_prefix(PREFIX.as_bytes())?.strip_suffix(SUFFIX.as_bytes())?;
+    let dash = stem.iter().position(|&b| b == b'-')?;
+    let pid = std::str::from_utf8(&stem[..dash]).ok()?.parse().ok()?;
+    // A uuid that is not UTF-8 is shown as best it can be; the PID is what matters.
+    let uuid = std::str::from_utf8(&stem[dash + 1..]).unwrap_or("");
+    Some((pid, uuid))
 }
 
 impl Record {
     /// The record in a file's contents, or why they are unusable.
-    fn parse(bytes: &[u8]) -> Result<Record, String> {
+    fn parse(bytes: &[u8], name: &OsStr, our_boot: Option<&str>) -> Result<Record, String> {
         let raw: Raw<'_> =
             serde_json::from_slice(bytes).map_err(|e| format!("not a heartbeat object: {e}"))?;
         let pid = raw.pid.ok_or("no pid")?;
         let beat = raw.last_refresh.or(raw.timestamp).ok_or("no last_refresh or timestamp")?;
-        let last_beat = parse_timestamp(&beat).ok_or("last_refresh is not an RFC 3339 timestamp")?;
+        let last_beat = parse_timestamp(&beat.0).ok_or("last_refresh is not an RFC 3339 timestamp")?;
+        let uuid = match raw.uuid {
+            Some(uuid) => uuid.0.into_owned(),
+            None => name_parts(name).map(|(_, uuid)| uuid.to_owned()).unwrap_or_default(),
+        };
+        let other_boot = matches!((raw.boot_id, our_boot), (Some(theirs), Some(ours)) if theirs.0 != ours);
         Ok(Record {
             pid,
-            uuid: raw.uuid.map(Cow::into_owned).unwrap_or_default(),
-            hostname: raw.hostname.map(Cow::into_owned),
+            uuid,
+            hostname: raw.hostname.map(|h| h.0.into_owned()),
             last_beat,
             start_ticks: raw.process_start_ticks,
-            boot_id: raw.boot_id.map(Cow::into_owned),
+            other_boot,
             fallback: None,
         })
     }
 
-    /// The seed's fallback: PID and uuid from `heartbeat-<pid>-<uuid>.json`,
-    /// time from the file's mtime. `None` if the name does not carry them.
-    fn from_name(name: &OsStr, file: &File, why: String) -> Option<io::Result<Record>> {
-        let stem = name.to_str()?.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
-        let (pid, uuid) = stem.split_once('-')?;
-        let pid: i64 = pid.parse().ok()?;
-        Some(file.metadata().and_then(|m| m.modified()).map(|mtime| Record {
+    /// The seed's fallback: PID and uuid from the file name, time from the
+    /// file's mtime. `None` if the name does not carry a PID.
+    fn from_name(name: &OsStr, mtime: SystemTime, why: String) -> Option<Record> {
+        let (pid, uuid) = name_parts(name)?;
+        Some(Record {
             pid,
             uuid: uuid.to_owned(),
             hostname: None,
             last_beat: mtime,
             start_ticks: None,
-            boot_id: None,
+            other_boot: false,
             fallback: Some(why),
-        }))
+        })
     }
+}
+
+/// A file's identity: device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
 }
 
 impl Inner {
@@ -603,17 +661,31 @@ impl Inner {
             return Ok(Scan::default());
         };
         let mut names = Vec::new();
-        for item in std::fs::read_dir(&self.dir).map_err(|e| self.dir_error(e))? {
-            let name = item.map_err(|e| self.dir_error(e))?.file_name();
-            if is_heartbeat_name(&name) {
-                names.push(name);
+        let mut ignored = Vec::new();
+        let listing = match std::fs::read_dir(&self.dir) {
+            Ok(listing) => listing,
+            // Removed since we opened it: as good as missing.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Scan::default()),
+            Err(e) => return Err(self.dir_error(e)),
+        };
+        for item in listing {
+            let item = item.map_err(|e| self.dir_error(e))?;
+            let name = item.file_name();
+            if !is_heartbeat_name(&name) {
+                continue;
+            }
+            // The type comes from the directory entry (no system call on
+            // most file systems): FIFOs and devices are never opened.
+            match item.file_type() {
+                Ok(t) if t.is_file() => names.push(name),
+                Ok(t) => ignored.push(IgnoredFile { path: item.path(), why: not_a_file(t).into() }),
+                Err(_) => {} // gone already
             }
         }
-        let now = self.clock.wall();
         let earlier = std::mem::take(&mut *self.start_times.lock());
         let threads = self.threads.min(names.len() / FILES_PER_THREAD).max(1);
         let mut parts = if threads == 1 {
-            vec![self.judge_all(&dir, &names, now, &earlier)]
+            vec![self.judge_all(&dir, &names, &earlier)]
         } else {
             let chunk = names.len().div_ceil(threads);
             std::thread::scope(|scope| {
@@ -621,7 +693,7 @@ impl Inner {
                 let spawned: Vec<_> = names
                     .chunks(chunk)
                     .map(|part| {
-                        let job = move || self.judge_all(dir, part, now, earlier);
+                        let job = move || self.judge_all(dir, part, earlier);
                         thread::Builder::new()
                             .name("heartbeat-scan".into())
                             .spawn_scoped(scope, job)
@@ -633,13 +705,13 @@ impl Inner {
                     .map(|spawned| match spawned {
                         Ok(handle) => handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
                         // No thread to be had: read that part here.
-                        Err(part) => self.judge_all(dir, part, now, earlier),
+                        Err(part) => self.judge_all(dir, part, earlier),
                     })
                     .collect()
             })
         };
         let mut known = HashMap::new();
-        let mut scan = Scan::default();
+        let mut scan = Scan { entries: Vec::new(), ignored };
         for (part, part_known) in &mut parts {
             scan.entries.append(&mut part.entries);
             scan.ignored.append(&mut part.ignored);
@@ -655,14 +727,13 @@ impl Inner {
         &self,
         dir: &File,
         names: &[OsString],
-        now: SystemTime,
         earlier: &HashMap<i32, proc::Known>,
     ) -> (Scan, HashMap<i32, proc::Known>) {
         let mut reader = Reader::new(StartTimes::new(earlier));
         let mut scan = Scan { entries: Vec::with_capacity(names.len()), ignored: Vec::new() };
         for name in names {
-            match self.judge(dir, name, now, &mut reader) {
-                Judged::Entry(entry) => scan.entries.push(entry),
+            match self.judge(dir, name, &mut reader) {
+                Judged::Entry(entry, _) => scan.entries.push(entry),
                 Judged::Ignored(why) => scan.ignored.push(IgnoredFile { path: self.dir.join(name), why }),
                 Judged::Gone => {}
             }
@@ -683,8 +754,10 @@ impl Inner {
         }
     }
 
-    /// Reads and judges the file `name` in `dir`.
-    fn judge(&self, dir: &File, name: &OsStr, now: SystemTime, reader: &mut Reader<'_>) -> Judged {
+    /// Reads and judges the file `name` in `dir`, at the wall-clock time
+    /// just before it is opened.
+    fn judge(&self, dir: &File, name: &OsStr, reader: &mut Reader<'_>) -> Judged {
+        let now = self.clock.wall();
         let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
         let file = match crate::sys::open_at(dir.as_fd(), reader.c_name(name), flags) {
             Ok(file) => file,
@@ -694,28 +767,28 @@ impl Inner {
             }
             Err(e) => return Judged::Ignored(format!("cannot open: {e}")),
         };
-        let parsed = match reader.read(&file) {
+        // Listed as a file, but it may have been swapped since: check before reading.
+        let meta = match file.metadata() {
+            Ok(meta) if meta.is_file() => meta,
+            Ok(meta) => return Judged::Ignored(not_a_file(meta.file_type()).into()),
+            Err(e) => return Judged::Ignored(format!("cannot stat: {e}")),
+        };
+        let id = FileId { dev: meta.dev(), ino: meta.ino() };
+        let parsed = match reader.read(&file, name, self.boot_id.as_deref()) {
             Ok(parsed) => parsed,
-            Err(e) => {
-                return Judged::Ignored(match e.raw_os_error() {
-                    Some(libc::EISDIR) => "a directory".into(),
-                    _ => format!("cannot read: {e}"),
-                });
-            }
+            Err(e) => return Judged::Ignored(format!("cannot read: {e}")),
         };
         let record = match parsed {
             Ok(record) => record,
-            Err(why) => match file.metadata() {
-                Ok(m) if !m.is_file() => return Judged::Ignored("not a regular file".into()),
-                Err(e) => return Judged::Ignored(format!("cannot stat: {e}")),
-                Ok(_) => match Record::from_name(name, &file, why.clone()) {
-                    Some(Ok(record)) => record,
-                    Some(Err(e)) => return Judged::Ignored(format!("{why}; cannot stat: {e}")),
+            Err(why) => match meta.modified() {
+                Err(e) => return Judged::Ignored(format!("{why}; no mtime: {e}")),
+                Ok(mtime) => match Record::from_name(name, mtime, why.clone()) {
+                    Some(record) => record,
                     None => return Judged::Ignored(format!("{why}; no pid in the file name")),
                 },
             },
         };
-        Judged::Entry(self.classify(self.dir.join(name), record, now, &mut reader.starts))
+        Judged::Entry(self.classify(self.dir.join(name), record, now, &mut reader.starts), id)
     }
 
     fn classify(&self, path: PathBuf, r: Record, now: SystemTime, starts: &mut StartTimes<'_>) -> ScanEntry {
@@ -759,9 +832,7 @@ impl Inner {
     /// Whether the writer of a local record still runs: `Ok(identity_checked)`
     /// or the reason it does not.
     fn probe(&self, r: &Record, starts: &mut StartTimes<'_>) -> Result<bool, ScanReason> {
-        if let (Some(theirs), Some(ours)) = (&r.boot_id, &self.boot_id)
-            && theirs != ours
-        {
+        if r.other_boot {
             return Err(ScanReason::OtherBoot);
         }
         let pid = match libc::pid_t::try_from(r.pid) {
@@ -785,10 +856,20 @@ impl Inner {
         let now = self.clock.now();
         let evidence = entries
             .iter()
-            .filter_map(|e| match e.status {
-                ScanStatus::Fresh => Some(now),
-                ScanStatus::Remote | ScanStatus::Skewed => None,
-                ScanStatus::Stale | ScanStatus::Orphan => now.checked_sub(e.age?),
+            .filter_map(|e| {
+                let local = e.hostname.as_deref().is_none_or(|h| h == self.hostname);
+                match (e.status, &e.why) {
+                    (ScanStatus::Fresh, _) => Some(now),
+                    // A writer of this host that beat, then went: alive at its last beat.
+                    (ScanStatus::Stale, _)
+                    | (ScanStatus::Orphan, ScanReason::NotRunning | ScanReason::PidReused { .. })
+                        if local =>
+                    {
+                        now.checked_sub(e.age?)
+                    }
+                    // Another host's, another boot's, a PID no process can have, or undated.
+                    _ => None,
+                }
             })
             .max();
         if let Some(t) = evidence {
@@ -805,14 +886,13 @@ impl Inner {
         let mut reader = Reader::new(StartTimes::new(&no_earlier));
         for entry in scan.entries.into_iter().filter(|e| e.status.is_removable()) {
             let Some(name) = entry.path.file_name().map(OsStr::to_owned) else { continue };
-            let verdict = self.removal_check(&dir, &name, &mut reader);
-            match verdict {
+            match self.removal_check(&dir, &name, &mut reader) {
                 Err(why) => done.kept.push((entry, why)),
-                Ok(()) if !remove => done.removed.push(entry),
-                Ok(()) => match crate::sys::unlink_at(dir.as_fd(), reader.c_name(&name)) {
+                Ok(None) => done.removed.push(entry),
+                Ok(Some(_)) if !remove => done.removed.push(entry),
+                Ok(Some(id)) => match self.remove(&dir, &name, id, &mut reader) {
                     Ok(()) => done.removed.push(entry),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => done.removed.push(entry),
-                    Err(e) => done.kept.push((entry, format!("cannot remove: {e}"))),
+                    Err(why) => done.kept.push((entry, why)),
                 },
             }
         }
@@ -820,23 +900,102 @@ impl Inner {
     }
 
     /// Checks, just before removal, that `name` is still a regular heartbeat
-    /// file directly in the directory and still STALE or ORPHAN.
-    fn removal_check(&self, dir: &File, name: &OsStr, reader: &mut Reader<'_>) -> Result<(), String> {
+    /// file directly in the directory and still STALE or ORPHAN: `Some` with
+    /// the file judged, `None` if it is gone already (which counts as removed).
+    fn removal_check(
+        &self,
+        dir: &File,
+        name: &OsStr,
+        reader: &mut Reader<'_>,
+    ) -> Result<Option<FileId>, String> {
         if !is_heartbeat_name(name) {
             return Err("not a heartbeat file name".into());
         }
-        match crate::sys::stat_at(dir.as_fd(), reader.c_name(name)) {
-            Ok(st) if st.regular => {}
-            Ok(_) => return Err("no longer a regular file".into()),
-            // Gone already: removing it is a no-op that counts as done.
+        match self.judge(dir, name, reader) {
+            Judged::Entry(again, id) if again.status.is_removable() => Ok(Some(id)),
+            Judged::Entry(again, _) => Err(format!("now {}: {}", again.status, again.why)),
+            Judged::Gone => Ok(None),
+            Judged::Ignored(why) => Err(why),
+        }
+    }
+
+    /// Unlinks `name` if it is still the file `id` that was judged: a writer
+    /// that renamed a new file into place since keeps it.
+    fn remove(&self, dir: &File, name: &OsStr, id: FileId, reader: &mut Reader<'_>) -> Result<(), String> {
+        let name = reader.c_name(name);
+        match crate::sys::stat_at(dir.as_fd(), name) {
+            Ok(st) if st.regular && st.dev == id.dev && st.ino == id.ino => {}
+            Ok(_) => return Err("replaced since it was judged".into()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(format!("cannot stat: {e}")),
         }
-        match self.judge(dir, name, self.clock.wall(), reader) {
-            Judged::Entry(again) if again.status.is_removable() => Ok(()),
-            Judged::Entry(again) => Err(format!("now {}: {}", again.status, again.why)),
-            Judged::Gone => Ok(()),
-            Judged::Ignored(why) => Err(why),
+        match crate::sys::unlink_at(dir.as_fd(), name) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("cannot remove: {e}")),
         }
+    }
+}
+
+/// Why a directory entry of this type is not read.
+fn not_a_file(t: std::fs::FileType) -> &'static str {
+    if t.is_symlink() {
+        "a symbolic link; not followed"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO, not a regular file"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device, not a regular file"
+    } else {
+        "not a regular file"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_are_borrowed_unless_they_hold_escapes() {
+        let raw: Raw<'_> =
+            serde_json::from_slice(br#"{"pid": 1, "uuid": "plain", "hostname": "a\u0041"}"#).unwrap();
+        assert!(matches!(raw.uuid, Some(Str(Cow::Borrowed("plain")))));
+        assert!(matches!(raw.hostname, Some(Str(Cow::Owned(ref h))) if h == "aA"));
+    }
+
+    #[test]
+    fn names_carry_pid_and_uuid_in_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        assert_eq!(name_parts(OsStr::new("heartbeat-42-a-b-c.json")), Some((42, "a-b-c")));
+        assert_eq!(name_parts(OsStr::from_bytes(b"heartbeat-42-\xff.json")), Some((42, "")));
+        assert_eq!(name_parts(OsStr::new("heartbeat-x-1.json")), None);
+        assert_eq!(name_parts(OsStr::new("heartbeat-42.json")), None);
+    }
+
+    #[test]
+    fn removal_spares_a_file_replaced_since_it_was_judged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("heartbeat-1-x.json");
+        std::fs::write(&path, "{}").unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let judged = FileId { dev: meta.dev(), ino: meta.ino() };
+        let scanner = Scanner::new(dir.path());
+        let handle = scanner.inner.open_dir().unwrap().unwrap();
+        let no_earlier = HashMap::new();
+        let mut reader = Reader::new(StartTimes::new(&no_earlier));
+        let name = path.file_name().unwrap();
+
+        let other = FileId { ino: judged.ino + 1, ..judged };
+        let kept = scanner.inner.remove(&handle, name, other, &mut reader);
+        assert_eq!(kept, Err("replaced since it was judged".into()));
+        assert!(path.exists());
+        assert_eq!(scanner.inner.remove(&handle, name, judged, &mut reader), Ok(()));
+        assert!(!path.exists());
+        assert_eq!(
+            scanner.inner.remove(&handle, name, judged, &mut reader),
+            Ok(()),
+            "gone counts as removed"
+        );
     }
 }

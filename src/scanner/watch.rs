@@ -1,6 +1,7 @@
 //! Live presence: a thread that scans on a fixed grid and reports changes.
 
 use std::collections::HashMap;
+use std::io;
 use std::path::PathBuf;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::{Scan, ScanEntry, ScanStatus, Scanner};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ticker::Ticker;
 
 /// A change a [`Watch`] saw between two scans.
@@ -24,10 +25,12 @@ pub enum ScanEvent {
         /// The file now.
         entry: ScanEntry,
     },
-    /// A file that is gone (or can no longer be judged), as last seen.
+    /// A file that is gone (or can no longer be judged), as last seen. A
+    /// directory that was removed is empty: all its files disappear.
     Disappeared(ScanEntry),
     /// The directory could not be scanned; the previous picture is kept and
-    /// nothing is reported gone. Sent once per distinct failure.
+    /// nothing is reported gone. Sent when a failure starts or its message
+    /// changes, not again at every tick while it lasts.
     Failed(String),
 }
 
@@ -35,7 +38,8 @@ pub enum ScanEvent {
 /// [`stop`](Watch::stop)ped or dropped (which joins the thread).
 ///
 /// Events go to an unbounded channel, so a slow reader never stalls the
-/// scans; each scan sends at most one event per file.
+/// scans; each scan sends at most one event per file. A `Watch` nobody
+/// reads from keeps every event: read them, or drop it.
 #[must_use = "dropping a Watch stops it"]
 pub struct Watch {
     events: Receiver<ScanEvent>,
@@ -51,7 +55,11 @@ impl Watch {
             let mut picture = Picture::default();
             loop {
                 if ticker.due() {
-                    picture.update(scanner.scan(), &tx);
+                    // A panic is a bug, but it must not end the watch silently.
+                    let scan = crate::ticker::contained("scan", || scanner.scan()).unwrap_or_else(|| {
+                        Err(Error::Io(io::Error::other("the scan panicked (a bug; see the log)")))
+                    });
+                    picture.update(scan, &tx);
                 }
                 if !ticker.wait(&stop_rx) {
                     break;
@@ -92,8 +100,9 @@ struct Picture {
 }
 
 impl Picture {
-    /// Diffs a scan against the picture, sends the changes in file-name
-    /// order, and keeps the scan as the new picture.
+    /// Diffs a scan against the picture, sends the changes (appearances and
+    /// changes in file-name order, then disappearances in file-name order),
+    /// and keeps the scan as the new picture.
     fn update(&mut self, scan: crate::error::Result<Scan>, tx: &Sender<ScanEvent>) {
         let mut scan = match scan {
             Ok(scan) => scan,
