@@ -8,6 +8,9 @@
 //!   file alive.
 //! - `scan/orphan`: the same files naming PIDs above `pid_max`: each is read,
 //!   parsed and `kill`-probed (ESRCH), no `/proc` read.
+//! - `scan/orphan_1_thread`: `scan/orphan` on the calling thread only
+//!   (`threads(1)`). The others split the 10,000 files between as many
+//!   threads as there are cores (at most 4).
 //! - `floor/open_read`: for each of the 10,000 paths (listed beforehand),
 //!   open and read the file into one reused buffer. Nothing is parsed.
 //! - `floor/list_open_read`: the same, listing the directory inside the loop
@@ -66,6 +69,7 @@ fn scanner(c: &mut Criterion) {
 
     let fresh_scanner = Scanner::new(fresh.path());
     let orphan_scanner = Scanner::new(orphan.path());
+    let one_thread = Scanner::builder(orphan.path()).threads(1).build().expect("scanner");
     assert_eq!(fresh_scanner.scan().expect("scan").fresh_count(), FILES, "every file should be FRESH");
     let orphans = orphan_scanner.scan().expect("scan");
     assert_eq!(orphans.entries.len(), FILES);
@@ -79,6 +83,7 @@ fn scanner(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(bytes)).sample_size(30).measurement_time(Duration::from_secs(8));
     group.bench_function("scan/fresh", |b| b.iter(|| black_box(fresh_scanner.scan().expect("scan"))));
     group.bench_function("scan/orphan", |b| b.iter(|| black_box(orphan_scanner.scan().expect("scan"))));
+    group.bench_function("scan/orphan_1_thread", |b| b.iter(|| black_box(one_thread.scan().expect("scan"))));
     group.bench_function("floor/open_read", |b| b.iter(|| black_box(open_read_all(&paths, &mut buf))));
     group.bench_function("floor/list_open_read", |b| {
         b.iter(|| black_box(open_read_all(&listed(fresh.path()), &mut buf)))

@@ -741,6 +741,14 @@ impl Inner {
         (scan, reader.starts.into_known())
     }
 
+    /// `dir/name`, allocated once at its final size.
+    fn path_of(&self, name: &OsStr) -> PathBuf {
+        let mut path = PathBuf::with_capacity(self.dir.as_os_str().len() + 1 + name.len());
+        path.push(&self.dir);
+        path.push(name);
+        path
+    }
+
     fn dir_error(&self, source: io::Error) -> Error {
         Error::Directory { path: self.dir.clone(), source }
     }
@@ -788,7 +796,7 @@ impl Inner {
                 },
             },
         };
-        Judged::Entry(self.classify(self.dir.join(name), record, now, &mut reader.starts), id)
+        Judged::Entry(self.classify(self.path_of(name), record, now, &mut reader.starts), id)
     }
 
     fn classify(&self, path: PathBuf, r: Record, now: SystemTime, starts: &mut StartTimes<'_>) -> ScanEntry {
