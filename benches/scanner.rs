@@ -16,6 +16,9 @@
 //! - `floor/list_open_read`: the same, listing the directory inside the loop
 //!   as a scan must.
 //!
+//! Before timing, it prints the heap allocations per file of one scan of
+//! each kind (a counting global allocator).
+//!
 //! "Warm": the files sit in the page cache, as they do for a scanner that
 //! runs every 30 s. Files go under `$TMPDIR` (else `/tmp`); the file system
 //! there decides much of the cost.
@@ -26,10 +29,24 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use std::sync::atomic::Ordering;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use heartbeat::{HeartbeatState, Scanner, WriteOptions, write_state};
 
+#[path = "support/counting.rs"]
+mod counting;
+
 const FILES: usize = 10_000;
+
+/// Heap allocations (and reallocations) per file in one scan.
+fn allocations_per_file(scanner: &Scanner) -> f64 {
+    let before = counting::ALLOCATIONS.load(Ordering::Relaxed);
+    let scan = scanner.scan().expect("scan");
+    let made = counting::ALLOCATIONS.load(Ordering::Relaxed) - before;
+    drop(scan);
+    made as f64 / FILES as f64
+}
 
 /// Writes `FILES` heartbeat files as the Beater does, each with a distinct
 /// uuid; `pid` gives each file's PID from its index.
@@ -74,6 +91,14 @@ fn scanner(c: &mut Criterion) {
     let orphans = orphan_scanner.scan().expect("scan");
     assert_eq!(orphans.entries.len(), FILES);
     assert!(orphans.entries.iter().all(|e| e.status == heartbeat::ScanStatus::Orphan));
+
+    // Printed before the timings: the allocation budget is part of the target.
+    println!(
+        "allocations per file: fresh {:.2}, orphan {:.2}, orphan on one thread {:.2}",
+        allocations_per_file(&fresh_scanner),
+        allocations_per_file(&orphan_scanner),
+        allocations_per_file(&one_thread)
+    );
 
     let paths = listed(fresh.path());
     let mut buf = Vec::with_capacity(4096);
