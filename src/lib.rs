@@ -50,6 +50,7 @@ mod beater;
 mod clock;
 mod error;
 mod monitor;
+pub mod peer;
 pub mod process;
 mod random;
 mod scanner;
