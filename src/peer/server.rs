@@ -71,7 +71,7 @@ impl Default for HubConfig {
 impl HubConfig {
     fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::InvalidConfig(msg));
-        self.sweep.validate().or_else(|e| bad(e))?;
+        self.sweep.validate().or_else(bad)?;
         if self.network.is_empty() {
             return bad("the network must not be empty".into());
         }
