@@ -2,7 +2,9 @@
 
 mod beat;
 mod check;
+mod peer;
 mod scan;
+mod serve;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -22,7 +24,9 @@ struct Cli {
 enum Command {
     Beat(beat::BeatArgs),
     Check(check::CheckArgs),
+    Peer(peer::PeerArgs),
     Scan(scan::ScanArgs),
+    Serve(serve::ServeArgs),
 }
 
 /// Parses the command line (exit 2 on bad arguments, clap's convention) and runs the command.
@@ -31,7 +35,9 @@ pub fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Beat(args) => beat::run(args),
         Command::Check(args) => check::run(&args),
+        Command::Peer(args) => peer::run(args),
         Command::Scan(args) => scan::run(&args),
+        Command::Serve(args) => serve::run(args),
     }
 }
 

@@ -1,0 +1,229 @@
+//! `heartbeat peer`: be a peer of a JoinMarket directory node and print what
+//! happens, until SIGINT or SIGTERM.
+
+use std::fmt::Display;
+use std::io::{self, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::Args;
+use crossbeam_channel::RecvTimeoutError;
+use heartbeat::peer::wire::{self, Location};
+use heartbeat::peer::{ClientEvent, PeerClient, PeerClientConfig};
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+/// How often the event loop looks at the signal flag while no event arrives.
+const SIGNAL_CHECK: Duration = Duration::from_millis(200);
+
+/// Connect to a JoinMarket directory node as a peer and print one line per
+/// event, until SIGINT or SIGTERM.
+///
+/// Handshakes as a taker (or, with --maker, a maker at ONION:PORT), answers
+/// the directory's PINGs, and reconnects with a backoff from 1 s doubling to
+/// 60 s whenever the connection fails or ends.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  heartbeat peer 127.0.0.1:5222 --network regtest
+  heartbeat peer dir.example:5222 --no-ping
+  heartbeat peer 127.0.0.1:5222 --maker <56 base32 chars>.onion:5222
+
+Output, one line per event (text from the network has its control
+characters escaped):
+  connected NICK ping=yes|no [motd=TEXT]   (the directory's nick; whether it pings)
+  refused REASON
+  ping answered | ping ignored
+  peerlist [NICK;LOCATION[;D],...]
+  message TYPE LINE
+  disconnected REASON
+  error REASON
+
+Exit codes: 0 after SIGINT or SIGTERM (or once stdout is closed), 1 if the
+client could not run, 2 for bad arguments.")]
+pub struct PeerArgs {
+    /// The directory node, HOST:PORT (a name resolves to its first address).
+    #[arg(value_name = "HOST:PORT", value_parser = parse_addr)]
+    addr: SocketAddr,
+    /// Our nick (J5, then base58, padded with O to 16 characters); random by default.
+    #[arg(long, value_name = "NICK", value_parser = parse_nick)]
+    nick: Option<String>,
+    /// The network to handshake for.
+    #[arg(long, value_name = "NET", default_value = "mainnet")]
+    network: String,
+    /// Handshake as a maker serving at ONION:PORT (56 base32 characters, then .onion:PORT).
+    #[arg(long, value_name = "ONION:PORT", value_parser = parse_maker)]
+    maker: Option<Location>,
+    /// Behave like a legacy peer: advertise no ping support, ignore PINGs, never send a PONG.
+    #[arg(long)]
+    no_ping: bool,
+}
+
+/// A socket address, or a name resolved to its first address.
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    match s.to_socket_addrs() {
+        Ok(mut addrs) => addrs.next().ok_or_else(|| format!("{s:?} resolves to no address")),
+        Err(e) => Err(format!("{s:?} is not HOST:PORT, or does not resolve: {e}")),
+    }
+}
+
+fn parse_nick(s: &str) -> Result<String, String> {
+    if wire::is_valid_nick(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?} is not a nick: J5, then base58, padded with O to 16 characters"))
+    }
+}
+
+fn parse_maker(s: &str) -> Result<Location, String> {
+    Location::parse(s)
+        .filter(Location::is_maker)
+        .ok_or_else(|| format!("{s:?} is not a maker location: <56 base32 characters>.onion:<port>"))
+}
+
+pub fn run(args: PeerArgs) -> ExitCode {
+    // Registered before the client starts, so an early signal is not lost. A
+    // second signal while stopping exits at once (128+N), in case stdout is stuck.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        let registered = signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&stop))
+            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&stop)));
+        if let Err(e) = registered {
+            return failed(&format_args!("cannot handle signals: {e}"));
+        }
+    }
+    let ping = !args.no_ping;
+    let config = PeerClientConfig {
+        addr: args.addr,
+        nick: args.nick,
+        network: args.network,
+        location: args.maker.unwrap_or(Location::Taker),
+        ping,
+        ..PeerClientConfig::default()
+    };
+    let client = match PeerClient::start(config) {
+        Ok(client) => client,
+        Err(e) => return failed(&e),
+    };
+    log::info!("peer {} connecting to {}", client.nick(), client.addr());
+
+    let mut stdout = io::stdout();
+    let mut open = true;
+    while open && !stop.load(Ordering::Relaxed) {
+        match client.events().recv_timeout(SIGNAL_CHECK) {
+            Ok(event) => open = print(&mut stdout, &event_line(&event, ping)).is_ok(),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                return failed(&"the client thread stopped unexpectedly");
+            }
+        }
+    }
+    if !open {
+        log::info!("stdout is closed; stopping");
+    }
+    client.stop();
+    // The end of the session (`disconnected client stopped`), already sent.
+    for event in client.events().try_iter() {
+        if !open || print(&mut stdout, &event_line(&event, ping)).is_err() {
+            break;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Could not run: reported on stderr, exit 1.
+fn failed(what: &dyn Display) -> ExitCode {
+    let _ = writeln!(io::stderr().lock(), "heartbeat peer: {}", super::one_line(&what.to_string()));
+    ExitCode::from(1)
+}
+
+/// Prints one line, flushed; an error means stdout is closed.
+fn print(out: &mut impl Write, line: &str) -> io::Result<()> {
+    writeln!(out, "{line}")?;
+    out.flush()
+}
+
+/// One event as one line; what the network said is escaped.
+fn event_line(event: &ClientEvent, ping: bool) -> String {
+    let text = super::one_line;
+    match event {
+        ClientEvent::Connected { nick, motd, ping: directory_pings } => {
+            let ping = if *directory_pings { "yes" } else { "no" };
+            let motd = motd.as_deref().map(|m| format!(" motd={}", text(m))).unwrap_or_default();
+            format!("connected {} ping={ping}{motd}", text(nick))
+        }
+        ClientEvent::Refused { reason } => format!("refused {}", text(reason)),
+        ClientEvent::Ping => format!("ping {}", if ping { "answered" } else { "ignored" }),
+        ClientEvent::Peerlist(entries) => {
+            let entries: Vec<String> = entries
+                .iter()
+                .map(|(nick, location, gone)| format!("{nick};{location}{}", if *gone { ";D" } else { "" }))
+                .collect();
+            if entries.is_empty() {
+                "peerlist".to_owned()
+            } else {
+                format!("peerlist {}", text(&entries.join(",")))
+            }
+        }
+        ClientEvent::Message { kind, line } => format!("message {kind} {}", text(line)),
+        ClientEvent::Disconnected { reason } => format!("disconnected {}", text(reason)),
+        ClientEvent::Error(why) => format!("error {}", text(why)),
+        other => format!("event {}", text(&format!("{other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_parse_or_say_why() {
+        assert_eq!(parse_addr("127.0.0.1:5222"), Ok(SocketAddr::from(([127, 0, 0, 1], 5222))));
+        assert_eq!(parse_addr("[::1]:5222").unwrap().port(), 5222);
+        assert_eq!(parse_addr("localhost:5222").unwrap().port(), 5222);
+        assert!(parse_addr("127.0.0.1").is_err());
+        assert!(parse_addr("no port").is_err());
+        assert!(parse_nick("J5DirNickOOOOOOO").is_ok());
+        assert!(parse_nick("bob").unwrap_err().contains("not a nick"));
+        let onion = format!("{}.onion:5222", "a".repeat(56));
+        assert!(parse_maker(&onion).unwrap().is_maker());
+        for bad in ["NOT-SERVING-ONION", "", "127.0.0.1:5222", "x.onion:5222"] {
+            assert!(parse_maker(bad).unwrap_err().contains("not a maker location"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn events_are_one_escaped_line_each() {
+        let line = |event: ClientEvent| event_line(&event, true);
+        assert_eq!(
+            line(ClientEvent::Connected { nick: "J5DirNickOOOOOOO".into(), motd: None, ping: true }),
+            "connected J5DirNickOOOOOOO ping=yes"
+        );
+        assert_eq!(
+            line(ClientEvent::Connected { nick: "J5x".into(), motd: Some("hi\nOK all".into()), ping: false }),
+            "connected J5x ping=no motd=hi\\nOK all"
+        );
+        assert_eq!(line(ClientEvent::Ping), "ping answered");
+        assert_eq!(event_line(&ClientEvent::Ping, false), "ping ignored");
+        assert_eq!(
+            line(ClientEvent::Peerlist(vec![
+                ("J5a".into(), "x.onion:1".into(), false),
+                ("J5b".into(), "NOT-SERVING-ONION".into(), true),
+            ])),
+            "peerlist J5a;x.onion:1,J5b;NOT-SERVING-ONION;D"
+        );
+        assert_eq!(line(ClientEvent::Peerlist(Vec::new())), "peerlist");
+        assert_eq!(
+            line(ClientEvent::Message { kind: 687, line: "J5d!PUBLIC!orderbook\r\n\u{1b}[2J".into() }),
+            "message 687 J5d!PUBLIC!orderbook\\r\\n\\u{1b}[2J"
+        );
+        assert_eq!(line(ClientEvent::Refused { reason: "no".into() }), "refused no");
+        assert_eq!(line(ClientEvent::Disconnected { reason: "bye".into() }), "disconnected bye");
+        assert_eq!(line(ClientEvent::Error("down".into())), "error down");
+    }
+}

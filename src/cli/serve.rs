@@ -1,0 +1,280 @@
+//! `heartbeat serve`: run the peer hub until SIGINT or SIGTERM, with an
+//! optional status endpoint and heartbeat file.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::Args;
+use crossbeam_channel::RecvTimeoutError;
+use heartbeat::peer::{Hub, HubConfig, HubEvent, StatusServer, SweepConfig};
+use heartbeat::{BeatGuard, Beater, DEFAULT_INTERVAL, Error};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::flag;
+
+/// The longest the main thread waits before it looks at the signal flag and
+/// the hub again.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Run the peer hub, a JoinMarket directory-node heartbeat, until SIGINT or SIGTERM.
+///
+/// Peers connect over TCP and handshake; every --sweep seconds peers idle
+/// for longer than --idle are pinged (or, makers without ping, sent an
+/// orderbook request) and evicted if no PONG comes within --pong-wait; peers
+/// idle for longer than --hard-evict are evicted outright. Prints
+/// `listening on ADDR as NICK (network NET)` (and `status on ADDR`) once it
+/// is up. Joins and leaves are logged at info level (RUST_LOG=info).
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  heartbeat serve
+  heartbeat serve --listen 0.0.0.0:5222 --motd 'welcome' --status 127.0.0.1:9222
+  heartbeat serve --beat-file /run/hub/heartbeat.json   # heartbeat check /run/hub/heartbeat.json
+
+Status endpoint (--status ADDR): GET /health (200 while the hub runs, 503
+once it does not; JSON), GET /status (every peer and the counters; JSON),
+GET /metrics (Prometheus text format).
+
+Open files: each peer holds one file descriptor. For more than about 1,000
+peers raise the limit before starting (`ulimit -n 65536`, or
+LimitNOFILE=65536 in a systemd unit); at the limit new connections wait in
+the listen backlog and are accepted as others leave.
+
+Exit codes: 0 after a clean stop on SIGINT or SIGTERM (a second signal
+during the stop exits at once with 1); 1 if the hub could not start (an
+address in use, a beat file that cannot be written) or stopped on its own;
+2 for bad arguments, including --idle not less than --hard-evict and a
+malformed --nick.")]
+pub struct ServeArgs {
+    /// Where peers connect. The default is loopback only.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5222")]
+    listen: SocketAddr,
+    /// The network peers must handshake for (mainnet, testnet, signet, regtest).
+    #[arg(long, value_name = "NET", default_value = "mainnet")]
+    network: String,
+    /// The directory's own nick (J5, base58, padded with O to 16 characters); random if not given.
+    #[arg(long, value_name = "NICK")]
+    nick: Option<String>,
+    /// A message of the day for the handshake reply.
+    #[arg(long, value_name = "TEXT")]
+    motd: Option<String>,
+    /// Seconds between heartbeat sweeps.
+    #[arg(long, value_name = "S", default_value = "60", value_parser = super::parse_positive_seconds)]
+    sweep: Duration,
+    /// Seconds of silence after which a peer is pinged.
+    #[arg(long, value_name = "S", default_value = "600", value_parser = super::parse_positive_seconds)]
+    idle: Duration,
+    /// Seconds of silence after which a peer is evicted without a ping; more than --idle.
+    #[arg(long, value_name = "S", default_value = "1500", value_parser = super::parse_positive_seconds)]
+    hard_evict: Duration,
+    /// Seconds a pinged peer has to answer with a PONG.
+    #[arg(long, value_name = "S", default_value = "30", value_parser = super::parse_positive_seconds)]
+    pong_wait: Duration,
+    /// Connections beyond this many are closed as soon as accepted.
+    #[arg(long, value_name = "N", default_value = "20000", value_parser = clap::value_parser!(u64).range(1..))]
+    max_peers: u64,
+    /// Serve /health, /status and /metrics over HTTP on ADDR (e.g. 127.0.0.1:9222).
+    #[arg(long, value_name = "ADDR")]
+    status: Option<SocketAddr>,
+    /// Keep a heartbeat file at PATH (every 10 s, removed on exit) for `heartbeat check`.
+    #[arg(long, value_name = "PATH")]
+    beat_file: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    fn hub_config(&self) -> HubConfig {
+        HubConfig {
+            listen: self.listen,
+            network: self.network.clone(),
+            nick: self.nick.clone(),
+            motd: self.motd.clone(),
+            sweep: SweepConfig {
+                sweep_interval: self.sweep,
+                idle_threshold: self.idle,
+                hard_evict: self.hard_evict,
+                pong_wait: self.pong_wait,
+            },
+            max_peers: usize::try_from(self.max_peers).unwrap_or(usize::MAX),
+            ..HubConfig::default()
+        }
+    }
+}
+
+/// A configuration the library rejects is a bad command line (2); anything
+/// else is a failure to run (1).
+fn failed(e: &Error) -> ExitCode {
+    eprintln!("heartbeat serve: {e}");
+    ExitCode::from(if matches!(e, Error::InvalidConfig(_)) { 2 } else { 1 })
+}
+
+pub fn run(args: ServeArgs) -> ExitCode {
+    // Before anything starts, so no signal slips by. A second signal while
+    // stopping ends the process at once (the order of registration matters).
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        if let Err(e) = flag::register_conditional_shutdown(sig, 1, stop.clone())
+            .and_then(|_| flag::register(sig, stop.clone()))
+        {
+            eprintln!("heartbeat serve: cannot handle signals: {e}");
+            return ExitCode::from(1);
+        }
+    }
+
+    let hub = match Hub::start(args.hub_config()) {
+        Ok(hub) => Arc::new(hub),
+        Err(e) => return failed(&e),
+    };
+    let mut events = hub.events();
+    let status = match args.status.map(|addr| StatusServer::start(addr, hub.clone())).transpose() {
+        Ok(status) => status,
+        Err(e) => {
+            hub.stop();
+            return failed(&e);
+        }
+    };
+    let beating = match args.beat_file.as_deref().map(|path| beat(path, &hub, status.as_ref())).transpose() {
+        Ok(guard) => guard,
+        Err(e) => {
+            if let Some(status) = &status {
+                status.stop();
+            }
+            hub.stop();
+            return failed(&e);
+        }
+    };
+
+    // Everything is up: say where. Tests read this to learn the ports.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "listening on {} as {} (network {})", hub.local_addr(), hub.nick(), hub.network());
+    if let Some(status) = &status {
+        let _ = writeln!(out, "status on {}", status.local_addr());
+    }
+    let _ = out.flush();
+    drop(out);
+
+    let code = loop {
+        if stop.load(Ordering::SeqCst) {
+            log::info!("signal received; stopping");
+            break ExitCode::SUCCESS;
+        }
+        if !hub.is_running() {
+            eprintln!("heartbeat serve: the hub stopped on its own (a thread ended); exiting");
+            break ExitCode::from(1);
+        }
+        match events.recv_timeout(POLL) {
+            Ok(event) => log_event(&event),
+            Err(RecvTimeoutError::Timeout) => {}
+            // Only if the hub were gone; keep waiting on the flags alone.
+            Err(RecvTimeoutError::Disconnected) => events = crossbeam_channel::never(),
+        }
+    };
+
+    if let Some(status) = &status {
+        status.stop();
+    }
+    hub.stop();
+    drop(beating); // stops the beat thread and removes the file
+    code
+}
+
+/// Starts a beater writing `path` every 10 s, with the hub's identity in its
+/// metadata; its first beat is on disk when this returns.
+fn beat(path: &Path, hub: &Hub, status: Option<&StatusServer>) -> Result<BeatGuard, Error> {
+    let mut builder = Beater::builder()
+        .state_file(path)
+        .interval(DEFAULT_INTERVAL)
+        .metadata("role", "hub")
+        .metadata("nick", hub.nick())
+        .metadata("network", hub.network())
+        .metadata("listen", hub.local_addr().to_string())
+        .remove_on_stop(true);
+    if let Some(status) = status {
+        builder = builder.metadata("status", status.local_addr().to_string());
+    }
+    let beater = builder.build()?;
+    // Fail fast and clearly when the file cannot be written at all.
+    beater.beat()?;
+    log::info!("beating {} every {:?}", path.display(), beater.interval());
+    beater.start()
+}
+
+fn log_event(event: &HubEvent) {
+    match event {
+        HubEvent::Joined { nick, location, ping, .. } => {
+            let role = if location.is_maker() { "maker" } else { "taker" };
+            let ping = if *ping { "ping" } else { "no ping" };
+            log::info!("{nick} joined: {role} at {location}, {ping}");
+        }
+        HubEvent::Left { nick, reason, .. } => log::info!("{nick} left: {reason}"),
+        // The hub logs these itself: evictions at info, with the address,
+        // and rejections at debug.
+        HubEvent::Evicted { .. } | HubEvent::Rejected { .. } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn flag_defaults_are_the_library_defaults() {
+        let args = Cli::try_parse_from(["serve"]).unwrap().serve;
+        let config = args.hub_config();
+        let defaults = HubConfig::default();
+        assert_eq!(config.listen, defaults.listen);
+        assert_eq!(config.network, defaults.network);
+        assert_eq!(config.sweep, SweepConfig::default());
+        assert_eq!(config.max_peers, defaults.max_peers);
+        assert_eq!((config.nick, config.motd, args.status, args.beat_file), (None, None, None, None));
+    }
+
+    #[test]
+    fn flags_reach_the_config() {
+        let args = Cli::try_parse_from([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--network",
+            "regtest",
+            "--sweep",
+            "0.2",
+            "--idle",
+            "0.4",
+            "--hard-evict",
+            "2",
+            "--pong-wait",
+            "0.25",
+            "--max-peers",
+            "7",
+            "--motd",
+            "hi",
+        ])
+        .unwrap()
+        .serve;
+        let config = args.hub_config();
+        assert_eq!(config.network, "regtest");
+        assert_eq!(config.sweep.sweep_interval, Duration::from_millis(200));
+        assert_eq!(config.sweep.idle_threshold, Duration::from_millis(400));
+        assert_eq!(config.sweep.hard_evict, Duration::from_secs(2));
+        assert_eq!(config.sweep.pong_wait, Duration::from_millis(250));
+        assert_eq!(config.max_peers, 7);
+        assert_eq!(config.motd.as_deref(), Some("hi"));
+        for bad in
+            [&["serve", "--sweep", "0"][..], &["serve", "--max-peers", "0"], &["serve", "--listen", "x"]]
+        {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,575 @@
+//! The hub's status endpoint: a small HTTP server ([`tiny_http`]) on a thread
+//! of its own, answering `GET /health`, `GET /status` and `GET /metrics`.
+
+use std::fmt::Write as _;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
+use serde_json::json;
+use tiny_http::{Header, Method, Request, Response, Server};
+
+use super::registry::{CounterSnapshot, PeerStatus};
+use super::server::Hub;
+use crate::error::{Error, Result};
+
+const JSON: &str = "application/json";
+/// The Prometheus text exposition format.
+const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A running status endpoint for a [`Hub`]: one thread answering HTTP
+/// requests, read-only. Stops on [`stop`](StatusServer::stop) or drop.
+///
+/// - `GET /health`: `200 {"status": "ok", "peers": N, "nick": .., "network": ..}`
+///   while the hub runs, `503` with `"status": "stopped"` once it does not.
+/// - `GET /status`: every peer (`nick`, `role`, `location`, `ping`,
+///   `idle_sec`, `pong_pending`) and the hub's counters, as JSON.
+/// - `GET /metrics`: the same figures in the Prometheus text format.
+///
+/// `HEAD` is answered like `GET`; other methods on these paths get `405`,
+/// other paths `404` (JSON bodies). Request bodies are never read.
+///
+/// ```
+/// use std::sync::Arc;
+/// use heartbeat::peer::{Hub, HubConfig, StatusServer};
+///
+/// let hub = Arc::new(Hub::start(HubConfig { listen: "127.0.0.1:0".parse()?, ..HubConfig::default() })?);
+/// let status = StatusServer::start("127.0.0.1:0".parse()?, hub.clone())?;
+/// println!("curl http://{}/metrics", status.local_addr());
+/// status.stop();
+/// hub.stop();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct StatusServer {
+    local_addr: SocketAddr,
+    running: Mutex<Option<Running>>,
+}
+
+struct Running {
+    server: Arc<Server>,
+    stopping: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl StatusServer {
+    /// Binds `addr` and starts the thread that answers requests about `hub`.
+    /// A bind failure is an [`Error::Io`] naming the address.
+    pub fn start(addr: SocketAddr, hub: Arc<Hub>) -> Result<StatusServer> {
+        let server = Server::http(addr).map_err(|e| {
+            let kind = e.downcast_ref::<io::Error>().map_or(io::ErrorKind::Other, io::Error::kind);
+            Error::Io(io::Error::new(kind, format!("cannot serve status on {addr}: {e}")))
+        })?;
+        let local_addr = server.server_addr().to_ip().unwrap_or(addr);
+        let server = Arc::new(server);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (server, stopping) = (server.clone(), stopping.clone());
+            thread::Builder::new()
+                .name("heartbeat-status".into())
+                .spawn(move || serve(&server, &hub, &stopping, local_addr))?
+        };
+        log::info!("status endpoint on http://{local_addr}/ (health, status, metrics)");
+        Ok(StatusServer { local_addr, running: Mutex::new(Some(Running { server, stopping, thread })) })
+    }
+
+    /// The address it listens on (the real port when started on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops answering, joins the thread and closes the listener. A request
+    /// being answered is finished first. Idempotent.
+    pub fn stop(&self) {
+        let Some(running) = self.running.lock().take() else { return };
+        running.stopping.store(true, Ordering::SeqCst);
+        running.server.unblock();
+        if running.thread.join().is_err() {
+            log::error!("status thread panicked");
+        }
+        // The last reference: dropping the server closes its listener.
+        drop(running.server);
+    }
+}
+
+impl Drop for StatusServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The thread: answers requests until `stop` unblocks it.
+fn serve(server: &Server, hub: &Hub, stopping: &AtomicBool, addr: SocketAddr) {
+    loop {
+        match server.recv() {
+            Ok(request) => respond(request, hub),
+            Err(_) if stopping.load(Ordering::SeqCst) => return,
+            // tiny_http's accept thread ends on its first error (out of
+            // file descriptors, say); nothing new will come but `stop`.
+            Err(e) => log::error!("status endpoint on {addr} stopped accepting connections: {e}"),
+        }
+    }
+}
+
+/// A response: status code, content type, body.
+type Reply = (u16, &'static str, String);
+
+fn respond(request: Request, hub: &Hub) {
+    let (code, content_type, body) = route(request.method(), request.url(), hub);
+    let mut response = Response::from_data(body).with_status_code(code);
+    if let Ok(header) = Header::from_bytes("Content-Type", content_type) {
+        response.add_header(header);
+    }
+    if code == 405
+        && let Ok(header) = Header::from_bytes("Allow", "GET, HEAD")
+    {
+        response.add_header(header);
+    }
+    // A client that went away is no concern of ours.
+    if let Err(e) = request.respond(response) {
+        log::debug!("status endpoint: cannot answer a request: {e}");
+    }
+}
+
+fn route(method: &Method, url: &str, hub: &Hub) -> Reply {
+    let path = url.split_once('?').map_or(url, |(path, _)| path);
+    let known = matches!(path, "/health" | "/status" | "/metrics");
+    if !known {
+        return error(404, &format!("no such endpoint: {path}; try /health, /status or /metrics"));
+    }
+    if !matches!(method, Method::Get | Method::Head) {
+        return error(405, &format!("{path} answers GET only, not {method}"));
+    }
+    match path {
+        "/health" => health(hub),
+        "/status" => (200, JSON, status(hub)),
+        _ => (200, PROMETHEUS, metrics(&hub.peers(), &hub.counters())),
+    }
+}
+
+fn error(code: u16, message: &str) -> Reply {
+    (code, JSON, json!({ "error": message }).to_string())
+}
+
+fn health(hub: &Hub) -> Reply {
+    let running = hub.is_running();
+    let body = json!({
+        "status": if running { "ok" } else { "stopped" },
+        "peers": hub.peer_count(),
+        "nick": hub.nick(),
+        "network": hub.network(),
+    });
+    (if running { 200 } else { 503 }, JSON, body.to_string())
+}
+
+/// The `/status` body, from one snapshot of the registry.
+fn status(hub: &Hub) -> String {
+    let peers = hub.peers();
+    let counters = hub.counters();
+    let body = StatusBody {
+        nick: hub.nick(),
+        network: hub.network(),
+        listen: hub.local_addr(),
+        running: hub.is_running(),
+        peers: peers.iter().map(PeerBody::from).collect(),
+        counters: CountersBody::from(&counters),
+    };
+    serde_json::to_string(&body).unwrap_or_else(|e| json!({ "error": e.to_string() }).to_string())
+}
+
+#[derive(Serialize)]
+struct StatusBody<'a> {
+    nick: &'a str,
+    network: &'a str,
+    listen: SocketAddr,
+    running: bool,
+    peers: Vec<PeerBody<'a>>,
+    counters: CountersBody<'a>,
+}
+
+#[derive(Serialize)]
+struct PeerBody<'a> {
+    nick: &'a str,
+    role: &'static str,
+    location: &'a str,
+    ping: bool,
+    idle_sec: f64,
+    pong_pending: bool,
+}
+
+impl<'a> From<&'a PeerStatus> for PeerBody<'a> {
+    fn from(peer: &'a PeerStatus) -> Self {
+        PeerBody {
+            nick: &peer.nick,
+            role: peer.role,
+            location: &peer.location,
+            ping: peer.ping,
+            // Milliseconds are plenty, and keep the numbers short.
+            idle_sec: (peer.idle.as_secs_f64() * 1000.0).round() / 1000.0,
+            pong_pending: peer.pong_pending,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct CountersBody<'a> {
+    accepted: u64,
+    refused: u64,
+    joins: u64,
+    rejected: u64,
+    left: u64,
+    sweeps: u64,
+    pings_sent: u64,
+    probes_sent: u64,
+    pongs_sent: u64,
+    pings_unanswered: u64,
+    evictions: Labelled<'a>,
+    messages: Labelled<'a>,
+}
+
+impl<'a> From<&'a CounterSnapshot> for CountersBody<'a> {
+    fn from(c: &'a CounterSnapshot) -> Self {
+        CountersBody {
+            accepted: c.accepted,
+            refused: c.refused,
+            joins: c.joins,
+            rejected: c.rejected,
+            left: c.left,
+            sweeps: c.sweeps,
+            pings_sent: c.pings_sent,
+            probes_sent: c.probes_sent,
+            pongs_sent: c.pongs_sent,
+            pings_unanswered: c.pings_unanswered,
+            evictions: Labelled(&c.evictions),
+            messages: Labelled(&c.messages),
+        }
+    }
+}
+
+/// Labelled counts as a JSON object, in the library's order.
+struct Labelled<'a>(&'a [(&'static str, u64)]);
+
+impl Serialize for Labelled<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (label, n) in self.0 {
+            map.serialize_entry(label, n)?;
+        }
+        map.end()
+    }
+}
+
+/// The `/metrics` body: the Prometheus text exposition format (0.0.4).
+fn metrics(peers: &[PeerStatus], c: &CounterSnapshot) -> String {
+    let mut out = String::with_capacity(4096);
+    let makers = peers.iter().filter(|p| p.role == "maker").count() as u64;
+    let pending = peers.iter().filter(|p| p.pong_pending).count() as u64;
+
+    family(&mut out, "heartbeat_hub_peers", "gauge", "Handshaked peers connected now.");
+    sample(&mut out, "heartbeat_hub_peers", None, peers.len() as u64);
+    family(&mut out, "heartbeat_hub_peers_by_role", "gauge", "Handshaked peers connected now, by role.");
+    sample(&mut out, "heartbeat_hub_peers_by_role", Some(("role", "maker")), makers);
+    sample(&mut out, "heartbeat_hub_peers_by_role", Some(("role", "taker")), peers.len() as u64 - makers);
+    family(
+        &mut out,
+        "heartbeat_hub_pong_pending",
+        "gauge",
+        "Peers pinged that have not answered with a PONG yet.",
+    );
+    sample(&mut out, "heartbeat_hub_pong_pending", None, pending);
+
+    for (name, help, value) in [
+        ("heartbeat_hub_connections_accepted_total", "TCP connections accepted.", c.accepted),
+        ("heartbeat_hub_connections_refused_total", "Connections refused at the peer limit.", c.refused),
+        ("heartbeat_hub_joins_total", "Handshakes accepted.", c.joins),
+        ("heartbeat_hub_handshakes_rejected_total", "Handshakes refused or malformed.", c.rejected),
+        ("heartbeat_hub_left_total", "Handshaked peers that left, not evicted.", c.left),
+        ("heartbeat_hub_sweeps_total", "Heartbeat sweeps run.", c.sweeps),
+        ("heartbeat_hub_pings_sent_total", "PINGs sent to idle peers.", c.pings_sent),
+        (
+            "heartbeat_hub_probes_sent_total",
+            "Orderbook probes sent to idle makers without ping.",
+            c.probes_sent,
+        ),
+        ("heartbeat_hub_pongs_sent_total", "PONGs sent in answer to peers' PINGs.", c.pongs_sent),
+        (
+            "heartbeat_hub_pings_unanswered_total",
+            "Peers' PINGs left unanswered by the rate limit.",
+            c.pings_unanswered,
+        ),
+    ] {
+        family(&mut out, name, "counter", help);
+        sample(&mut out, name, None, value);
+    }
+
+    let name = "heartbeat_hub_evictions_total";
+    family(&mut out, name, "counter", "Connections the hub evicted, by reason.");
+    for (reason, n) in &c.evictions {
+        sample(&mut out, name, Some(("reason", reason)), *n);
+    }
+    let name = "heartbeat_hub_messages_total";
+    family(&mut out, name, "counter", "Messages received from handshaked peers, by kind.");
+    for (kind, n) in &c.messages {
+        sample(&mut out, name, Some(("kind", kind)), *n);
+    }
+    out
+}
+
+/// A metric family's `# HELP` and `# TYPE` lines.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// One sample line, `name{label="value"} n` or `name n`.
+fn sample(out: &mut String, name: &str, label: Option<(&str, &str)>, value: u64) {
+    match label {
+        Some((key, value_of_label)) => {
+            let _ = writeln!(out, "{name}{{{key}=\"{}\"}} {value}", escape_label(value_of_label));
+        }
+        None => {
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
+}
+
+/// A label value as the text format wants it: `\`, `"` and newlines escaped.
+fn escape_label(value: &str) -> String {
+    value.replace('\\', r"\\").replace('"', "\\\"").replace('\n', r"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::peer::HubConfig;
+
+    const BOUND: Duration = Duration::from_secs(10);
+
+    fn counters() -> CounterSnapshot {
+        CounterSnapshot {
+            accepted: 7,
+            refused: 1,
+            joins: 5,
+            rejected: 2,
+            left: 1,
+            sweeps: 40,
+            pings_sent: 3,
+            probes_sent: 4,
+            pongs_sent: 6,
+            pings_unanswered: 0,
+            evictions: vec![
+                ("idle_timeout", 2),
+                ("pong_timeout", 1),
+                ("send_failed", 0),
+                ("slow_consumer", 0),
+                ("protocol", 0),
+                ("handshake_timeout", 0),
+            ],
+            messages: vec![
+                ("privmsg", 10),
+                ("pubmsg", 11),
+                ("ping", 12),
+                ("pong", 13),
+                ("getpeerlist", 14),
+                ("other", 0),
+            ],
+        }
+    }
+
+    fn peer(nick: &str, role: &'static str, pong_pending: bool) -> PeerStatus {
+        PeerStatus {
+            nick: nick.into(),
+            role,
+            location: "NOT-SERVING-ONION".into(),
+            ping: true,
+            idle: Duration::from_millis(1500),
+            pong_pending,
+        }
+    }
+
+    /// `name{labels} value` or a comment: the shape every line must have.
+    fn parse_line(line: &str) -> Option<(&str, Option<&str>, u64)> {
+        if line.starts_with('#') {
+            return None;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("a sample has a value");
+        let value = value.parse().expect("a sample's value is a number");
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => (name, Some(labels.strip_suffix('}').expect("labels end with }"))),
+            None => (series, None),
+        };
+        assert!(!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "{line}");
+        Some((name, labels, value))
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text_with_help_and_type_before_samples() {
+        let peers = [peer("a", "maker", false), peer("b", "taker", true), peer("c", "taker", true)];
+        let text = metrics(&peers, &counters());
+        assert!(text.ends_with('\n'));
+        let mut typed = Vec::new();
+        let mut helped = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                helped.push(rest.split(' ').next().unwrap().to_owned());
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(kind == "gauge" || kind == "counter", "{line}");
+                assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
+                typed.push(name.to_owned());
+            } else {
+                let (name, _, _) = parse_line(line).unwrap();
+                assert_eq!(typed.last().map(String::as_str), Some(name), "TYPE precedes {line}");
+                assert_eq!(helped.last().map(String::as_str), Some(name), "HELP precedes {line}");
+            }
+        }
+        let mut unique = typed.clone();
+        unique.dedup();
+        assert_eq!(unique, typed, "each family once");
+        for line in [
+            "heartbeat_hub_peers 3",
+            "heartbeat_hub_peers_by_role{role=\"maker\"} 1",
+            "heartbeat_hub_peers_by_role{role=\"taker\"} 2",
+            "heartbeat_hub_pong_pending 2",
+            "heartbeat_hub_connections_accepted_total 7",
+            "heartbeat_hub_connections_refused_total 1",
+            "heartbeat_hub_joins_total 5",
+            "heartbeat_hub_handshakes_rejected_total 2",
+            "heartbeat_hub_left_total 1",
+            "heartbeat_hub_sweeps_total 40",
+            "heartbeat_hub_pings_sent_total 3",
+            "heartbeat_hub_probes_sent_total 4",
+            "heartbeat_hub_pongs_sent_total 6",
+            "heartbeat_hub_pings_unanswered_total 0",
+            "heartbeat_hub_evictions_total{reason=\"idle_timeout\"} 2",
+            "heartbeat_hub_evictions_total{reason=\"pong_timeout\"} 1",
+            "heartbeat_hub_evictions_total{reason=\"handshake_timeout\"} 0",
+            "heartbeat_hub_messages_total{kind=\"getpeerlist\"} 14",
+            "heartbeat_hub_messages_total{kind=\"other\"} 0",
+            "# TYPE heartbeat_hub_peers gauge",
+            "# TYPE heartbeat_hub_joins_total counter",
+            "# HELP heartbeat_hub_evictions_total Connections the hub evicted, by reason.",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        let evictions = text.lines().filter(|l| l.starts_with("heartbeat_hub_evictions_total{")).count();
+        assert_eq!(evictions, 6, "every reason, zeros included");
+    }
+
+    #[test]
+    fn metrics_of_an_empty_hub_still_list_every_series() {
+        let text = metrics(&[], &counters());
+        assert!(text.lines().any(|l| l == "heartbeat_hub_peers 0"));
+        assert!(text.lines().any(|l| l == "heartbeat_hub_peers_by_role{role=\"maker\"} 0"));
+        assert!(text.lines().any(|l| l == "heartbeat_hub_peers_by_role{role=\"taker\"} 0"));
+        assert!(text.lines().any(|l| l == "heartbeat_hub_pong_pending 0"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label(r#"a\b"c"#), r#"a\\b\"c"#);
+        assert_eq!(escape_label("x\ny"), r"x\ny");
+        let mut out = String::new();
+        sample(&mut out, "m", Some(("k", "say \"hi\"")), 1);
+        assert_eq!(out, "m{k=\"say \\\"hi\\\"\"} 1\n");
+    }
+
+    fn hub() -> Arc<Hub> {
+        let config = HubConfig { listen: "127.0.0.1:0".parse().unwrap(), ..HubConfig::default() };
+        Arc::new(Hub::start(config).unwrap())
+    }
+
+    /// One HTTP/1.0 exchange: the status code and the body.
+    fn get(addr: SocketAddr, request: &str) -> (u16, String, String) {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(BOUND)).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").expect("a whole response");
+        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (code, head.to_owned(), body.to_owned())
+    }
+
+    #[test]
+    fn routes_answer_with_the_right_codes_and_types() {
+        let hub = hub();
+        let status = StatusServer::start("127.0.0.1:0".parse().unwrap(), hub.clone()).unwrap();
+        let addr = status.local_addr();
+        assert_ne!(addr.port(), 0);
+
+        let (code, head, body) = get(addr, "GET /health HTTP/1.0\r\n\r\n");
+        assert_eq!(code, 200);
+        assert!(head.contains("Content-Type: application/json"), "{head}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "ok");
+        assert_eq!(v["peers"], 0);
+        assert_eq!(v["nick"], hub.nick());
+        assert_eq!(v["network"], "mainnet");
+
+        let (code, _, body) = get(addr, "GET /status?pretty HTTP/1.0\r\n\r\n");
+        assert_eq!(code, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["peers"], serde_json::json!([]));
+        assert_eq!(v["counters"]["evictions"]["idle_timeout"], 0);
+        assert_eq!(v["counters"]["messages"]["privmsg"], 0);
+
+        let (code, head, body) = get(addr, "GET /metrics HTTP/1.0\r\n\r\n");
+        assert_eq!(code, 200);
+        assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
+        assert!(body.lines().any(|l| l == "heartbeat_hub_joins_total 0"), "{body}");
+
+        let (code, head, body) = get(addr, "HEAD /health HTTP/1.0\r\n\r\n");
+        assert_eq!((code, body.as_str()), (200, ""), "{head}");
+
+        let (code, _, body) = get(addr, "GET /nope HTTP/1.0\r\n\r\n");
+        assert_eq!(code, 404);
+        assert!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"].is_string());
+
+        let (code, head, _) = get(addr, "POST /health HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc");
+        assert_eq!(code, 405);
+        assert!(head.contains("Allow: GET, HEAD"), "{head}");
+
+        hub.stop();
+        let (code, _, body) = get(addr, "GET /health HTTP/1.0\r\n\r\n");
+        assert_eq!(code, 503);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "stopped");
+    }
+
+    #[test]
+    fn stop_is_prompt_idempotent_and_closes_the_port() {
+        let hub = hub();
+        let status = StatusServer::start("127.0.0.1:0".parse().unwrap(), hub.clone()).unwrap();
+        let addr = status.local_addr();
+        let started = Instant::now();
+        status.stop();
+        status.stop();
+        assert!(started.elapsed() < BOUND);
+        // The listener closes as the accept thread ends: the port is free again.
+        let deadline = Instant::now() + BOUND;
+        while std::net::TcpListener::bind(addr).is_err() {
+            assert!(Instant::now() < deadline, "{addr} still bound");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(status);
+    }
+
+    #[test]
+    fn a_bind_failure_names_the_address() {
+        let hub = hub();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = StatusServer::start(addr, hub).err().expect("the port is taken");
+        assert!(matches!(&err, Error::Io(e) if e.kind() == io::ErrorKind::AddrInUse), "{err:?}");
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    }
+}

@@ -1,0 +1,375 @@
+//! `heartbeat serve` as an operator meets it: the real binary on loopback,
+//! a raw peer, the status endpoint over plain HTTP/1.0, the beat file and
+//! signals. Every child process is killed on drop and every wait is bounded.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use heartbeat::peer::wire::{self, Location};
+use serde_json::Value;
+
+const BOUND: Duration = Duration::from_secs(10);
+
+fn heartbeat() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_heartbeat"));
+    cmd.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_PID").env_remove("RUST_LOG");
+    cmd
+}
+
+fn run(args: &[&str]) -> Output {
+    heartbeat().args(args).output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A `serve` process that is killed if the test ends before it does, with
+/// the addresses it printed.
+struct Serving {
+    child: Child,
+    hub: SocketAddr,
+    status: Option<SocketAddr>,
+}
+
+impl Serving {
+    fn spawn(args: &[&str]) -> Serving {
+        let mut child =
+            heartbeat().arg("serve").args(args).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap();
+        let lines = read_lines(child.stdout.take().unwrap());
+        let mut serving = Serving { child, hub: "0.0.0.0:0".parse().unwrap(), status: None };
+        let line = lines.recv_timeout(BOUND).expect("the listening line within the bound");
+        // `listening on 127.0.0.1:PORT as NICK (network NET)`
+        let addr = line.strip_prefix("listening on ").and_then(|rest| rest.split(' ').next());
+        serving.hub = addr.and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("{line:?}"));
+        assert!(line.contains(" as J5") && line.ends_with(')'), "{line}");
+        if args.contains(&"--status") {
+            let line = lines.recv_timeout(BOUND).expect("the status line within the bound");
+            let addr = line.strip_prefix("status on ").unwrap_or_else(|| panic!("{line:?}"));
+            serving.status = Some(addr.parse().unwrap());
+        }
+        serving
+    }
+
+    fn status(&self) -> SocketAddr {
+        self.status.expect("started with --status")
+    }
+
+    fn signal(&self, sig: i32) {
+        heartbeat::process::send_signal(self.child.id(), sig).unwrap();
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + BOUND;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "serve did not exit within {BOUND:?}");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The child's stdout, line by line, on a thread (it ends at EOF).
+fn read_lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// One HTTP/1.0 request: the status code, the head and the body.
+fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, BOUND).unwrap();
+    stream.set_read_timeout(Some(BOUND)).unwrap();
+    write!(stream, "{method} {path} HTTP/1.0\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{response:?}"));
+    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("{head}"));
+    (code, head.to_owned(), body.to_owned())
+}
+
+fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let (code, head, body) = http(addr, "GET", path);
+    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+    (code, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")))
+}
+
+/// Polls `f` until it returns `Some`, for at most [`BOUND`].
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {BOUND:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A taker that handshakes with ping support; with `answer`, a thread
+/// answers the hub's PINGs with PONGs for as long as the connection lasts.
+fn join(hub: SocketAddr, network: &str, answer: bool) -> (String, TcpStream) {
+    let nick = wire::random_nick();
+    let mut stream = TcpStream::connect_timeout(&hub, BOUND).unwrap();
+    stream.set_read_timeout(Some(BOUND)).unwrap();
+    let mut out = Vec::new();
+    wire::encode(wire::HANDSHAKE, &wire::client_handshake(&nick, network, &Location::Taker, true), &mut out);
+    stream.write_all(&out).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let envelope = wire::parse_envelope(line.trim_end().as_bytes()).unwrap();
+    assert_eq!(envelope.kind, wire::DN_HANDSHAKE, "{line}");
+    let reply = wire::parse_dn_handshake(&envelope.line).unwrap();
+    assert!(reply.accepted, "{line}");
+    assert_eq!(reply.network, network);
+    if answer {
+        let mut writer = stream.try_clone().unwrap();
+        thread::spawn(move || {
+            let mut line = String::new();
+            // Ends at EOF, on an error or after BOUND of silence.
+            while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+                let is_ping =
+                    wire::parse_envelope(line.trim_end().as_bytes()).is_ok_and(|e| e.kind == wire::PING);
+                line.clear();
+                let mut pong = Vec::new();
+                wire::encode(wire::PONG, "", &mut pong);
+                if is_ping && writer.write_all(&pong).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    (nick, stream)
+}
+
+/// A sample line's value; panics unless every line of `text` is a comment
+/// or `name{labels} value`.
+fn metric(text: &str, series: &str) -> Option<u64> {
+    let mut found = None;
+    for line in text.lines() {
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+            continue;
+        }
+        let (name_labels, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        let value: u64 = value.parse().unwrap_or_else(|_| panic!("{line:?}"));
+        let name = match name_labels.split_once('{') {
+            Some((name, labels)) => {
+                let labels = labels.strip_suffix('}').unwrap_or_else(|| panic!("{line:?}"));
+                for pair in labels.split(',') {
+                    let (key, quoted) = pair.split_once('=').unwrap_or_else(|| panic!("{line:?}"));
+                    assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "{line:?}");
+                    assert!(
+                        quoted.len() >= 2 && quoted.starts_with('"') && quoted.ends_with('"'),
+                        "{line:?}"
+                    );
+                }
+                name
+            }
+            None => name_labels,
+        };
+        assert!(name.starts_with("heartbeat_hub_"), "{line:?}");
+        assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "{line:?}");
+        if name_labels == series {
+            found = Some(value);
+        }
+    }
+    found
+}
+
+fn check(file: &Path) -> (i32, Value) {
+    let out = run(&["check", file.to_str().unwrap(), "--format", "json"]);
+    let v = serde_json::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    (out.status.code().unwrap(), v)
+}
+
+#[test]
+fn serve_runs_the_hub_with_status_and_beat_file_until_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let beat_file = dir.path().join("hub.json");
+    let mut serve = Serving::spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--status",
+        "127.0.0.1:0",
+        "--network",
+        "regtest",
+        "--sweep",
+        "0.2",
+        "--idle",
+        "0.4",
+        "--hard-evict",
+        "2",
+        "--pong-wait",
+        "0.2",
+        "--beat-file",
+        beat_file.to_str().unwrap(),
+    ]);
+    assert!(serve.hub.ip().is_loopback() && serve.hub.port() != 0, "{}", serve.hub);
+    let status = serve.status();
+    assert!(status.ip().is_loopback() && status.port() != 0, "{status}");
+
+    // The beat file is up before the addresses are printed.
+    let (code, v) = check(&beat_file);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["state"]["pid"], serve.child.id());
+    assert_eq!(v["state"]["metadata"]["role"], "hub");
+    assert_eq!(v["state"]["metadata"]["network"], "regtest");
+    assert_eq!(v["state"]["metadata"]["listen"], serve.hub.to_string());
+    let hub_nick = v["state"]["metadata"]["nick"].as_str().unwrap().to_owned();
+
+    let (code, health) = get_json(status, "/health");
+    assert_eq!(code, 200, "{health}");
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["network"], "regtest");
+    assert_eq!(health["nick"], hub_nick.as_str());
+    assert_eq!(health["peers"], 0);
+
+    // A peer that answers PINGs stays, however short --idle is.
+    let (nick, _alive) = join(serve.hub, "regtest", true);
+    let peer = eventually("the peer in /status", || {
+        let (code, v) = get_json(status, "/status");
+        assert_eq!(code, 200);
+        v["peers"].as_array().unwrap().iter().find(|p| p["nick"] == nick.as_str()).cloned()
+    });
+    assert_eq!(peer["role"], "taker");
+    assert_eq!(peer["location"], "NOT-SERVING-ONION");
+    assert_eq!(peer["ping"], true);
+    assert!(peer["idle_sec"].as_f64().is_some_and(|s| s >= 0.0), "{peer}");
+    assert!(peer["pong_pending"].is_boolean(), "{peer}");
+    assert_eq!(get_json(status, "/health").1["peers"], 1);
+
+    let (code, head, text) = http(status, "GET", "/metrics");
+    assert_eq!(code, 200);
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    assert_eq!(metric(&text, "heartbeat_hub_joins_total"), Some(1), "{text}");
+    assert_eq!(metric(&text, "heartbeat_hub_peers"), Some(1), "{text}");
+    assert_eq!(metric(&text, "heartbeat_hub_peers_by_role{role=\"taker\"}"), Some(1), "{text}");
+    assert_eq!(metric(&text, "heartbeat_hub_evictions_total{reason=\"pong_timeout\"}"), Some(0), "{text}");
+    assert!(text.contains("# TYPE heartbeat_hub_joins_total counter"), "{text}");
+
+    // It is pinged, answers, and is still there after several sweeps.
+    eventually("a PING answered", || {
+        let (_, _, text) = http(status, "GET", "/metrics");
+        (metric(&text, "heartbeat_hub_pings_sent_total")? >= 2
+            && metric(&text, "heartbeat_hub_messages_total{kind=\"pong\"}")? >= 1)
+            .then_some(())
+    });
+    // One that does not answer is evicted for it.
+    let (silent, _stream) = join(serve.hub, "regtest", false);
+    eventually("the silent peer evicted", || {
+        let (_, _, text) = http(status, "GET", "/metrics");
+        (metric(&text, "heartbeat_hub_evictions_total{reason=\"pong_timeout\"}")? == 1).then_some(())
+    });
+    let (_, v) = get_json(status, "/status");
+    let nicks: Vec<&str> = v["peers"].as_array().unwrap().iter().filter_map(|p| p["nick"].as_str()).collect();
+    assert_eq!(nicks, [nick.as_str()], "{silent} is gone, {nick} stays");
+    assert_eq!(v["counters"]["joins"], 2);
+    assert_eq!(v["counters"]["evictions"]["pong_timeout"], 1);
+    assert_eq!(v["counters"]["evictions"]["idle_timeout"], 0);
+
+    let (code, v) = get_json(status, "/no/such/thing");
+    assert_eq!(code, 404, "{v}");
+    let (code, head, _) = http(status, "DELETE", "/status");
+    assert_eq!(code, 405, "{head}");
+    assert_eq!(check(&beat_file).0, 0);
+
+    let asked = Instant::now();
+    serve.signal(libc::SIGTERM);
+    assert_eq!(serve.wait().code(), Some(0));
+    assert!(asked.elapsed() < Duration::from_secs(5), "stopped in {:?}", asked.elapsed());
+    assert!(!beat_file.exists(), "the beat file is removed on a clean exit");
+    assert_eq!(check(&beat_file).0, 1);
+    assert!(TcpStream::connect_timeout(&serve.hub, BOUND).is_err(), "the hub's port is closed");
+    assert!(TcpStream::connect_timeout(&status, BOUND).is_err(), "the status port is closed");
+}
+
+#[test]
+fn serve_stops_on_sigint_and_runs_without_status_or_beat_file() {
+    let mut serve = Serving::spawn(&["--listen", "127.0.0.1:0", "--nick", "J5TestHubAbcdefO"]);
+    assert_eq!(serve.status, None);
+    let (_nick, _peer) = join(serve.hub, "mainnet", true);
+    serve.signal(libc::SIGINT);
+    assert_eq!(serve.wait().code(), Some(0));
+}
+
+#[test]
+fn invalid_combinations_exit_2_with_the_library_message() {
+    for (args, says) in [
+        (&["--idle", "10", "--hard-evict", "5"][..], "must be less than hard_evict"),
+        (&["--idle", "5", "--hard-evict", "5"], "must be less than hard_evict"),
+        (&["--nick", "alice"], "is not a nick"),
+        (&["--network", ""], "network must not be empty"),
+        (&["--sweep", "0"], "positive"),
+        (&["--pong-wait", "soon"], "not a positive, finite number of seconds"),
+        (&["--max-peers", "0"], "error"),
+        (&["--listen", "localhost"], "error"),
+    ] {
+        let out = heartbeat().arg("serve").args(["--listen", "127.0.0.1:0"]).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "nothing started: {args:?}");
+    }
+}
+
+#[test]
+fn an_address_in_use_exits_1_naming_it() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let beat_file = dir.path().join("hub.json");
+    let beat = beat_file.to_str().unwrap();
+    for args in [
+        &["--listen", &addr, "--beat-file", beat][..],
+        &["--listen", "127.0.0.1:0", "--status", &addr, "--beat-file", beat],
+    ] {
+        let out = heartbeat().arg("serve").args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains(&addr) && err.contains("in use"), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(!beat_file.exists(), "{args:?}");
+    }
+}
+
+#[test]
+fn a_beat_file_that_cannot_be_written_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, "").unwrap();
+    let target = blocker.join("hub.json");
+    let out = run(&["serve", "--listen", "127.0.0.1:0", "--beat-file", target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot write heartbeat file"), "{}", stderr(&out));
+}
+
+#[test]
+fn serve_has_help_with_examples() {
+    let out = run(&["serve", "--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for want in ["Examples:", "--beat-file", "/metrics", "ulimit -n", "Exit codes"] {
+        assert!(help.contains(want), "{want}: {help}");
+    }
+}
