@@ -27,11 +27,16 @@ pub struct PeerInfo {
     pub connected_at: SystemTime,
     /// When it last sent a line (monotonic).
     pub last_seen: Instant,
-    /// Whether a PING went out that no PONG has answered yet.
-    pub pong_pending: bool,
+    /// When the oldest PING that no PONG has answered yet was written, if any.
+    pub ping_sent: Option<Instant>,
 }
 
 impl PeerInfo {
+    /// Whether a PING went out that no PONG has answered yet.
+    pub fn pong_pending(&self) -> bool {
+        self.ping_sent.is_some()
+    }
+
     /// Maker (serves an onion address) or taker.
     pub fn is_maker(&self) -> bool {
         self.location.is_maker()
@@ -43,7 +48,7 @@ impl PeerInfo {
             last_seen: self.last_seen,
             ping: self.ping,
             maker: self.is_maker(),
-            pong_pending: self.pong_pending,
+            pong_pending: self.pong_pending(),
         }
     }
 }
@@ -90,26 +95,43 @@ impl Registry {
         }
     }
 
-    /// A PONG arrived: clears `pong_pending`.
+    /// A PONG arrived: every PING so far is answered.
     pub(crate) fn pong(&self, id: u64) {
         if let Some(peer) = self.inner.lock().by_id.get_mut(&id) {
-            peer.pong_pending = false;
+            peer.ping_sent = None;
         }
     }
 
-    /// Marks these peers as waiting for a PONG.
-    pub(crate) fn pinged(&self, ids: &[u64]) {
-        let mut peers = self.inner.lock();
-        for id in ids {
-            if let Some(peer) = peers.by_id.get_mut(id) {
-                peer.pong_pending = true;
-            }
+    /// A PING was written to this peer at `at`. An older unanswered one
+    /// keeps its time: the wait runs from the first PING not answered.
+    pub(crate) fn ping_sent(&self, id: u64, at: Instant) {
+        if let Some(peer) = self.inner.lock().by_id.get_mut(&id) {
+            peer.ping_sent.get_or_insert(at);
         }
     }
 
     /// What the sweep decides on, in a stable order (by id: connection order).
     pub(crate) fn views(&self) -> Vec<PeerView> {
         let mut views: Vec<PeerView> = self.inner.lock().by_id.values().map(PeerInfo::view).collect();
+        views.sort_unstable_by_key(|v| v.id);
+        views
+    }
+
+    /// The views a pong check decides on at `now`: a peer counts as pending
+    /// only if a PING it has not answered was written at least `wait` ago.
+    /// A peer that answered and was pinged again since is not evicted for
+    /// the newer PING by the older PING's check, and a PING the I/O thread
+    /// wrote late gets its whole wait.
+    pub(crate) fn views_for_pong_check(&self, now: Instant, wait: Duration) -> Vec<PeerView> {
+        let peers = self.inner.lock();
+        let mut views: Vec<PeerView> = peers
+            .by_id
+            .values()
+            .map(|p| PeerView {
+                pong_pending: p.ping_sent.is_some_and(|sent| now.saturating_duration_since(sent) >= wait),
+                ..p.view()
+            })
+            .collect();
         views.sort_unstable_by_key(|v| v.id);
         views
     }
@@ -270,7 +292,7 @@ impl PeerStatus {
             location: peer.location.to_string(),
             ping: peer.ping,
             idle: now.saturating_duration_since(peer.last_seen),
-            pong_pending: peer.pong_pending,
+            pong_pending: peer.pong_pending(),
         }
     }
 }

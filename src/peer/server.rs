@@ -340,14 +340,14 @@ impl Sweeper {
                             })
                             .collect();
                         if !pinged.is_empty() {
-                            registry.pinged(&pinged);
                             log::debug!("hub: pinged {} idle peers", pinged.len());
                             schedule.pinged(now, pinged);
                         }
                         commands.extend(decided);
                     }
                     Due::PongCheck(pinged) => {
-                        commands.extend(pong_timeouts(&pinged, &registry.views(), &self.config));
+                        let views = registry.views_for_pong_check(now, self.config.pong_wait);
+                        commands.extend(pong_timeouts(&pinged, &views, &self.config));
                     }
                 }
             }
@@ -371,6 +371,9 @@ const FIRST_ID: u64 = 2;
 /// A peer that sends this much in one go yields to the others; its rest is
 /// read on the next turn of the loop.
 const READ_BUDGET: usize = 256 * 1024;
+/// Lines handled for one peer per turn: a peer whose requests cost the hub
+/// work (GETPEERLIST) cannot hold the I/O thread.
+const LINE_BUDGET: usize = 64;
 /// After a failed `accept` (out of file descriptors, say), retry after this.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
@@ -548,6 +551,8 @@ impl Io {
             Command::Ping { id } => {
                 if self.conns.contains_key(&id) {
                     Counters::add(&self.shared.counters.pings_sent);
+                    // The pong wait starts when the PING is written, not when it was decided.
+                    self.shared.registry.ping_sent(id, self.now());
                     self.send_or_evict(id, wire::PING, "");
                 }
             }
@@ -625,23 +630,27 @@ impl Io {
         }
     }
 
-    /// Reads what a connection sent, up to the read budget, and handles each whole line.
+    /// Reads what a connection sent and handles each whole line, up to a
+    /// budget of lines and bytes per turn: a flooding peer yields to the
+    /// others and to the sweep's commands, and is served again next turn.
     fn read(&mut self, id: u64) {
         let Some(mut conn) = self.conns.remove(&id) else { return };
-        let mut budget = READ_BUDGET;
+        let mut bytes_left = READ_BUDGET;
+        let mut lines_left = LINE_BUDGET;
         let closed = loop {
-            if budget == 0 {
+            // Lines already buffered first: the budget may have cut them short last turn.
+            if let Some(close) = self.lines(id, &mut conn, &mut lines_left) {
+                break Some(close);
+            }
+            if lines_left == 0 || bytes_left == 0 {
                 self.unread.push(id);
                 break None;
             }
             match conn.stream.read(&mut self.scratch) {
                 Ok(0) => break Some(Close::Left("closed by peer".into())),
                 Ok(n) => {
-                    budget = budget.saturating_sub(n);
+                    bytes_left = bytes_left.saturating_sub(n);
                     conn.input.extend_from_slice(&self.scratch[..n]);
-                    if let Some(close) = self.lines(id, &mut conn) {
-                        break Some(close);
-                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -657,15 +666,18 @@ impl Io {
         }
     }
 
-    /// Handles every whole line in the connection's input.
-    fn lines(&mut self, id: u64, conn: &mut Conn) -> Option<Close> {
+    /// Handles whole lines in the connection's input while `budget` lasts.
+    fn lines(&mut self, id: u64, conn: &mut Conn, budget: &mut usize) -> Option<Close> {
         let mut start = 0;
         let mut result = None;
-        while let Some(end) = conn.input[start..].iter().position(|&b| b == b'\n').map(|i| start + i) {
+        while *budget > 0
+            && let Some(end) = conn.input[start..].iter().position(|&b| b == b'\n').map(|i| start + i)
+        {
             if end + 1 - start > self.max_line {
                 result = Some(self.too_long(conn));
                 break;
             }
+            *budget -= 1;
             let mut line = std::mem::take(&mut self.line);
             line.clear();
             let text = &conn.input[start..end];
@@ -679,7 +691,7 @@ impl Io {
             }
         }
         conn.input.drain(..start);
-        if result.is_none() && conn.input.len() >= self.max_line {
+        if result.is_none() && *budget > 0 && conn.input.len() >= self.max_line {
             result = Some(self.too_long(conn));
         }
         result
@@ -773,7 +785,7 @@ impl Io {
             network: handshake.network,
             connected_at: self.shared.clock.wall(),
             last_seen: self.now(),
-            pong_pending: false,
+            ping_sent: None,
         };
         if handshake.nick == self.shared.nick || !self.shared.registry.insert(info) {
             self.reply(conn, false);
