@@ -7,8 +7,8 @@ flight, every PING answered at once), and reports:
 
 - RSS of the server, empty and with N handshaked peers (/proc/PID/status);
 - the time to handshake all N (the tool's ALL_HANDSHAKED line);
-- idle CPU of the server over --quiet seconds with N quiet peers (utime +
-  stime from /proc/PID/stat; sweeps run, but nobody is idle long enough to
+- idle CPU of the server over --quiet seconds with N quiet peers (the sum
+  of its threads' run time from /proc/PID/task/*/schedstat; sweeps run, but nobody is idle long enough to
   be pinged);
 - the first sweep that PINGs all N: first to last PING received (the tool's
   RESULT line).
@@ -48,6 +48,18 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
 
 
+def cpu_ns(pid):
+    """CPU time of every thread of `pid`, in nanoseconds (schedstat: finer than ticks)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except FileNotFoundError:
+            pass
+    return total
+
+
 def lines_of(proc, sink):
     for line in proc.stdout:
         sink.append((time.monotonic(), line.rstrip("\n")))
@@ -63,11 +75,10 @@ def wait_for(sink, prefix, timeout):
     raise TimeoutError(f"no {prefix!r} line within {timeout}s: {sink[-5:]}")
 
 
-def run(tool_cmd, tool, n, quiet, heartbeat):
+def run(tool_cmd, tool, n, quiet, heartbeat, sweep):
     settle = 3
     # Nobody may be pinged before the quiet window ends; then a sweep pings all.
     idle = quiet + settle + 15
-    sweep = 5
     server = subprocess.Popen(
         [heartbeat, "serve", "--listen", "127.0.0.1:0", "--network", "regtest",
          "--sweep", str(sweep), "--idle", str(idle), "--hard-evict", "1500",
@@ -80,7 +91,8 @@ def run(tool_cmd, tool, n, quiet, heartbeat):
         addr = re.search(r"listening on (\S+)", line).group(1)
         time.sleep(1)
         rss_empty = rss_kib(server.pid)
-        hold = idle + 2 * sweep + 5
+        # Past the first sweep after the idle threshold, when everyone is pinged.
+        hold = (idle // sweep + 1) * sweep + 10
         cmd = tool_cmd(addr, n, hold)
         load = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         load_out = []
@@ -89,21 +101,24 @@ def run(tool_cmd, tool, n, quiet, heartbeat):
         hs_secs = float(re.search(r"secs=([0-9.]+)", hs_line).group(1))
         time.sleep(settle)
         rss_full = rss_kib(server.pid)
-        c0, t0 = cpu_ticks(server.pid), time.monotonic()
+        c0, n0, t0 = cpu_ticks(server.pid), cpu_ns(server.pid), time.monotonic()
         time.sleep(quiet)
-        c1, t1 = cpu_ticks(server.pid), time.monotonic()
-        idle_cpu = (c1 - c0) / CLK_TCK / (t1 - t0) * 100
+        c1, n1, t1 = cpu_ticks(server.pid), cpu_ns(server.pid), time.monotonic()
+        idle_cpu = (n1 - n0) / 1e9 / (t1 - t0) * 100
         result = json.loads(wait_for(load_out, "RESULT", hold + 60)[len("RESULT "):])
         load.wait(timeout=30)
         sweeps = [s for s in result.get("sweeps", []) if s["count"] >= n * 0.99]
         spread = sweeps[0]["spread_s"] if sweeps else None
+        # jmload also has kernel receive timestamps: the server's side, free of the tool's own delays.
+        kernel = sweeps[0].get("kernel_spread_s") if sweeps else None
         return {
             "tool": tool, "n": n,
             "rss_empty_mib": rss_empty / 1024, "rss_mib": rss_full / 1024,
             "kib_per_peer": (rss_full - rss_empty) / n,
             "handshake_all_s": hs_secs,
-            "idle_cpu_pct": idle_cpu, "idle_cpu_ticks": c1 - c0, "quiet_s": t1 - t0,
+            "idle_cpu_pct": idle_cpu, "idle_cpu_ms": (n1 - n0) / 1e6, "idle_cpu_ticks": c1 - c0, "quiet_s": t1 - t0,
             "sweep_spread_ms": None if spread is None else spread * 1000,
+            "sweep_kernel_spread_ms": None if kernel is None else kernel * 1000,
             "handshaked": result.get("handshaked_ok"), "pings": result.get("pings_total"),
         }
     finally:
@@ -119,6 +134,7 @@ def main():
     p.add_argument("--n", type=int, nargs="+", default=[1000, 10000])
     p.add_argument("--tool", nargs="+", default=["ours", "jmload"], choices=["ours", "jmload"])
     p.add_argument("--quiet", type=float, default=60)
+    p.add_argument("--sweep", type=float, default=60, help="the hub's sweep interval (its default: 60 s)")
     p.add_argument("--heartbeat", default="target/release/heartbeat")
     p.add_argument("--ours", default="target/release/examples/peer_load")
     p.add_argument("--jmload", default="/tmp/jmload-target/release/jmload")
@@ -131,7 +147,7 @@ def main():
     }
     for n in a.n:
         for tool in a.tool:
-            r = run(tools[tool], tool, n, a.quiet, a.heartbeat)
+            r = run(tools[tool], tool, n, a.quiet, a.heartbeat, a.sweep)
             print(json.dumps(r), flush=True)
 
 

@@ -11,6 +11,8 @@
 //!   warnings, then timeouts, and phi-accrual detection.
 //! - **A directory of per-process heartbeat files:** [`Scanner`] judges each
 //!   FRESH, STALE, ORPHAN, REMOTE or SKEWED, cleans up safely and watches.
+//! - **Peers over TCP:** [`peer::Hub`], a presence server speaking the
+//!   JoinMarket directory-node heartbeat, and [`peer::PeerClient`].
 //!
 //! ```
 //! use std::time::Duration;

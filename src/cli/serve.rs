@@ -10,15 +10,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
-use crossbeam_channel::RecvTimeoutError;
+use crossbeam_channel::select;
 use heartbeat::peer::{Hub, HubConfig, HubEvent, StatusServer, SweepConfig};
 use heartbeat::{BeatGuard, Beater, DEFAULT_INTERVAL, Error};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::flag;
+use signal_hook::iterator::Signals;
 
-/// The longest the main thread waits before it looks at the signal flag and
-/// the hub again.
-const POLL: Duration = Duration::from_millis(100);
+/// How often the main thread checks that the hub's threads still run. The
+/// wait between is a blocking one (signals and hub events wake it), so an
+/// idle hub costs no CPU here.
+const HUB_CHECK: Duration = Duration::from_secs(5);
 
 /// Run the peer hub, a JoinMarket directory-node heartbeat, until SIGINT or SIGTERM.
 ///
@@ -156,6 +158,23 @@ pub fn run(args: ServeArgs) -> ExitCode {
     let _ = out.flush();
     drop(out);
 
+    // Signals wake the main thread through a channel: no polling of the flag.
+    let (signalled, signals_rx) = crossbeam_channel::bounded::<()>(1);
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("heartbeat serve: cannot handle signals: {e}");
+            hub.stop();
+            return ExitCode::from(1);
+        }
+    };
+    let signals_handle = signals.handle();
+    let signal_thread = std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            let _ = signalled.try_send(());
+        }
+    });
+
     let code = loop {
         if stop.load(Ordering::SeqCst) {
             log::info!("signal received; stopping");
@@ -165,13 +184,18 @@ pub fn run(args: ServeArgs) -> ExitCode {
             eprintln!("heartbeat serve: the hub stopped on its own (a thread ended); exiting");
             break ExitCode::from(1);
         }
-        match events.recv_timeout(POLL) {
-            Ok(event) => log_event(&event),
-            Err(RecvTimeoutError::Timeout) => {}
-            // Only if the hub were gone; keep waiting on the flags alone.
-            Err(RecvTimeoutError::Disconnected) => events = crossbeam_channel::never(),
+        select! {
+            recv(signals_rx) -> _ => {}
+            recv(events) -> event => match event {
+                Ok(event) => log_event(&event),
+                // Only if the hub were gone; keep waiting on the signals alone.
+                Err(_) => events = crossbeam_channel::never(),
+            },
+            default(HUB_CHECK) => {}
         }
     };
+    signals_handle.close();
+    let _ = signal_thread.join();
 
     if let Some(status) = &status {
         status.stop();

@@ -102,11 +102,14 @@ impl Registry {
         }
     }
 
-    /// A PING was written to this peer at `at`. An older unanswered one
-    /// keeps its time: the wait runs from the first PING not answered.
-    pub(crate) fn ping_sent(&self, id: u64, at: Instant) {
-        if let Some(peer) = self.inner.lock().by_id.get_mut(&id) {
-            peer.ping_sent.get_or_insert(at);
+    /// PINGs are being written to these peers at `at`. An older unanswered
+    /// one keeps its time: the wait runs from the first PING not answered.
+    pub(crate) fn pings_sent(&self, ids: &[u64], at: Instant) {
+        let mut peers = self.inner.lock();
+        for id in ids {
+            if let Some(peer) = peers.by_id.get_mut(id) {
+                peer.ping_sent.get_or_insert(at);
+            }
         }
     }
 

@@ -536,9 +536,15 @@ impl Io {
             match control {
                 Control::Stop => return false,
                 Control::Commands(commands) => {
-                    for command in commands {
-                        self.command(command);
-                    }
+                    // The seed's order: evictions, then probes. PINGs go out in
+                    // one batch: one registry lock, no per-peer bookkeeping.
+                    let (pings, others): (Vec<Command>, Vec<Command>) =
+                        commands.into_iter().partition(|c| matches!(c, Command::Ping { .. }));
+                    let (evictions, probes): (Vec<Command>, Vec<Command>) =
+                        others.into_iter().partition(|c| matches!(c, Command::Evict { .. }));
+                    evictions.into_iter().for_each(|c| self.command(c));
+                    self.ping_all(&pings.iter().map(Command::id).collect::<Vec<u64>>());
+                    probes.into_iter().for_each(|c| self.command(c));
                 }
             }
         }
@@ -548,14 +554,7 @@ impl Io {
     fn command(&mut self, command: Command) {
         match command {
             Command::Evict { id, reason } => self.close(id, Close::Evicted(reason)),
-            Command::Ping { id } => {
-                if self.conns.contains_key(&id) {
-                    Counters::add(&self.shared.counters.pings_sent);
-                    // The pong wait starts when the PING is written, not when it was decided.
-                    self.shared.registry.ping_sent(id, self.now());
-                    self.send_or_evict(id, wire::PING, "");
-                }
-            }
+            Command::Ping { id } => self.ping_all(&[id]),
             Command::OrderbookProbe { id } => {
                 if self.conns.contains_key(&id) {
                     Counters::add(&self.shared.counters.probes_sent);
@@ -563,6 +562,29 @@ impl Io {
                     self.send_or_evict(id, wire::PUBMSG, &probe);
                 }
             }
+        }
+    }
+
+    /// Writes a PING to each of these peers still connected. The pong wait
+    /// starts when the PING is written, not when the sweep decided it.
+    fn ping_all(&mut self, ids: &[u64]) {
+        if ids.is_empty() {
+            return;
+        }
+        self.shared.registry.pings_sent(ids, self.now());
+        let mut conns = std::mem::take(&mut self.conns);
+        let mut failed = Vec::new();
+        for &id in ids {
+            if let Some(conn) = conns.get_mut(&id) {
+                Counters::add(&self.shared.counters.pings_sent);
+                if let Err(reason) = self.send(conn, wire::PING, "") {
+                    failed.push((id, reason));
+                }
+            }
+        }
+        self.conns = conns;
+        for (id, reason) in failed {
+            self.close(id, Close::Evicted(reason));
         }
     }
 
