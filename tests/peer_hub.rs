@@ -786,7 +786,10 @@ fn hostile_never_reads_and_is_a_slow_consumer() {
     // PONG wait their turn on the I/O thread: a pong wait with slack (and
     // shorter than the time between its PINGs).
     let sweep = SweepConfig { idle_threshold: ms(1000), pong_wait: ms(800), ..pinging() };
-    let mut w = watched(sweep, |c| c.max_queued = 4096);
+    let mut w = watched(sweep, |c| {
+        c.max_queued = 4096;
+        c.peerlists_per_minute = 1_000_000; // the ration would stop the flood this test needs
+    });
     let makers: Vec<Client> = (1..=20).map(|i| Client::join(&w.hub, maker(i), Ping::Legacy)).collect();
     let mut stream = TcpStream::connect(w.hub.local_addr()).unwrap();
     stream.set_write_timeout(Some(BOUND)).unwrap();
@@ -1196,7 +1199,7 @@ fn joined_id(event: &HubEvent) -> u64 {
 /// good peer's PING and its pong-timeout eviction are applied together.
 #[test]
 fn a_getpeerlist_flood_does_not_starve_a_well_behaved_peer() {
-    let hub = start(pinging(), |_| {});
+    let hub = start(pinging(), |c| c.peerlists_per_minute = 1_000_000); // the line budget alone
     let mut events = Events::of(&hub);
     let mut good = Client::join(&hub, Location::Taker, Ping::Answers);
     // 200 legacy makers, raw sockets: each answer lists them all (~17 kB).

@@ -197,10 +197,11 @@ pub fn run(args: ServeArgs) -> ExitCode {
     signals_handle.close();
     let _ = signal_thread.join();
 
+    // The hub first: a status client that does not read must not keep peers connected.
+    hub.stop();
     if let Some(status) = &status {
         status.stop();
     }
-    hub.stop();
     drop(beating); // stops the beat thread and removes the file
     code
 }

@@ -159,6 +159,10 @@ impl Registry {
         makers.into_iter().map(|(_, nick, location)| (nick, location)).collect()
     }
 
+    pub(crate) fn has_nick(&self, nick: &str) -> bool {
+        self.inner.lock().by_nick.contains_key(nick)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.inner.lock().by_id.len()
     }
@@ -297,5 +301,45 @@ impl PeerStatus {
             idle: now.saturating_duration_since(peer.last_seen),
             pong_pending: peer.pong_pending(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: u64, now: Instant) -> PeerInfo {
+        PeerInfo {
+            id,
+            nick: format!("J5peer{id}OOOOOOOOO"),
+            location: Location::Taker,
+            ping: true,
+            network: "regtest".into(),
+            connected_at: SystemTime::UNIX_EPOCH,
+            last_seen: now,
+            ping_sent: None,
+        }
+    }
+
+    #[test]
+    fn a_pong_check_sees_exactly_its_own_unanswered_pings() {
+        let t0 = Instant::now();
+        let wait = Duration::from_secs(30);
+        let registry = Registry::default();
+        assert!(registry.insert(peer(1, t0)) && registry.insert(peer(2, t0)));
+        registry.pings_sent(&[1, 2], t0);
+        registry.pong(2);
+        let pending =
+            |at| registry.views_for_pong_check(at, wait).iter().map(|v| v.pong_pending).collect::<Vec<_>>();
+        // The check of the sweep at t0 runs at t0 + wait, however late the PING was written.
+        assert_eq!(pending(t0 + wait), [true, false]);
+        // Peer 2 answered, then a later sweep pinged it again: the old check spares it...
+        registry.pings_sent(&[2], t0 + Duration::from_secs(10));
+        assert_eq!(pending(t0 + wait), [true, false]);
+        // ...its own check does not.
+        assert_eq!(pending(t0 + Duration::from_secs(40)), [true, true]);
+        // An unanswered PING keeps its first date when pinged again.
+        registry.pings_sent(&[1], t0 + Duration::from_secs(20));
+        assert_eq!(pending(t0 + wait), [true, false]);
     }
 }

@@ -44,6 +44,9 @@ pub struct HubConfig {
     pub max_queued: usize,
     /// PINGs of a peer's own answered per minute; more are ignored. Default 60.
     pub pings_per_minute: u32,
+    /// GETPEERLIST requests of one peer answered per minute; more are
+    /// ignored. Each answer can be thousands of times its request. Default 30.
+    pub peerlists_per_minute: u32,
     /// A connection must handshake within this. Default 10 s.
     pub handshake_timeout: Duration,
     /// The clock for last-seen times and the sweep schedule. Default: the system's.
@@ -62,6 +65,7 @@ impl Default for HubConfig {
             max_line: wire::MAX_LINE,
             max_queued: 1 << 20,
             pings_per_minute: 60,
+            peerlists_per_minute: 30,
             handshake_timeout: Duration::from_secs(10),
             clock: Arc::new(SystemClock),
         }
@@ -83,8 +87,12 @@ impl HubConfig {
         if self.max_peers == 0 || self.max_queued == 0 || self.handshake_timeout.is_zero() {
             return bad("max peers, max queued output and the handshake timeout must be positive".into());
         }
-        if self.max_line < 64 {
-            return bad(format!("a max line of {} bytes cannot hold a handshake", self.max_line));
+        if self.max_line < 64 || self.max_line > wire::MAX_LINE {
+            return bad(format!(
+                "max line {} is outside 64..={}: peers drop longer lines, and a handshake needs 64",
+                self.max_line,
+                wire::MAX_LINE
+            ));
         }
         Ok(())
     }
@@ -177,7 +185,8 @@ struct Running {
 }
 
 enum Control {
-    Commands(Vec<Command>),
+    /// A sweep's or pong check's commands, and when they were decided.
+    Commands(Instant, Vec<Command>),
     Stop,
 }
 
@@ -354,7 +363,7 @@ impl Sweeper {
             if commands.is_empty() {
                 continue;
             }
-            if self.control.send(Control::Commands(commands)).is_err() {
+            if self.control.send(Control::Commands(now, commands)).is_err() {
                 return; // the I/O thread is gone
             }
             if let Err(e) = self.waker.wake() {
@@ -371,6 +380,8 @@ const FIRST_ID: u64 = 2;
 /// A peer that sends this much in one go yields to the others; its rest is
 /// read on the next turn of the loop.
 const READ_BUDGET: usize = 256 * 1024;
+/// A connection's buffers shrink back when they held more than this.
+const KEEP_BUFFER: usize = 8 * 1024;
 /// Lines handled for one peer per turn: a peer whose requests cost the hub
 /// work (GETPEERLIST) cannot hold the I/O thread.
 const LINE_BUDGET: usize = 64;
@@ -396,9 +407,10 @@ struct Conn {
     sent: usize,
     writable: bool,
     peer: Option<PeerMeta>,
-    /// PING answers left in this minute, refilled continuously.
-    ping_tokens: f64,
-    ping_refill: Instant,
+    /// PING answers left, refilled continuously.
+    pings: Bucket,
+    /// GETPEERLIST answers left, refilled continuously.
+    peerlists: Bucket,
 }
 
 impl Conn {
@@ -427,14 +439,17 @@ struct Io {
     max_line: usize,
     max_queued: usize,
     pings_per_minute: f64,
+    peerlists_per_minute: f64,
     handshake_timeout: Duration,
     /// Connections that have not handshaked, by deadline (accept order).
     handshake_deadlines: VecDeque<(Instant, u64)>,
     /// Connections with unread input left over from their read budget.
     unread: Vec<u64>,
     accept_retry: Option<Instant>,
+    /// Whether accepting fails (logged once per episode).
+    accept_failing: bool,
     /// PEERLIST entries of peers gone this turn, told to the others at its end.
-    gone: Vec<String>,
+    gone: Vec<(String, String)>,
     scratch: Vec<u8>,
     line: Vec<u8>,
 }
@@ -461,10 +476,12 @@ impl Io {
             max_line: config.max_line,
             max_queued: config.max_queued,
             pings_per_minute: f64::from(config.pings_per_minute),
+            peerlists_per_minute: f64::from(config.peerlists_per_minute),
             handshake_timeout: config.handshake_timeout,
             handshake_deadlines: VecDeque::new(),
             unread: Vec::new(),
             accept_retry: None,
+            accept_failing: false,
             gone: Vec::new(),
             scratch: vec![0; 64 * 1024],
             line: Vec::new(),
@@ -501,7 +518,10 @@ impl Io {
                     }
                 }
             }
-            for id in std::mem::take(&mut self.unread) {
+            let mut unread = std::mem::take(&mut self.unread);
+            unread.sort_unstable();
+            unread.dedup();
+            for id in unread {
                 self.read(id);
             }
             if self.accept_retry.is_some_and(|at| self.now() >= at) {
@@ -535,7 +555,7 @@ impl Io {
         while let Ok(control) = self.control.try_recv() {
             match control {
                 Control::Stop => return false,
-                Control::Commands(commands) => {
+                Control::Commands(decided, commands) => {
                     // The seed's order: evictions, then probes. PINGs go out in
                     // one batch: one registry lock, no per-peer bookkeeping.
                     let (pings, others): (Vec<Command>, Vec<Command>) =
@@ -543,7 +563,7 @@ impl Io {
                     let (evictions, probes): (Vec<Command>, Vec<Command>) =
                         others.into_iter().partition(|c| matches!(c, Command::Evict { .. }));
                     evictions.into_iter().for_each(|c| self.command(c));
-                    self.ping_all(&pings.iter().map(Command::id).collect::<Vec<u64>>());
+                    self.ping_all(&pings.iter().map(Command::id).collect::<Vec<u64>>(), decided);
                     probes.into_iter().for_each(|c| self.command(c));
                 }
             }
@@ -554,7 +574,7 @@ impl Io {
     fn command(&mut self, command: Command) {
         match command {
             Command::Evict { id, reason } => self.close(id, Close::Evicted(reason)),
-            Command::Ping { id } => self.ping_all(&[id]),
+            Command::Ping { id } => self.ping_all(&[id], self.now()),
             Command::OrderbookProbe { id } => {
                 if self.conns.contains_key(&id) {
                     Counters::add(&self.shared.counters.probes_sent);
@@ -565,13 +585,15 @@ impl Io {
         }
     }
 
-    /// Writes a PING to each of these peers still connected. The pong wait
-    /// starts when the PING is written, not when the sweep decided it.
-    fn ping_all(&mut self, ids: &[u64]) {
+    /// Writes a PING to each of these peers still connected. The PING is
+    /// dated by the sweep that `decided` it, which is what that sweep's pong
+    /// check compares with: a check never misses its own PINGs, and never
+    /// takes an answered-then-repeated PING for an unanswered one.
+    fn ping_all(&mut self, ids: &[u64], decided: Instant) {
         if ids.is_empty() {
             return;
         }
-        self.shared.registry.pings_sent(ids, self.now());
+        self.shared.registry.pings_sent(ids, decided);
         let mut conns = std::mem::take(&mut self.conns);
         let mut failed = Vec::new();
         for &id in ids {
@@ -591,13 +613,19 @@ impl Io {
     fn accept_all(&mut self) {
         loop {
             match self.listener.accept() {
-                Ok((stream, addr)) => self.accepted(stream, addr),
+                Ok((stream, addr)) => {
+                    self.accept_failing = false;
+                    self.accepted(stream, addr);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // Out of descriptors or memory: the listener will not
                     // signal again for connections already queued, so retry.
-                    log::warn!("hub: accept failed, retrying in {ACCEPT_RETRY:?}: {e}");
+                    if !self.accept_failing {
+                        log::warn!("hub: accept failed, retrying every {ACCEPT_RETRY:?} until it works: {e}");
+                        self.accept_failing = true;
+                    }
                     self.accept_retry = Some(self.now() + ACCEPT_RETRY);
                     return;
                 }
@@ -632,11 +660,13 @@ impl Io {
                 sent: 0,
                 writable: false,
                 peer: None,
-                ping_tokens: self.pings_per_minute,
-                ping_refill: now,
+                pings: Bucket::new(self.pings_per_minute, now),
+                peerlists: Bucket::new(self.peerlists_per_minute, now),
             },
         );
-        self.handshake_deadlines.push_back((now + self.handshake_timeout, id));
+        let deadline =
+            now.checked_add(self.handshake_timeout).unwrap_or(now + Duration::from_secs(100 * 365 * 86_400));
+        self.handshake_deadlines.push_back((deadline, id));
     }
 
     fn expire_handshakes(&mut self) {
@@ -679,8 +709,8 @@ impl Io {
                 Err(e) => break Some(Close::Left(format!("read failed: {e}"))),
             }
         };
-        if conn.input.is_empty() && conn.input.capacity() > 4096 {
-            conn.input = Vec::new(); // a burst is over: give the memory back
+        if conn.input.capacity() > KEEP_BUFFER && conn.input.len() <= KEEP_BUFFER / 4 {
+            conn.input = conn.input.to_vec(); // a burst is over: keep the leftover, give the rest back
         }
         self.conns.insert(id, conn);
         if let Some(close) = closed {
@@ -753,7 +783,7 @@ impl Io {
             wire::PING => {
                 counters.message(Kind::Ping);
                 // A peer that did not advertise ping must never get a PONG.
-                if peer.ping && take_ping_token(conn, now, self.pings_per_minute) {
+                if peer.ping && conn.pings.take(now) {
                     Counters::add(&counters.pongs_sent);
                     return self.send(conn, wire::PONG, "").err().map(Close::Evicted);
                 }
@@ -765,6 +795,9 @@ impl Io {
             }
             wire::GETPEERLIST => {
                 counters.message(Kind::GetPeerlist);
+                if !conn.peerlists.take(now) {
+                    return None; // over its ration: ignored
+                }
                 let entries: Vec<String> = self
                     .shared
                     .registry
@@ -861,8 +894,12 @@ impl Io {
             }
         }
         if conn.sent == conn.output.len() {
-            conn.output.clear();
             conn.sent = 0;
+            if conn.output.capacity() > KEEP_BUFFER {
+                conn.output = Vec::new(); // a big answer is out: give the memory back
+            } else {
+                conn.output.clear();
+            }
         } else if conn.sent > conn.output.len() / 2 {
             conn.output.drain(..conn.sent);
             conn.sent = 0;
@@ -911,7 +948,7 @@ impl Io {
         match (conn.peer, why) {
             (Some(peer), why) => {
                 shared.registry.remove(id);
-                self.gone.push(wire::peerlist_entry(&peer.nick, &peer.location, true));
+                self.gone.push((peer.nick.clone(), wire::peerlist_entry(&peer.nick, &peer.location, true)));
                 let event = match why {
                     Close::Evicted(reason) => {
                         log::info!("hub: evicting {} ({}): {reason}", peer.nick, conn.addr);
@@ -943,17 +980,28 @@ impl Io {
     /// Tells the remaining handshaked peers who left this turn, in as few
     /// PEERLIST lines as fit.
     fn tell_gone(&mut self) {
-        if self.gone.is_empty() {
-            return;
-        }
-        let chunks = chunk_entries(&std::mem::take(&mut self.gone), self.max_line);
-        let ids: Vec<u64> = self.conns.iter().filter(|(_, c)| c.peer.is_some()).map(|(id, _)| *id).collect();
-        for id in ids {
-            for chunk in &chunks {
-                self.send_or_evict(id, wire::PEERLIST, chunk);
+        // Telling may evict a peer (a failed send), which is then told in turn;
+        // each round can only remove peers, so this ends.
+        while !self.gone.is_empty() {
+            let gone = std::mem::take(&mut self.gone);
+            // A nick that left and joined again this turn is not gone.
+            let entries: Vec<String> = gone
+                .into_iter()
+                .filter(|(nick, _)| !self.shared.registry.has_nick(nick))
+                .map(|(_, entry)| entry)
+                .collect();
+            if entries.is_empty() {
+                return;
+            }
+            let chunks = chunk_entries(&entries, self.max_line);
+            let ids: Vec<u64> =
+                self.conns.iter().filter(|(_, c)| c.peer.is_some()).map(|(id, _)| *id).collect();
+            for id in ids {
+                for chunk in &chunks {
+                    self.send_or_evict(id, wire::PEERLIST, chunk);
+                }
             }
         }
-        // Evictions for failed sends just now are told next turn.
     }
 
     fn shutdown(&mut self) {
@@ -966,17 +1014,29 @@ impl Io {
     }
 }
 
-/// Takes one PING answer from the connection's bucket (`per_minute`
-/// capacity, refilled continuously).
-fn take_ping_token(conn: &mut Conn, now: Instant, per_minute: f64) -> bool {
-    let elapsed = now.saturating_duration_since(conn.ping_refill).as_secs_f64();
-    conn.ping_refill = now;
-    conn.ping_tokens = (conn.ping_tokens + elapsed * per_minute / 60.0).min(per_minute);
-    if conn.ping_tokens >= 1.0 {
-        conn.ping_tokens -= 1.0;
-        true
-    } else {
-        false
+/// A token bucket of `per_minute` tokens, refilled continuously.
+struct Bucket {
+    per_minute: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl Bucket {
+    fn new(per_minute: f64, now: Instant) -> Bucket {
+        Bucket { per_minute, tokens: per_minute, refilled: now }
+    }
+
+    /// Takes a token if there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        self.tokens = (self.tokens + elapsed * self.per_minute / 60.0).min(self.per_minute);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }
 

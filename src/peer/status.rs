@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -54,7 +55,13 @@ struct Running {
     server: Arc<Server>,
     stopping: Arc<AtomicBool>,
     thread: JoinHandle<()>,
+    /// Disconnected when the thread ends.
+    done: crossbeam_channel::Receiver<()>,
 }
+
+/// How long `stop` waits for a request being answered: a client that does
+/// not read its response would otherwise hold the stop for ever.
+const STOP_WAIT: Duration = Duration::from_secs(2);
 
 impl StatusServer {
     /// Binds `addr` and starts the thread that answers requests about `hub`.
@@ -67,14 +74,16 @@ impl StatusServer {
         let local_addr = server.server_addr().to_ip().unwrap_or(addr);
         let server = Arc::new(server);
         let stopping = Arc::new(AtomicBool::new(false));
+        let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
         let thread = {
             let (server, stopping) = (server.clone(), stopping.clone());
-            thread::Builder::new()
-                .name("heartbeat-status".into())
-                .spawn(move || serve(&server, &hub, &stopping, local_addr))?
+            thread::Builder::new().name("heartbeat-status".into()).spawn(move || {
+                let _done = done_tx;
+                serve(&server, &hub, &stopping, local_addr);
+            })?
         };
         log::info!("status endpoint on http://{local_addr}/ (health, status, metrics)");
-        Ok(StatusServer { local_addr, running: Mutex::new(Some(Running { server, stopping, thread })) })
+        Ok(StatusServer { local_addr, running: Mutex::new(Some(Running { server, stopping, thread, done })) })
     }
 
     /// The address it listens on (the real port when started on port 0).
@@ -88,6 +97,11 @@ impl StatusServer {
         let Some(running) = self.running.lock().take() else { return };
         running.stopping.store(true, Ordering::SeqCst);
         running.server.unblock();
+        if running.done.recv_timeout(STOP_WAIT).is_err_and(|e| e.is_timeout()) {
+            // Stuck writing to a client that does not read: leave it behind.
+            log::warn!("status thread still busy after {STOP_WAIT:?}; not waiting for it");
+            return;
+        }
         if running.thread.join().is_err() {
             log::error!("status thread panicked");
         }
