@@ -41,6 +41,22 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// A flag that SIGINT and SIGTERM set, for commands that run until told to
+/// stop. A second signal while stopping exits at once with the code
+/// `second(signal)` gives, in case the stop itself is stuck. Registered
+/// before the command starts its work, so an early signal is not lost.
+fn stop_on_signals(second: fn(i32) -> i32) -> std::io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::flag;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        // The order matters: the conditional exit sees the flag the first signal set.
+        flag::register_conditional_shutdown(sig, second(sig), stop.clone())?;
+        flag::register(sig, stop.clone())?;
+    }
+    Ok(stop)
+}
+
 /// Parses a non-negative, finite number of seconds such as `10` or `0.5`.
 fn parse_seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;

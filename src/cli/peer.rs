@@ -5,15 +5,13 @@ use std::fmt::Display;
 use std::io::{self, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Args;
 use crossbeam_channel::RecvTimeoutError;
 use heartbeat::peer::wire::{self, Location};
 use heartbeat::peer::{ClientEvent, PeerClient, PeerClientConfig};
-use signal_hook::consts::{SIGINT, SIGTERM};
 
 /// How often the event loop looks at the signal flag while no event arrives.
 const SIGNAL_CHECK: Duration = Duration::from_millis(200);
@@ -87,16 +85,10 @@ fn parse_maker(s: &str) -> Result<Location, String> {
 }
 
 pub fn run(args: PeerArgs) -> ExitCode {
-    // Registered before the client starts, so an early signal is not lost. A
-    // second signal while stopping exits at once (128+N), in case stdout is stuck.
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [SIGINT, SIGTERM] {
-        let registered = signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&stop))
-            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&stop)));
-        if let Err(e) = registered {
-            return failed(&format_args!("cannot handle signals: {e}"));
-        }
-    }
+    let stop = match super::stop_on_signals(|sig| 128 + sig) {
+        Ok(stop) => stop,
+        Err(e) => return failed(&format_args!("cannot handle signals: {e}")),
+    };
     let ping = !args.no_ping;
     let config = PeerClientConfig {
         addr: args.addr,

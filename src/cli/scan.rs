@@ -6,15 +6,13 @@ use std::fmt::Display;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use crossbeam_channel::RecvTimeoutError;
 use heartbeat::{Cleanup, IgnoredFile, Scan, ScanEntry, ScanEvent, ScanStatus, Scanner, format_timestamp};
 use serde_json::{Map, Value, json};
-use signal_hook::consts::{SIGINT, SIGTERM};
 
 /// List the heartbeat files in DIR: exit 0 if one is FRESH, 1 if none is.
 ///
@@ -197,16 +195,10 @@ fn report_ignored(scan: &Scan) {
 
 /// Scans every interval and prints the changes until SIGINT or SIGTERM.
 fn watch(scanner: &Scanner, format: Format) -> ExitCode {
-    // Registered before the first scan, so an early signal is not lost. A
-    // second signal while stopping exits at once (128+N), in case stdout is stuck.
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [SIGINT, SIGTERM] {
-        let registered = signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&stop))
-            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&stop)));
-        if let Err(e) = registered {
-            return failed(&format_args!("cannot handle signals: {e}"));
-        }
-    }
+    let stop = match super::stop_on_signals(|sig| 128 + sig) {
+        Ok(stop) => stop,
+        Err(e) => return failed(&format_args!("cannot handle signals: {e}")),
+    };
     // A directory that cannot be listed at the start is an error, as without
     // --watch; later failures are events, and the watch goes on.
     match scanner.scan() {

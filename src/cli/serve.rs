@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Args;
@@ -14,7 +14,6 @@ use crossbeam_channel::select;
 use heartbeat::peer::{Hub, HubConfig, HubEvent, StatusServer, SweepConfig};
 use heartbeat::{BeatGuard, Beater, DEFAULT_INTERVAL, Error};
 use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::flag;
 use signal_hook::iterator::Signals;
 
 /// How often the main thread checks that the hub's threads still run. The
@@ -116,15 +115,13 @@ fn failed(e: &Error) -> ExitCode {
 pub fn run(args: ServeArgs) -> ExitCode {
     // Before anything starts, so no signal slips by. A second signal while
     // stopping ends the process at once (the order of registration matters).
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [SIGINT, SIGTERM] {
-        if let Err(e) = flag::register_conditional_shutdown(sig, 1, stop.clone())
-            .and_then(|_| flag::register(sig, stop.clone()))
-        {
+    let stop = match super::stop_on_signals(|_| 1) {
+        Ok(stop) => stop,
+        Err(e) => {
             eprintln!("heartbeat serve: cannot handle signals: {e}");
             return ExitCode::from(1);
         }
-    }
+    };
 
     let hub = match Hub::start(args.hub_config()) {
         Ok(hub) => Arc::new(hub),

@@ -810,7 +810,12 @@ mod tests {
 
     /// The captured 793 handshake line with one field's JSON replaced.
     fn handshake_with(field: &str, json: &str) -> String {
-        let mut map = json_object(&captured_793_line()).unwrap();
+        with_field(&captured_793_line(), field, json)
+    }
+
+    /// A JSON object `line` with `field` set to `json`, or removed for "<absent>".
+    fn with_field(line: &str, field: &str, json: &str) -> String {
+        let mut map = json_object(line).unwrap();
         match json {
             "<absent>" => {
                 map.remove(field);
@@ -831,16 +836,7 @@ mod tests {
     }
 
     fn dn_with(field: &str, json: &str) -> String {
-        let mut map = json_object(&captured_795_line()).unwrap();
-        match json {
-            "<absent>" => {
-                map.remove(field);
-            }
-            _ => {
-                map.insert(field.to_owned(), serde_json::from_str(json).unwrap());
-            }
-        }
-        Value::Object(map).to_string()
+        with_field(&captured_795_line(), field, json)
     }
 
     fn err(line: &[u8]) -> String {
