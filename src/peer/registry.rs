@@ -115,7 +115,11 @@ impl Registry {
 
     /// What the sweep decides on, in a stable order (by id: connection order).
     pub(crate) fn views(&self) -> Vec<PeerView> {
-        let mut views: Vec<PeerView> = self.inner.lock().by_id.values().map(PeerInfo::view).collect();
+        self.views_by(PeerInfo::view)
+    }
+
+    fn views_by(&self, view: impl Fn(&PeerInfo) -> PeerView) -> Vec<PeerView> {
+        let mut views: Vec<PeerView> = self.inner.lock().by_id.values().map(view).collect();
         views.sort_unstable_by_key(|v| v.id);
         views
     }
@@ -126,17 +130,10 @@ impl Registry {
     /// the newer PING by the older PING's check, and a PING the I/O thread
     /// wrote late gets its whole wait.
     pub(crate) fn views_for_pong_check(&self, now: Instant, wait: Duration) -> Vec<PeerView> {
-        let peers = self.inner.lock();
-        let mut views: Vec<PeerView> = peers
-            .by_id
-            .values()
-            .map(|p| PeerView {
-                pong_pending: p.ping_sent.is_some_and(|sent| now.saturating_duration_since(sent) >= wait),
-                ..p.view()
-            })
-            .collect();
-        views.sort_unstable_by_key(|v| v.id);
-        views
+        self.views_by(|p| PeerView {
+            pong_pending: p.ping_sent.is_some_and(|sent| now.saturating_duration_since(sent) >= wait),
+            ..p.view()
+        })
     }
 
     /// Every peer, by id.

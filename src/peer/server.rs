@@ -15,7 +15,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
 
 use super::registry::{CounterSnapshot, Counters, Kind, PeerInfo, PeerStatus, Registry};
-use super::sweep::{Command, Due, EvictReason, Schedule, SweepConfig, pong_timeouts, sweep};
+use super::sweep::{Command, Due, EvictReason, Schedule, SweepConfig, pinged_ids, pong_timeouts, sweep};
 use super::wire::{self, HandshakeError, Location};
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::{Error, Result};
@@ -341,13 +341,7 @@ impl Sweeper {
                     Due::Sweep => {
                         Counters::add(&self.shared.counters.sweeps);
                         let decided = sweep(&registry.views(), now, &self.config);
-                        let pinged: Vec<u64> = decided
-                            .iter()
-                            .filter_map(|c| match c {
-                                Command::Ping { id } => Some(*id),
-                                _ => None,
-                            })
-                            .collect();
+                        let pinged = pinged_ids(&decided);
                         if !pinged.is_empty() {
                             log::debug!("hub: pinged {} idle peers", pinged.len());
                             schedule.pinged(now, pinged);
@@ -563,7 +557,7 @@ impl Io {
                     let (evictions, probes): (Vec<Command>, Vec<Command>) =
                         others.into_iter().partition(|c| matches!(c, Command::Evict { .. }));
                     evictions.into_iter().for_each(|c| self.command(c));
-                    self.ping_all(&pings.iter().map(Command::id).collect::<Vec<u64>>(), decided);
+                    self.ping_all(&pinged_ids(&pings), decided);
                     probes.into_iter().for_each(|c| self.command(c));
                 }
             }
