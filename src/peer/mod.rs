@@ -4,6 +4,7 @@
 //! handshaked peers.
 
 mod client;
+mod lines;
 mod registry;
 mod server;
 mod status;
