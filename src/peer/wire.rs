@@ -563,6 +563,54 @@ pub fn orderbook_probe(dn_nick: &str) -> String {
     format!("{dn_nick}!PUBLIC!orderbook")
 }
 
+/// Who a PUBMSG or PRIVMSG is from and for.
+///
+/// Borrowed from the message's `line`; nothing is validated beyond the
+/// shape (the server compares `from` with the sender's nick, and looks `to`
+/// up among its peers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route<'a> {
+    /// The sender's nick as the line gives it, never empty.
+    pub from: &'a str,
+    /// The recipient's nick, never empty; `None` for a PUBMSG (`PUBLIC`).
+    pub to: Option<&'a str>,
+    /// The command: the text after the second `!` up to the first ASCII
+    /// whitespace or the next `!`, e.g. `orderbook`. May be empty: a
+    /// directory relays any command.
+    pub command: &'a str,
+}
+
+/// Reads the routing header of a [`PUBMSG`] or [`PRIVMSG`] `line`.
+///
+/// PUBMSG: `<from>!PUBLIC!<cmd> <args>`, the second field exactly `PUBLIC`.
+/// PRIVMSG: `<from>!<to>!<cmd> <args> <pubkey> <sig>`, `to` the text between
+/// the first and second `!`. Either way `from` and `to` must be non-empty and
+/// the second `!` present; otherwise, and for any other `kind`, `None`.
+/// Borrows only, and reads each byte of `line` at most once.
+pub fn parse_route(kind: u32, line: &str) -> Option<Route<'_>> {
+    if kind != PUBMSG && kind != PRIVMSG {
+        return None;
+    }
+    let (from, rest) = line.split_once('!')?;
+    let (to, body) = rest.split_once('!')?;
+    if from.is_empty() || to.is_empty() {
+        return None;
+    }
+    let to = match kind {
+        PUBMSG if to == "PUBLIC" => None,
+        PUBMSG => return None,
+        _ => Some(to),
+    };
+    let end = body.find(|c: char| c == '!' || c.is_ascii_whitespace()).unwrap_or(body.len());
+    Some(Route { from, to, command: &body[..end] })
+}
+
+/// Whether `command` (a [`Route::command`]) is `orderbook`, in any case, as
+/// joinmarket-rs matches commands.
+pub fn is_orderbook(command: &str) -> bool {
+    command.eq_ignore_ascii_case("orderbook")
+}
+
 // ---------------------------------------------------------------------------
 // Envelope deserialization: borrows `line`, never quotes input in errors.
 
@@ -1442,6 +1490,100 @@ mod tests {
             peer_entry(&hs.nick, &hs.location, Some(&hs.features)),
             "J58xFhRi1utTq6zF;NOT-SERVING-ONION;F:peerlist_features+ping"
         );
+    }
+
+    #[test]
+    fn routes_of_the_captured_messages() {
+        let pubmsg =
+            parse_envelope(br#"{"type": 687, "line": "J59TFbmxBbTzBaUL!PUBLIC!orderbook"}"#).unwrap();
+        let route = parse_route(pubmsg.kind, &pubmsg.line).unwrap();
+        assert_eq!(route, Route { from: "J59TFbmxBbTzBaUL", to: None, command: "orderbook" });
+        assert!(is_orderbook(route.command));
+        let privmsg = parse_envelope(
+            br#"{"type": 685, "line": "J58FvBzUbRKnJPxg!J59TFbmxBbTzBaUL!sw0reloffer 0 27300 100000000 0 0.0002 03f81c1aedf8363dfd2d06510da2b91799bb5fd98a2fd92b36d53e028ae912dd8a MEQCIGeZbW3oGz/Jh+6pOrQSoopxwZMmo3Uc1w2rAYvPNsixAiAxkClhEshRTxmZMAUgnat026vijIjdQjChwmoG0uNMrQ=="}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            parse_route(privmsg.kind, &privmsg.line),
+            Some(Route { from: "J58FvBzUbRKnJPxg", to: Some("J59TFbmxBbTzBaUL"), command: "sw0reloffer" })
+        );
+        let probe = parse_envelope(CAPTURED_PROBE.as_bytes()).unwrap();
+        let route = parse_route(probe.kind, &probe.line).unwrap();
+        assert_eq!((route.from, route.to, route.command), ("J5DirNickOOOOOOO", None, "orderbook"));
+    }
+
+    #[test]
+    fn route_commands() {
+        let command = |kind, line| parse_route(kind, line).map(|r| r.command);
+        assert_eq!(command(PUBMSG, "a!PUBLIC!"), Some(""));
+        assert_eq!(command(PUBMSG, "a!PUBLIC! orderbook"), Some(""));
+        assert_eq!(command(PUBMSG, "a!PUBLIC!!orderbook"), Some(""));
+        assert_eq!(command(PUBMSG, "a!PUBLIC!sw0reloffer 0 1!tbond x"), Some("sw0reloffer"));
+        assert_eq!(command(PUBMSG, "a!PUBLIC!hp2\tx"), Some("hp2"));
+        assert_eq!(command(PUBMSG, "a!PUBLIC!hp2\r\n"), Some("hp2"));
+        assert_eq!(
+            command(PUBMSG, "a!PUBLIC!caf\u{e9}\u{a0}x"),
+            Some("caf\u{e9}\u{a0}x"),
+            "ASCII whitespace only"
+        );
+        assert_eq!(command(PUBMSG, "a!PUBLIC!ORDERBOOK"), Some("ORDERBOOK"));
+        assert_eq!(command(PRIVMSG, "a!b!fill 1 2 3"), Some("fill"));
+        assert_eq!(command(PRIVMSG, "a!a!x"), Some("x"), "to oneself");
+        for yes in ["orderbook", "ORDERBOOK", "OrderBook"] {
+            assert!(is_orderbook(yes), "{yes}");
+        }
+        for no in ["", "orderbook ", "!orderbook", "orderbooks", "order", "orderbooK\u{0}", "ordеrbook"] {
+            assert!(!is_orderbook(no), "{no:?}");
+        }
+    }
+
+    #[test]
+    fn hostile_routes_are_none() {
+        for (kind, line) in [
+            (PUBMSG, ""),
+            (PUBMSG, "no separator"),
+            (PUBMSG, "a!PUBLIC"),
+            (PUBMSG, "!PUBLIC!orderbook"),
+            (PUBMSG, "a!!orderbook"),
+            (PUBMSG, "a!public!orderbook"),
+            (PUBMSG, "a!PUBLIC !orderbook"),
+            (PUBMSG, "a! PUBLIC!orderbook"),
+            (PUBMSG, "a!PUBLICX!orderbook"),
+            (PUBMSG, "a!b!orderbook"),
+            (PUBMSG, "!!"),
+            (PUBMSG, "!"),
+            (PRIVMSG, ""),
+            (PRIVMSG, "a"),
+            (PRIVMSG, "a!b"),
+            (PRIVMSG, "!b!fill"),
+            (PRIVMSG, "a!!fill"),
+            (PRIVMSG, "!!"),
+            (PEERLIST, "a!PUBLIC!orderbook"),
+            (GETPEERLIST, "a!b!c"),
+            (PING, "a!b!c"),
+            (0, "a!PUBLIC!orderbook"),
+        ] {
+            assert_eq!(parse_route(kind, line), None, "{kind} {line:?}");
+        }
+        // PUBLIC as a PRIVMSG's recipient is just an unknown nick.
+        assert_eq!(parse_route(PRIVMSG, "a!PUBLIC!x").unwrap().to, Some("PUBLIC"));
+        // Huge lines: no `!` at all, or a huge command, or huge nicks.
+        let huge = "x".repeat(MAX_LINE);
+        assert_eq!(parse_route(PUBMSG, &huge), None);
+        assert_eq!(parse_route(PRIVMSG, &format!("a!{huge}")), None);
+        let line = format!("a!PUBLIC!{huge}");
+        let route = parse_route(PUBMSG, &line).unwrap();
+        assert_eq!(route.command.len(), MAX_LINE);
+        let line = format!("{huge}!{huge}!{huge} {huge}");
+        let route = parse_route(PRIVMSG, &line).unwrap();
+        assert_eq!(
+            (route.from.len(), route.to.map(str::len), route.command.len()),
+            (MAX_LINE, Some(MAX_LINE), MAX_LINE)
+        );
+        assert_eq!(parse_route(PUBMSG, &"!".repeat(MAX_LINE)), None);
+        let line = format!("a!b{}", "!".repeat(MAX_LINE));
+        let bangs = parse_route(PRIVMSG, &line).unwrap();
+        assert_eq!(bangs.command, "");
     }
 
     #[test]
