@@ -21,9 +21,12 @@ use signal_hook::iterator::Signals;
 /// idle hub costs no CPU here.
 const HUB_CHECK: Duration = Duration::from_secs(5);
 
-/// Run the peer hub, a JoinMarket directory-node heartbeat, until SIGINT or SIGTERM.
+/// Run the peer hub, a JoinMarket directory node, until SIGINT or SIGTERM.
 ///
-/// Peers connect over TCP and handshake; every --sweep seconds peers idle
+/// Peers connect over TCP and handshake; their PUBMSGs are relayed to every
+/// other peer, their PRIVMSGs to the peer they name, and GETPEERLIST is
+/// answered with the makers (takers are never listed), each peer within
+/// its message budgets. Every --sweep seconds peers idle
 /// for longer than --idle are pinged (or, makers without ping, sent an
 /// orderbook request) and evicted if no PONG comes within --pong-wait; peers
 /// idle for longer than --hard-evict are evicted outright. Prints

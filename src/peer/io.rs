@@ -735,6 +735,9 @@ impl Io {
         for (id, reason) in failed {
             self.close(id, Close::Evicted(reason));
         }
+        // Within the turn too: a burst of broadcasts to many slow peers
+        // must not overshoot the budget until the turn ends.
+        self.keep_budget();
         delivered
     }
 
