@@ -1294,6 +1294,34 @@ fn departures_at_once_are_coalesced_into_few_notice_lines() {
     assert!(hub.counters().notices >= 2);
 }
 
+/// Ten makers leaving 30 ms apart within one `notice_interval` (1 s): a
+/// remaining peer still gets at most one notice line per interval (the first
+/// departure may go at once, the others wait for the interval), not one per
+/// departure.
+#[test]
+fn departures_within_one_interval_wait_for_it() {
+    let hub = start(|c| c.notice_interval = secs(1));
+    let mut events = Events::of(&hub);
+    let mut watcher = Client::join(&hub, Location::Taker, JMCORE);
+    let leaving: Vec<RawPeer> =
+        (1..=10).map(|i| raw_join(&hub, &mut events, maker(i), LEGACY, None)).collect();
+    let expected: BTreeSet<String> = leaving.iter().map(|p| format!("{};{};D", p.nick, p.location)).collect();
+    let first = Instant::now();
+    for peer in leaving {
+        drop(peer);
+        thread::sleep(ms(30));
+    }
+    let spread = first.elapsed();
+    watcher.wait_until("all ten ;D", |seen| {
+        seen.iter().filter(|m| m.is_notice()).map(|m| entries(&m.line).len()).sum::<usize>() >= 10
+    });
+    assert_eq!(watcher.gone_entries().into_iter().collect::<BTreeSet<_>>(), expected);
+    let lines = watcher.notices().len();
+    // One line per interval the departures spanned, and one sent at once.
+    let most = 2 + usize::try_from(spread.as_millis() / 1000).unwrap();
+    assert!(lines <= most, "{lines} notice lines for 10 departures over {spread:?}: {:?}", watcher.lines());
+}
+
 /// A feature name carrying PEERLIST separators (joinmarket-ng copies it into
 /// F: and so forges a `;D` for a victim) is refused at the handshake, and no
 /// `;D` of the victim ever reaches anyone.
@@ -1789,7 +1817,7 @@ fn what_a_non_reader_is_owed_is_bounded() {
 /// whose message crossed the cap; the smaller ones stay.
 #[test]
 fn over_the_hub_wide_cap_the_largest_queue_goes_first() {
-    const TOTAL: usize = 210_000;
+    const TOTAL: usize = 350_000;
     const SIZE: usize = 20_000;
     let hub = start(|c| {
         c.max_queued_total = TOTAL;
@@ -1805,7 +1833,7 @@ fn over_the_hub_wide_cap_the_largest_queue_goes_first() {
         sender.send(wire::PRIVMSG, &big_privmsg(&sender.nick, &to.nick, n, SIZE));
         n += 1;
     };
-    for _ in 0..8 {
+    for _ in 0..15 {
         send_to(&stuck[0], &mut sender);
     }
     for _ in 0..2 {
@@ -1813,12 +1841,13 @@ fn over_the_hub_wide_cap_the_largest_queue_goes_first() {
     }
     sender.echo();
     events.listen(ms(100));
-    assert!(events.evictions().is_empty(), "{} bytes queued is under the cap", 10 * SIZE);
+    assert!(events.evictions().is_empty(), "{} bytes queued is under the cap", 17 * SIZE);
 
     // The smallest backlog grows until the total passes the cap.
     let mut more = 0;
     while events.evictions().is_empty() {
-        assert!(more < 7, "no eviction with {} bytes sent to non-readers", (10 + more) * SIZE);
+        // The kernel holds some 40 kB of each non-reader's: a dozen is plenty.
+        assert!(more < 12, "no eviction with {} bytes sent to non-readers", (17 + more) * SIZE);
         send_to(&stuck[2], &mut sender);
         more += 1;
         sender.echo();
