@@ -1696,6 +1696,55 @@ fn a_handshake_beyond_max_peers_is_refused_with_a_reason() {
     assert_eq!(hub.peer_count(), 2);
 }
 
+/// Every connection closed before its handshake completed is one `Rejected`
+/// event and one `rejected`: malformed, refused, over `max_peers`, timed out,
+/// pushed out of the pending pool, or closed by the client. `refused` counts
+/// those closed for a limit.
+#[test]
+fn every_connection_closed_before_its_handshake_is_one_rejection() {
+    let hub = start(|c| {
+        c.max_peers = 1;
+        c.max_pending = 2;
+        c.handshake_timeout = ms(300);
+    });
+    let mut events = Events::of(&hub);
+    let _good = Client::join(&hub, maker(1), JMCORE);
+    let nick = wire::random_nick();
+    let wrong_network = handshake(&nick, &Location::Taker, JMCORE).replace(NETWORK, "mainnet");
+    let one_too_many = handshake(&nick, &Location::Taker, JMCORE);
+    let mut addrs = Vec::new();
+    for first in [
+        b"hello\r\n".to_vec(),
+        encoded(wire::HANDSHAKE, &wrong_network),
+        encoded(wire::HANDSHAKE, &one_too_many),
+    ] {
+        let mut client = Client::connect_sending(&hub, &nick, Location::Taker, JMCORE, &first);
+        assert_eq!(client.wait_closed(), "eof");
+        addrs.push(client.addr);
+    }
+    let mut timed_out = Client::connect(&hub);
+    timed_out.wait_closed();
+    addrs.push(timed_out.addr);
+    let gone = Client::connect(&hub);
+    addrs.push(gone.addr);
+    drop(gone);
+    events.rejected(addrs[4]);
+    // A full pool: the oldest makes room, the other two time out.
+    let mut idle: Vec<Client> = (0..3).map(|_| Client::connect(&hub)).collect();
+    for client in &mut idle {
+        client.wait_closed();
+        addrs.push(client.addr);
+    }
+    for addr in &addrs {
+        events.rejected(*addr);
+    }
+    events.listen(ms(100));
+    assert_eq!(events.rejections(), 8, "{:#?}", events.seen);
+    let counters = hub.counters();
+    assert_eq!((counters.accepted, counters.joins, counters.rejected), (9, 1, 8), "{counters:?}");
+    assert_eq!(counters.refused, 2, "max_peers and the full pool: {counters:?}");
+}
+
 // ---------------------------------------------------------------------------
 // Slow and non-reading peers.
 
