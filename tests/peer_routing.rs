@@ -1804,6 +1804,65 @@ fn a_non_reader_is_evicted_after_the_write_deadline_and_readers_get_everything()
     assert_eq!(counter(&hub.counters().evictions, "slow_consumer"), 1);
 }
 
+/// A peer that reads, but too slowly for broadcasts ever to let its queue
+/// empty, is evicted after `write_deadline` (the contract: "a peer whose
+/// output queue has not drained (been empty) for this long is evicted").
+#[test]
+fn a_slow_reader_whose_queue_never_drains_is_evicted_at_the_write_deadline() {
+    let hub = start(|c| {
+        c.write_deadline = ms(500);
+        c.limits = unlimited();
+    });
+    let mut events = Events::of(&hub);
+    let sender = Client::join(&hub, Location::Taker, JMCORE);
+    let slow = raw_join(&hub, &mut events, Location::Taker, LEGACY, None);
+    // 64 kB every 200 ms: 320 kB/s against some 3 MB/s of broadcasts. It
+    // makes progress every 200 ms, but its queue never empties.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sipping = {
+        let (stop, mut stream) = (stop.clone(), slow.stream.try_clone().unwrap());
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 64 << 10];
+            let mut total = 0;
+            while !stop.load(Ordering::SeqCst) {
+                match stream.read_exact(&mut buf) {
+                    Ok(()) => total += buf.len(),
+                    Err(_) => break,
+                }
+                thread::sleep(ms(200));
+            }
+            total
+        })
+    };
+    let first = Instant::now();
+    let mut sent = 0;
+    while !events.evictions().iter().any(|(nick, _)| *nick == slow.nick) {
+        if first.elapsed() >= BOUND {
+            break;
+        }
+        sender.send(wire::PUBMSG, &big_pubmsg(&sender.nick, sent, 30_000));
+        sent += 1;
+        thread::sleep(ms(10));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let _ = slow.stream.shutdown(Shutdown::Both);
+    let read = sipping.join().unwrap();
+    let about = events.about(&slow.nick);
+    assert!(
+        about.iter().any(|e| matches!(e, HubEvent::Evicted { reason: EvictReason::SlowConsumer, .. })),
+        "a reader of {read} bytes in {:?}, behind {sent} broadcasts of 30 kB, was not evicted \
+         (write deadline 500 ms; slow_recipient drops: {}): {about:?}",
+        first.elapsed(),
+        dropped(&hub, "slow_recipient")
+    );
+    let (at, _) = events.evicted(&slow.nick);
+    assert!(
+        at.duration_since(first) >= ms(500),
+        "evicted {:?} after the first broadcast",
+        at.duration_since(first)
+    );
+}
+
 /// What a peer that stops reading can be owed is bounded: relays past
 /// `max_queued` are dropped for it (`slow_recipient`), not queued. One that
 /// reads late gets at most `max_queued` + the kernel's buffers + slack and
@@ -1822,10 +1881,12 @@ fn what_a_non_reader_is_owed_is_bounded() {
     });
     let mut events = Events::of(&hub);
     let mut sender = Client::join(&hub, Location::Taker, JMCORE);
-    // Default receive buffers: a tiny one stalls a reader on loopback's 64 kB
-    // segments. Without reads the kernel does not grow them.
+    // The late reader keeps the default receive buffer: a tiny one stalls a
+    // reader on loopback's 64 kB segments (and without reads the kernel does
+    // not grow it). The one that never reads gets a tiny one, which the kernel
+    // does not trickle bytes into: its queue stops moving at once.
     let mut late = raw_join(&hub, &mut events, Location::Taker, LEGACY, None);
-    let mut never = raw_join(&hub, &mut events, Location::Taker, LEGACY, None);
+    let mut never = raw_join(&hub, &mut events, Location::Taker, LEGACY, Some(4096));
     let bound =
         |stream: &TcpStream| MAX_QUEUED + wire::MAX_LINE + 2 * SEND_BUFFER + receive_buffer(stream) + SLACK;
     let (late_bound, never_bound) = (bound(&late.stream), bound(&never.stream));
@@ -1855,6 +1916,8 @@ fn what_a_non_reader_is_owed_is_bounded() {
         "evicted {:?} after the flood",
         at.duration_since(flooded)
     );
+    // Read what is left quickly: a large buffer opens the window again.
+    set_receive_buffer(&never.stream, 1 << 20);
     never.stream.set_read_timeout(Some(BOUND)).unwrap();
     let mut rest = Vec::new();
     let _ = never.stream.read_to_end(&mut rest); // EOF, or a reset
