@@ -1899,6 +1899,11 @@ fn what_a_non_reader_is_owed_is_bounded() {
     sender.echo();
     let lost = dropped(&hub, "slow_recipient");
     assert!(lost >= FLOOD as u64, "{lost} relays dropped for two non-readers of {FLOOD} × 30 kB");
+    // A PRIVMSG for it is dropped too, not queued.
+    sender.send(wire::PRIVMSG, &big_privmsg(&sender.nick, &never.nick, 0, 30_000));
+    sender.echo();
+    assert_eq!(dropped(&hub, "slow_recipient"), lost + 1, "a PRIVMSG past max_queued");
+
     let owed = read_until_quiet(&mut late.stream, ms(500));
     assert!(owed.len() <= late_bound, "{} bytes owed, bound {late_bound}", owed.len());
     assert!(!owed.is_empty());
