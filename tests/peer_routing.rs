@@ -224,6 +224,26 @@ fn read_until_quiet(stream: &mut TcpStream, quiet: Duration) -> Vec<u8> {
     all
 }
 
+/// Raises its flag when dropped: a test's helper threads stop even when the
+/// test panics.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl StopOnDrop {
+    fn new() -> StopOnDrop {
+        StopOnDrop(Arc::new(AtomicBool::new(false)))
+    }
+
+    fn flag(&self) -> Arc<AtomicBool> {
+        self.0.clone()
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// One line a client received.
 #[derive(Debug, Clone)]
 struct Msg {
@@ -1589,11 +1609,11 @@ fn idle_sockets_never_keep_real_peers_out() {
     drop(idle);
 
     // The attack: idle sockets reopened as soon as the hub closes them.
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = StopOnDrop::new();
     let addr = hub.local_addr();
     let attackers: Vec<JoinHandle<u64>> = (0..5)
         .map(|_| {
-            let stop = stop.clone();
+            let stop = stop.flag();
             thread::spawn(move || {
                 let mut opened = 0;
                 let mut buf = [0u8; 1024];
@@ -1638,7 +1658,7 @@ fn idle_sockets_never_keep_real_peers_out() {
             real.push(peer);
         }
     }
-    stop.store(true, Ordering::SeqCst);
+    drop(stop);
     let opened: u64 = attackers.into_iter().map(|a| a.join().unwrap()).sum();
     assert!(opened >= 5, "{opened}");
     assert!(shut_out.is_empty(), "idle sockets kept real peers out ({opened} opened): {shut_out:?}");
@@ -1763,9 +1783,9 @@ fn a_non_reader_is_evicted_after_the_write_deadline_and_readers_get_everything()
     let stuck = raw_join(&hub, &mut events, maker(1), LEGACY, Some(4096));
 
     // It keeps talking: an unknown type every 50 ms.
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = StopOnDrop::new();
     let talker = {
-        let (stop, mut stream) = (stop.clone(), stuck.stream.try_clone().unwrap());
+        let (stop, mut stream) = (stop.flag(), stuck.stream.try_clone().unwrap());
         thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 let _ = stream.write_all(&encoded(999, "still here"));
@@ -1782,7 +1802,7 @@ fn a_non_reader_is_evicted_after_the_write_deadline_and_readers_get_everything()
         thread::sleep(ms(10));
     }
     let (at, reason) = events.evicted(&stuck.nick);
-    stop.store(true, Ordering::SeqCst);
+    drop(stop);
     talker.join().unwrap();
     assert_eq!(reason, EvictReason::SlowConsumer);
     let after = at.duration_since(first);
@@ -1818,9 +1838,9 @@ fn a_slow_reader_whose_queue_never_drains_is_evicted_at_the_write_deadline() {
     let slow = raw_join(&hub, &mut events, Location::Taker, LEGACY, None);
     // 64 kB every 200 ms: 320 kB/s against some 3 MB/s of broadcasts. It
     // makes progress every 200 ms, but its queue never empties.
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = StopOnDrop::new();
     let sipping = {
-        let (stop, mut stream) = (stop.clone(), slow.stream.try_clone().unwrap());
+        let (stop, mut stream) = (stop.flag(), slow.stream.try_clone().unwrap());
         thread::spawn(move || {
             let mut buf = vec![0u8; 64 << 10];
             let mut total = 0;
@@ -1844,7 +1864,7 @@ fn a_slow_reader_whose_queue_never_drains_is_evicted_at_the_write_deadline() {
         sent += 1;
         thread::sleep(ms(10));
     }
-    stop.store(true, Ordering::SeqCst);
+    drop(stop);
     let _ = slow.stream.shutdown(Shutdown::Both);
     let read = sipping.join().unwrap();
     let about = events.about(&slow.nick);
