@@ -1022,6 +1022,8 @@ fn privmsg_reaches_only_its_target() {
     );
 }
 
+/// A PRIVMSG for a nick nobody holds is dropped and counted
+/// `unknown_target`; its sender hears nothing and stays.
 #[test]
 fn a_privmsg_to_an_unknown_nick_is_counted() {
     let hub = start(|_| {});
