@@ -1164,6 +1164,7 @@ fn route_mode(a: &Args) -> io::Result<Value> {
     let takers: Vec<usize> = ids.iter().copied().filter(|&i| net.conns[i].role == Role::Taker).collect();
 
     for phase in &a.phases {
+        println!("PHASE {phase} mono={:.6}", mono());
         match phase.as_str() {
             "orderbook" => {
                 net.phase = "orderbook";
@@ -1394,6 +1395,7 @@ fn route_mode(a: &Args) -> io::Result<Value> {
             _ => unreachable!("checked in args"),
         }
     }
+    println!("PHASE end mono={:.6}", mono());
     out["pings_total"] = json!(net.pings.len());
     out["sweeps"] = net.sweeps_json(a.gap);
     out["closed"] = net.closed_json();
