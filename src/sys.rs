@@ -90,3 +90,21 @@ pub(crate) fn unlink_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// `setsockopt(fd, SOL_SOCKET, option, value)` for an `int` option such as
+/// `SO_SNDBUF` or `SO_RCVBUF` (Linux doubles buffer sizes for its own
+/// bookkeeping and clamps them to `net.core.{w,r}mem_max`).
+pub(crate) fn set_socket_int(socket: BorrowedFd<'_>, option: libc::c_int, value: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the pointer and length describe `value`, an int that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}

@@ -583,7 +583,7 @@ fn the_binary_prints_events_and_exits_0_on_sigterm() {
         }
     });
     let first = lines.recv_timeout(BOUND).unwrap();
-    assert_eq!(first, format!("connected {} ping=yes", hub.nick()));
+    assert_eq!(first, format!("connected {} ping=yes motd={}", hub.nick(), heartbeat::peer::DEFAULT_MOTD));
     let (location, ping) = joined(&hub_events, &nick);
     assert_eq!((location.to_string(), ping), (onion(), false));
 

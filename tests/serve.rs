@@ -373,3 +373,52 @@ fn serve_has_help_with_examples() {
         assert!(help.contains(want), "{want}: {help}");
     }
 }
+
+/// A stall of the hub itself (SIGSTOP, like a suspended VM or laptop) must
+/// not evict the peers whose lines wait unread in their sockets: the late
+/// sweep reads them first and counts the stall against nobody.
+#[test]
+fn a_stopped_and_continued_hub_evicts_nobody_for_its_own_stall() {
+    let mut serving = Serving::spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--network",
+        "regtest",
+        "--status",
+        "127.0.0.1:0",
+        "--sweep",
+        "1",
+        "--idle",
+        "1",
+        "--hard-evict",
+        "3",
+        "--pong-wait",
+        "1",
+    ]);
+    let peers: Vec<(String, TcpStream)> = (0..5).map(|_| join(serving.hub, "regtest", true)).collect();
+    let status = serving.status();
+    let pings = |text: &str| metric(text, "heartbeat_hub_pings_sent_total").unwrap_or(0);
+    // Pinged and answering before the stall.
+    eventually("a sweep that pings the peers", || {
+        (pings(&http(status, "GET", "/metrics").2) >= 5).then_some(())
+    });
+
+    serving.signal(libc::SIGSTOP);
+    thread::sleep(Duration::from_secs(5)); // longer than --hard-evict
+    serving.signal(libc::SIGCONT);
+
+    // Three more seconds: a late sweep, then sweeps that ping again.
+    let before = pings(&http(status, "GET", "/metrics").2);
+    eventually("sweeps that ping the peers again after the stall", || {
+        (pings(&http(status, "GET", "/metrics").2) >= before + 10).then_some(())
+    });
+    let text = http(status, "GET", "/metrics").2;
+    assert_eq!(metric(&text, "heartbeat_hub_peers"), Some(5), "{text}");
+    for reason in ["idle_timeout", "pong_timeout"] {
+        let series = format!("heartbeat_hub_evictions_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&text, &series), Some(0), "{text}");
+    }
+    drop(peers);
+    serving.signal(libc::SIGTERM);
+    assert_eq!(serving.wait().code(), Some(0));
+}

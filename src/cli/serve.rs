@@ -21,9 +21,12 @@ use signal_hook::iterator::Signals;
 /// idle hub costs no CPU here.
 const HUB_CHECK: Duration = Duration::from_secs(5);
 
-/// Run the peer hub, a JoinMarket directory-node heartbeat, until SIGINT or SIGTERM.
+/// Run the peer hub, a JoinMarket directory node, until SIGINT or SIGTERM.
 ///
-/// Peers connect over TCP and handshake; every --sweep seconds peers idle
+/// Peers connect over TCP and handshake; their PUBMSGs are relayed to every
+/// other peer, their PRIVMSGs to the peer they name, and GETPEERLIST is
+/// answered with the makers (takers are never listed), each peer within
+/// its message budgets. Every --sweep seconds peers idle
 /// for longer than --idle are pinged (or, makers without ping, sent an
 /// orderbook request) and evicted if no PONG comes within --pong-wait; peers
 /// idle for longer than --hard-evict are evicted outright. Prints
@@ -60,7 +63,7 @@ pub struct ServeArgs {
     /// The directory's own nick (J5, base58, padded with O to 16 characters); random if not given.
     #[arg(long, value_name = "NICK")]
     nick: Option<String>,
-    /// A message of the day for the handshake reply.
+    /// A message of the day for the handshake reply (a short default says what this node is).
     #[arg(long, value_name = "TEXT")]
     motd: Option<String>,
     /// Seconds between heartbeat sweeps.
@@ -75,9 +78,15 @@ pub struct ServeArgs {
     /// Seconds a pinged peer has to answer with a PONG.
     #[arg(long, value_name = "S", default_value = "30", value_parser = super::parse_positive_seconds)]
     pong_wait: Duration,
-    /// Connections beyond this many are closed as soon as accepted.
+    /// Handshaked peers at most; a handshake beyond is refused ("Maximum peers reached").
     #[arg(long, value_name = "N", default_value = "20000", value_parser = clap::value_parser!(u64).range(1..))]
     max_peers: u64,
+    /// Connections not yet handshaked at most; when full, the oldest is closed to admit a newcomer.
+    #[arg(long, value_name = "N", default_value = "1000", value_parser = clap::value_parser!(u64).range(1..))]
+    max_pending: u64,
+    /// Announce departed takers with `;D` notices too (as joinmarket-ng does); by default only makers.
+    #[arg(long)]
+    announce_takers: bool,
     /// Serve /health, /status and /metrics over HTTP on ADDR (e.g. 127.0.0.1:9222).
     #[arg(long, value_name = "ADDR")]
     status: Option<SocketAddr>,
@@ -92,7 +101,7 @@ impl ServeArgs {
             listen: self.listen,
             network: self.network.clone(),
             nick: self.nick.clone(),
-            motd: self.motd.clone(),
+            motd: self.motd.clone().or(HubConfig::default().motd),
             sweep: SweepConfig {
                 sweep_interval: self.sweep,
                 idle_threshold: self.idle,
@@ -100,6 +109,8 @@ impl ServeArgs {
                 pong_wait: self.pong_wait,
             },
             max_peers: usize::try_from(self.max_peers).unwrap_or(usize::MAX),
+            max_pending: usize::try_from(self.max_pending).unwrap_or(usize::MAX),
+            announce_takers: self.announce_takers,
             ..HubConfig::default()
         }
     }
@@ -259,7 +270,10 @@ mod tests {
         assert_eq!(config.network, defaults.network);
         assert_eq!(config.sweep, SweepConfig::default());
         assert_eq!(config.max_peers, defaults.max_peers);
-        assert_eq!((config.nick, config.motd, args.status, args.beat_file), (None, None, None, None));
+        assert_eq!(config.max_pending, defaults.max_pending);
+        assert_eq!(config.announce_takers, defaults.announce_takers);
+        assert_eq!(config.motd, defaults.motd);
+        assert_eq!((config.nick, args.status, args.beat_file), (None, None, None));
     }
 
     #[test]
@@ -280,6 +294,9 @@ mod tests {
             "0.25",
             "--max-peers",
             "7",
+            "--max-pending",
+            "9",
+            "--announce-takers",
             "--motd",
             "hi",
         ])
@@ -292,6 +309,8 @@ mod tests {
         assert_eq!(config.sweep.hard_evict, Duration::from_secs(2));
         assert_eq!(config.sweep.pong_wait, Duration::from_millis(250));
         assert_eq!(config.max_peers, 7);
+        assert_eq!(config.max_pending, 9);
+        assert!(config.announce_takers);
         assert_eq!(config.motd.as_deref(), Some("hi"));
         for bad in
             [&["serve", "--sweep", "0"][..], &["serve", "--max-peers", "0"], &["serve", "--listen", "x"]]

@@ -20,6 +20,7 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
 
+use super::lines::{LineBuffer, TooLong};
 use super::server::DEFAULT_PORT;
 use super::wire::{self, Location};
 use crate::error::{Error, Result};
@@ -29,6 +30,8 @@ use crate::error::{Error, Result};
 const MAX_WAIT: Duration = Duration::from_secs(3600);
 /// How much one `read` takes from the socket.
 const READ_CHUNK: usize = 16 * 1024;
+/// Read buffer capacity kept between bursts of long lines.
+const KEEP_BUFFER: usize = 2 * READ_CHUNK;
 /// Poll tokens.
 const CONNECTING: Token = Token(0);
 const WAKE: Token = Token(1);
@@ -669,41 +672,30 @@ impl std::fmt::Display for ReadEnd {
 struct LineReader {
     stream: TcpStream,
     /// Bytes read and not yet returned.
-    buf: Vec<u8>,
-    /// How much of `buf` is known to hold no `\n`.
-    scanned: usize,
+    buf: LineBuffer,
     chunk: Vec<u8>,
 }
 
 impl LineReader {
     fn new(stream: TcpStream) -> Self {
-        LineReader { stream, buf: Vec::new(), scanned: 0, chunk: vec![0; READ_CHUNK] }
+        LineReader { stream, buf: LineBuffer::new(), chunk: vec![0; READ_CHUNK] }
     }
 
     /// The next line, without its terminator. A read timeout set on the
     /// stream comes back as `ReadEnd::Io`, keeping what was read so far.
     fn line(&mut self) -> Result<Vec<u8>, ReadEnd> {
         loop {
-            if let Some(i) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
-                let end = self.scanned + i;
-                if end + 1 > wire::MAX_LINE {
-                    return Err(ReadEnd::TooLong);
-                }
-                let mut line: Vec<u8> = self.buf.drain(..=end).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                self.scanned = 0;
-                return Ok(line);
+            match self.buf.next_line(wire::MAX_LINE) {
+                Ok(Some(line)) => return Ok(line.to_vec()),
+                Ok(None) => {}
+                Err(TooLong) => return Err(ReadEnd::TooLong),
             }
-            self.scanned = self.buf.len();
-            if self.buf.len() >= wire::MAX_LINE {
-                return Err(ReadEnd::TooLong);
-            }
+            // Only the start of a line is left: cheap to move, and the
+            // memory of a burst of long lines goes back.
+            self.buf.shrink(KEEP_BUFFER);
             match self.stream.read(&mut self.chunk) {
                 Ok(0) => return Err(ReadEnd::Closed),
-                Ok(n) => self.buf.extend_from_slice(&self.chunk[..n]),
+                Ok(n) => self.buf.extend(&self.chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(ReadEnd::Io(e)),
             }

@@ -1,9 +1,14 @@
-//! The peer hub: a mio TCP presence server speaking the JoinMarket
-//! directory-node heartbeat ([`Hub`]), and its pieces: the wire format
-//! ([`wire`]), the heartbeat's decisions ([`sweep`]) and the registry of
-//! handshaked peers.
+//! The peer hub: a mio TCP JoinMarket directory node ([`Hub`]) that routes
+//! PUBMSG and PRIVMSG between handshaked peers, answers GETPEERLIST, keeps
+//! them alive with the heartbeat and bounds what any one of them can cost;
+//! and its pieces: the wire format ([`wire`]), the heartbeat's decisions
+//! ([`sweep`]), the per-peer [`Limits`] and the registry of handshaked peers.
 
 mod client;
+mod io;
+mod limits;
+mod lines;
+mod output;
 mod registry;
 mod server;
 mod status;
@@ -11,7 +16,8 @@ pub mod sweep;
 pub mod wire;
 
 pub use client::{ClientEvent, PeerClient, PeerClientConfig};
+pub use limits::Limits;
 pub use registry::{CounterSnapshot, PeerInfo, PeerStatus};
-pub use server::{DEFAULT_PORT, Hub, HubConfig, HubEvent};
+pub use server::{DEFAULT_MOTD, DEFAULT_PORT, Hub, HubConfig, HubEvent};
 pub use status::StatusServer;
 pub use sweep::{EvictReason, SweepConfig};

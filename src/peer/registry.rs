@@ -7,8 +7,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
-use super::sweep::{EvictReason, PeerView};
-use super::wire::Location;
+use super::sweep::{EvictReason, PeerView, SweepConfig};
+use super::wire::{self, Location};
 
 /// One handshaked peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,12 @@ pub struct PeerInfo {
     pub location: Location,
     /// Whether it advertised `features.ping`.
     pub ping: bool,
+    /// Its features whose value is JSON `true`, sorted, joined with `+`
+    /// (`peerlist_features+ping`); empty when none.
+    pub features: String,
+    /// Whether it advertised `features.peerlist_features`: its peer lists
+    /// and location hints carry the `;F:` suffix.
+    pub peerlist_features: bool,
     /// The network it handshaked for.
     pub network: String,
     /// When it connected (wall clock, for display).
@@ -29,6 +35,8 @@ pub struct PeerInfo {
     pub last_seen: Instant,
     /// When the oldest PING that no PONG has answered yet was written, if any.
     pub ping_sent: Option<Instant>,
+    /// When the last orderbook probe was sent, if any.
+    pub probed_at: Option<Instant>,
 }
 
 impl PeerInfo {
@@ -42,14 +50,21 @@ impl PeerInfo {
         self.location.is_maker()
     }
 
-    fn view(&self) -> PeerView {
+    fn view(&self, now: Instant, pong_wait: Duration) -> PeerView {
+        let probe_waiting = self.probed_at.is_some_and(|at| now.saturating_duration_since(at) < pong_wait);
         PeerView {
             id: self.id,
             last_seen: self.last_seen,
             ping: self.ping,
             maker: self.is_maker(),
             pong_pending: self.pong_pending(),
+            probing: self.pong_pending() || probe_waiting,
         }
+    }
+
+    /// Its PEERLIST entry, `;F:` features included when `with_features`.
+    pub(crate) fn entry(&self, with_features: bool) -> String {
+        wire::peer_entry(&self.nick, &self.location, with_features.then_some(self.features.as_str()))
     }
 }
 
@@ -113,9 +128,58 @@ impl Registry {
         }
     }
 
-    /// What the sweep decides on, in a stable order (by id: connection order).
-    pub(crate) fn views(&self) -> Vec<PeerView> {
-        self.views_by(PeerInfo::view)
+    /// An orderbook probe went to this peer at `at`.
+    pub(crate) fn probed(&self, id: u64, at: Instant) {
+        if let Some(peer) = self.inner.lock().by_id.get_mut(&id) {
+            peer.probed_at = Some(at);
+        }
+    }
+
+    /// The hub itself was stalled for `by`: nobody's idle time or pong wait
+    /// counts the stall (moved on by it, never past `now`).
+    pub(crate) fn stalled(&self, by: Duration, now: Instant) {
+        let on = |t: &mut Instant| *t = t.checked_add(by).map_or(now, |t| t.min(now));
+        for peer in self.inner.lock().by_id.values_mut() {
+            on(&mut peer.last_seen);
+            if let Some(sent) = peer.ping_sent.as_mut() {
+                on(sent);
+            }
+            if let Some(probed) = peer.probed_at.as_mut() {
+                on(probed);
+            }
+        }
+    }
+
+    /// Whether an eviction decided for idleness or a missing PONG still
+    /// holds at `now`: the peer is still registered and, for idleness, still
+    /// idle longer than `hard_evict`, or, for a pong timeout, a PING it has
+    /// not answered is at least `pong_wait` old.
+    pub(crate) fn still_due(
+        &self,
+        id: u64,
+        reason: &EvictReason,
+        now: Instant,
+        config: &SweepConfig,
+    ) -> bool {
+        let peers = self.inner.lock();
+        let Some(peer) = peers.by_id.get(&id) else { return false };
+        match reason {
+            EvictReason::IdleTimeout => now.saturating_duration_since(peer.last_seen) > config.hard_evict,
+            EvictReason::PongTimeout => {
+                peer.ping_sent.is_some_and(|sent| now.saturating_duration_since(sent) >= config.pong_wait)
+            }
+            _ => true,
+        }
+    }
+
+    /// The connection id of the peer with this nick.
+    pub(crate) fn id_of(&self, nick: &str) -> Option<u64> {
+        self.inner.lock().by_nick.get(nick).copied()
+    }
+
+    /// What the sweep decides on at `now`, in a stable order (by id: connection order).
+    pub(crate) fn views(&self, now: Instant, pong_wait: Duration) -> Vec<PeerView> {
+        self.views_by(|p| p.view(now, pong_wait))
     }
 
     fn views_by(&self, view: impl Fn(&PeerInfo) -> PeerView) -> Vec<PeerView> {
@@ -132,7 +196,7 @@ impl Registry {
     pub(crate) fn views_for_pong_check(&self, now: Instant, wait: Duration) -> Vec<PeerView> {
         self.views_by(|p| PeerView {
             pong_pending: p.ping_sent.is_some_and(|sent| now.saturating_duration_since(sent) >= wait),
-            ..p.view()
+            ..p.view(now, wait)
         })
     }
 
@@ -143,21 +207,13 @@ impl Registry {
         all
     }
 
-    /// The handshaked makers' PEERLIST entries.
-    pub(crate) fn makers(&self) -> Vec<(String, Location)> {
+    /// Every handshaked maker's PEERLIST entry, in connection order, with
+    /// `;F:` features when `with_features`. Takers are never listed.
+    pub(crate) fn maker_entries(&self, with_features: bool) -> Vec<String> {
         let peers = self.inner.lock();
-        let mut makers: Vec<(u64, String, Location)> = peers
-            .by_id
-            .values()
-            .filter(|p| p.is_maker())
-            .map(|p| (p.id, p.nick.clone(), p.location.clone()))
-            .collect();
-        makers.sort_unstable_by_key(|m| m.0);
-        makers.into_iter().map(|(_, nick, location)| (nick, location)).collect()
-    }
-
-    pub(crate) fn has_nick(&self, nick: &str) -> bool {
-        self.inner.lock().by_nick.contains_key(nick)
+        let mut makers: Vec<&PeerInfo> = peers.by_id.values().filter(|p| p.is_maker()).collect();
+        makers.sort_unstable_by_key(|p| p.id);
+        makers.iter().map(|p| p.entry(with_features)).collect()
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -185,8 +241,36 @@ const KINDS: [(Kind, &str); 6] = [
     (Kind::Other, "other"),
 ];
 
-const REASONS: [&str; 6] =
-    ["idle_timeout", "pong_timeout", "send_failed", "slow_consumer", "protocol", "handshake_timeout"];
+const REASONS: [&str; 8] = [
+    "idle_timeout",
+    "pong_timeout",
+    "send_failed",
+    "slow_consumer",
+    "protocol",
+    "handshake_timeout",
+    "rate_limited",
+    "spoofed",
+];
+
+/// Why a message was not delivered, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dropped {
+    /// A PRIVMSG for a nick nobody holds.
+    UnknownTarget,
+    /// Over the sender's budget.
+    RateLimited,
+    /// The recipient's output queue is over its cap.
+    SlowRecipient,
+    /// A GETPEERLIST while the last answer is still queued.
+    PeerlistBusy,
+}
+
+const DROPPED: [(Dropped, &str); 4] = [
+    (Dropped::UnknownTarget, "unknown_target"),
+    (Dropped::RateLimited, "rate_limited"),
+    (Dropped::SlowRecipient, "slow_recipient"),
+    (Dropped::PeerlistBusy, "peerlist_busy"),
+];
 
 /// The hub's counters since it started; lock-free.
 #[derive(Default)]
@@ -201,8 +285,13 @@ pub(crate) struct Counters {
     pub(crate) probes_sent: AtomicU64,
     pub(crate) pongs_sent: AtomicU64,
     pub(crate) pings_unanswered: AtomicU64,
+    pub(crate) relayed_pubmsg: AtomicU64,
+    pub(crate) relayed_privmsg: AtomicU64,
+    pub(crate) deliveries: AtomicU64,
+    pub(crate) notices: AtomicU64,
     evictions: [AtomicU64; REASONS.len()],
     messages: [AtomicU64; KINDS.len()],
+    dropped: [AtomicU64; DROPPED.len()],
 }
 
 impl Counters {
@@ -221,6 +310,15 @@ impl Counters {
         Counters::add(&self.messages[i]);
     }
 
+    pub(crate) fn dropped(&self, why: Dropped) {
+        let i = DROPPED.iter().position(|(d, _)| *d == why).expect("every reason is listed");
+        Counters::add(&self.dropped[i]);
+    }
+
+    pub(crate) fn add_n(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> CounterSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         CounterSnapshot {
@@ -234,6 +332,11 @@ impl Counters {
             probes_sent: get(&self.probes_sent),
             pongs_sent: get(&self.pongs_sent),
             pings_unanswered: get(&self.pings_unanswered),
+            relayed_pubmsg: get(&self.relayed_pubmsg),
+            relayed_privmsg: get(&self.relayed_privmsg),
+            deliveries: get(&self.deliveries),
+            notices: get(&self.notices),
+            dropped: DROPPED.iter().zip(&self.dropped).map(|((_, d), c)| (*d, get(c))).collect(),
             evictions: REASONS.iter().zip(&self.evictions).map(|(r, c)| (*r, get(c))).collect(),
             messages: KINDS.iter().zip(&self.messages).map(|((_, k), c)| (*k, get(c))).collect(),
         }
@@ -245,11 +348,13 @@ impl Counters {
 pub struct CounterSnapshot {
     /// TCP connections accepted.
     pub accepted: u64,
-    /// Connections refused at the peer limit.
+    /// Connections closed before their handshake because of a limit (the
+    /// pool of connections not yet handshaked was full, or the peer limit).
     pub refused: u64,
     /// Handshakes accepted.
     pub joins: u64,
-    /// Handshakes refused (`accepted: false`) or malformed.
+    /// Connections closed before their handshake completed, for any
+    /// reason: one for each [`HubEvent::Rejected`](super::HubEvent::Rejected).
     pub rejected: u64,
     /// Handshaked peers that closed or were closed for another reason than eviction.
     pub left: u64,
@@ -263,8 +368,19 @@ pub struct CounterSnapshot {
     pub pongs_sent: u64,
     /// Peers' PINGs left unanswered by the rate limit.
     pub pings_unanswered: u64,
+    /// PUBMSGs relayed (once per message, whatever the number of recipients).
+    pub relayed_pubmsg: u64,
+    /// PRIVMSGs relayed.
+    pub relayed_privmsg: u64,
+    /// Relayed copies handed to recipients.
+    pub deliveries: u64,
+    /// `;D` notice lines sent, one per recipient per line.
+    pub notices: u64,
+    /// Messages not delivered, by reason (`unknown_target`, `rate_limited`,
+    /// `slow_recipient`, `peerlist_busy`).
+    pub dropped: Vec<(&'static str, u64)>,
     /// Evictions by reason label (`idle_timeout`, `pong_timeout`, `send_failed`,
-    /// `slow_consumer`, `protocol`, `handshake_timeout`).
+    /// `slow_consumer`, `protocol`, `handshake_timeout`, `rate_limited`, `spoofed`).
     pub evictions: Vec<(&'static str, u64)>,
     /// Messages received from handshaked peers, by kind (`privmsg`, `pubmsg`,
     /// `ping`, `pong`, `getpeerlist`, `other`).
@@ -311,10 +427,13 @@ mod tests {
             nick: format!("J5peer{id}OOOOOOOOO"),
             location: Location::Taker,
             ping: true,
+            features: "ping".into(),
+            peerlist_features: false,
             network: "regtest".into(),
             connected_at: SystemTime::UNIX_EPOCH,
             last_seen: now,
             ping_sent: None,
+            probed_at: None,
         }
     }
 

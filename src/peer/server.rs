@@ -2,21 +2,22 @@
 //! that decides the heartbeat and hands its commands to the I/O thread over a
 //! channel, waking its poll.
 
-use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, select};
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::net::TcpListener;
+use mio::{Poll, Waker};
 use parking_lot::Mutex;
 
-use super::registry::{CounterSnapshot, Counters, Kind, PeerInfo, PeerStatus, Registry};
+use super::io::{Control, Io, WAKER};
+use super::limits::Limits;
+use super::registry::{CounterSnapshot, Counters, PeerStatus, Registry};
 use super::sweep::{Command, Due, EvictReason, Schedule, SweepConfig, pinged_ids, pong_timeouts, sweep};
-use super::wire::{self, HandshakeError, Location};
+use super::wire::{self, Location};
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::{Error, Result};
 
@@ -32,26 +33,62 @@ pub struct HubConfig {
     pub network: String,
     /// The directory's own nick; `None` draws a random one.
     pub nick: Option<String>,
-    /// A message of the day for the handshake reply.
+    /// A message of the day for the handshake reply. Default [`DEFAULT_MOTD`].
     pub motd: Option<String>,
     /// Heartbeat timing.
     pub sweep: SweepConfig,
-    /// Connections beyond this many are closed as soon as accepted. Default 20,000.
+    /// Handshaked peers at most. A handshake beyond gets a 795 with
+    /// `"accepted": false` and the motd `Rejected: Maximum peers reached`,
+    /// then a close. Default 20,000.
     pub max_peers: usize,
+    /// Connections not yet handshaked at most. When the pool is full, the
+    /// oldest is closed to admit the newcomer: real clients handshake within
+    /// milliseconds, and idle sockets never keep them out. Default 1,000.
+    pub max_pending: usize,
     /// Longest line accepted, terminator included. Default [`wire::MAX_LINE`].
     pub max_line: usize,
-    /// Output queued for one peer beyond this evicts it as a slow consumer. Default 1 MiB.
+    /// Output queued for one peer at most, in bytes. A relayed message that
+    /// would pass it is dropped for that peer (counted `slow_recipient`);
+    /// the hub's own output past it evicts the peer as a slow consumer.
+    /// Default 2 MiB.
     pub max_queued: usize,
-    /// PINGs of a peer's own answered per minute; more are ignored. Default 60.
-    pub pings_per_minute: u32,
-    /// GETPEERLIST requests of one peer answered per minute; more are
-    /// ignored. Each answer can be thousands of times its request. Default 30.
-    pub peerlists_per_minute: u32,
+    /// Output queued for all peers at most, a broadcast buffer counted once
+    /// however many queues hold it. Past it the peers with the largest queues
+    /// are evicted first. Default 256 MiB.
+    pub max_queued_total: usize,
+    /// A peer whose output queue has not drained for this long is evicted as
+    /// a slow consumer, whatever it sends. Default 30 s.
+    pub write_deadline: Duration,
+    /// `SO_SNDBUF` of each connection, in bytes (Linux allocates twice
+    /// this): what the kernel holds for a peer that does not read. 0 leaves
+    /// the kernel's autotuning (up to `tcp_wmem`'s maximum, 4 MiB). Default 32 KiB.
+    pub send_buffer: usize,
+    /// `SO_RCVBUF` of each connection, in bytes; 0 leaves the kernel's
+    /// autotuning. Default 64 KiB.
+    pub receive_buffer: usize,
+    /// Each peer's message budgets.
+    pub limits: Limits,
+    /// Each peer gets at most one `;D` notice line per interval, carrying
+    /// every departure since the last. Default 1 s.
+    pub notice_interval: Duration,
+    /// Announce departed takers too (joinmarket-ng does). Default `false`:
+    /// a taker's presence is private, so it leaves silently and is never
+    /// listed.
+    pub announce_takers: bool,
     /// A connection must handshake within this. Default 10 s.
     pub handshake_timeout: Duration,
+    /// A sweep later than this was held up by a stall of the hub itself (a
+    /// stopped process, a suspended machine): the stall counts against no
+    /// peer's idle time or pong wait, and what peers sent meanwhile is read
+    /// before deciding. Default 2 s.
+    pub stall_threshold: Duration,
     /// The clock for last-seen times and the sweep schedule. Default: the system's.
     pub clock: SharedClock,
 }
+
+/// The message of the day a hub sends by default.
+pub const DEFAULT_MOTD: &str =
+    "heartbeat directory node: messages are relayed, never stored; peers that stop answering are dropped";
 
 impl Default for HubConfig {
     fn default() -> Self {
@@ -59,14 +96,21 @@ impl Default for HubConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
             network: "mainnet".into(),
             nick: None,
-            motd: None,
+            motd: Some(DEFAULT_MOTD.into()),
             sweep: SweepConfig::default(),
             max_peers: 20_000,
+            max_pending: 1_000,
             max_line: wire::MAX_LINE,
-            max_queued: 1 << 20,
-            pings_per_minute: 60,
-            peerlists_per_minute: 30,
+            max_queued: 2 << 20,
+            max_queued_total: 256 << 20,
+            write_deadline: Duration::from_secs(30),
+            send_buffer: 32 << 10,
+            receive_buffer: 64 << 10,
+            limits: Limits::default(),
+            notice_interval: Duration::from_secs(1),
+            announce_takers: false,
             handshake_timeout: Duration::from_secs(10),
+            stall_threshold: Duration::from_secs(2),
             clock: Arc::new(SystemClock),
         }
     }
@@ -84,8 +128,14 @@ impl HubConfig {
         {
             return bad(format!("{nick:?} is not a nick: J5, then base58, 16 characters padded with O"));
         }
-        if self.max_peers == 0 || self.max_queued == 0 || self.handshake_timeout.is_zero() {
-            return bad("max peers, max queued output and the handshake timeout must be positive".into());
+        self.limits.validate().or_else(bad)?;
+        if self.max_peers == 0 || self.max_pending == 0 || self.max_queued == 0 || self.max_queued_total == 0
+        {
+            return bad("max peers, max pending, max queued and max queued total must be positive".into());
+        }
+        if self.handshake_timeout.is_zero() || self.write_deadline.is_zero() || self.notice_interval.is_zero()
+        {
+            return bad("the handshake timeout, write deadline and notice interval must be positive".into());
         }
         if self.max_line < 64 || self.max_line > wire::MAX_LINE {
             return bad(format!(
@@ -131,7 +181,9 @@ pub enum HubEvent {
         reason: EvictReason,
     },
     /// A connection that never became a peer was closed: a refused or
-    /// malformed handshake, none in time, or the peer limit.
+    /// malformed handshake, none in time, or a limit (the peer limit, or the
+    /// pool of connections not yet handshaked was full). The `rejected`
+    /// counter counts exactly these.
     Rejected {
         /// The remote address.
         addr: SocketAddr,
@@ -141,16 +193,16 @@ pub enum HubEvent {
 }
 
 /// What the hub's threads share.
-struct Shared {
-    registry: Registry,
-    counters: Counters,
+pub(super) struct Shared {
+    pub(super) registry: Registry,
+    pub(super) counters: Counters,
     subscribers: Mutex<Vec<Sender<HubEvent>>>,
-    nick: String,
-    clock: SharedClock,
+    pub(super) nick: String,
+    pub(super) clock: SharedClock,
 }
 
 impl Shared {
-    fn emit(&self, event: HubEvent) {
+    pub(super) fn emit(&self, event: HubEvent) {
         let mut subscribers = self.subscribers.lock();
         if subscribers.is_empty() {
             return;
@@ -184,12 +236,6 @@ struct Running {
     sweep: JoinHandle<()>,
 }
 
-enum Control {
-    /// A sweep's or pong check's commands, and when they were decided.
-    Commands(Instant, Vec<Command>),
-    Stop,
-}
-
 impl Hub {
     /// Binds the listener and starts the I/O and sweep threads.
     pub fn start(config: HubConfig) -> Result<Hub> {
@@ -214,6 +260,7 @@ impl Hub {
         let sweeper = Sweeper {
             shared: shared.clone(),
             config: config.sweep,
+            stall_threshold: config.stall_threshold,
             control: control.clone(),
             waker: waker.clone(),
         };
@@ -313,10 +360,15 @@ impl Drop for Hub {
     }
 }
 
+/// How long a sweep after a stall waits for the I/O thread to read what
+/// peers sent meanwhile.
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
+
 /// The sweep thread: the pure schedule and decisions of `sweep.rs`, applied.
 struct Sweeper {
     shared: Arc<Shared>,
     config: SweepConfig,
+    stall_threshold: Duration,
     control: Sender<Control>,
     waker: Arc<Waker>,
 }
@@ -327,20 +379,36 @@ impl Sweeper {
         let mut changes = clock.changes();
         let mut schedule = Schedule::new(clock.now(), self.config);
         loop {
-            let wait = schedule.next_due().saturating_duration_since(clock.now());
+            let due_at = schedule.next_due();
+            let wait = due_at.saturating_duration_since(clock.now());
             select! {
                 recv(stop) -> _ => return,
                 recv(changes) -> moved => if moved.is_err() { changes = crossbeam_channel::never() },
                 default(wait) => {}
             }
-            let now = clock.now();
+            let mut now = clock.now();
+            let late = now.saturating_duration_since(due_at);
+            if late > self.stall_threshold {
+                if !self.recover_from_stall(late, &mut schedule, stop) {
+                    return;
+                }
+                now = clock.now();
+            }
             let mut commands = Vec::new();
             for due in schedule.due(now) {
                 let registry = &self.shared.registry;
                 match due {
                     Due::Sweep => {
                         Counters::add(&self.shared.counters.sweeps);
-                        let decided = sweep(&registry.views(), now, &self.config);
+                        let mut decided =
+                            sweep(&registry.views(now, self.config.pong_wait), now, &self.config);
+                        // Never a PING in the same instant as evicting that peer.
+                        decided.retain(|c| {
+                            matches!(c, Command::Evict { .. })
+                                || !commands
+                                    .iter()
+                                    .any(|e| matches!(e, Command::Evict { id, .. } if *id == c.id()))
+                        });
                         let pinged = pinged_ids(&decided);
                         if !pinged.is_empty() {
                             log::debug!("hub: pinged {} idle peers", pinged.len());
@@ -365,690 +433,31 @@ impl Sweeper {
             }
         }
     }
-}
 
-const LISTENER: Token = Token(0);
-const WAKER: Token = Token(1);
-/// Connection ids start here, so an id is its token.
-const FIRST_ID: u64 = 2;
-/// A peer that sends this much in one go yields to the others; its rest is
-/// read on the next turn of the loop.
-const READ_BUDGET: usize = 256 * 1024;
-/// A connection's buffers shrink back when they held more than this.
-const KEEP_BUFFER: usize = 8 * 1024;
-/// Lines handled for one peer per turn: a peer whose requests cost the hub
-/// work (GETPEERLIST) cannot hold the I/O thread.
-const LINE_BUDGET: usize = 64;
-/// After a failed `accept` (out of file descriptors, say), retry after this.
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
-
-/// The handshaked peer a connection became.
-struct PeerMeta {
-    nick: String,
-    location: Location,
-    ping: bool,
-}
-
-struct Conn {
-    /// Also its poll token.
-    id: u64,
-    stream: TcpStream,
-    addr: SocketAddr,
-    /// Received bytes not yet a whole line.
-    input: Vec<u8>,
-    /// Output not yet written, from `sent` on.
-    output: Vec<u8>,
-    sent: usize,
-    writable: bool,
-    peer: Option<PeerMeta>,
-    /// PING answers left, refilled continuously.
-    pings: Bucket,
-    /// GETPEERLIST answers left, refilled continuously.
-    peerlists: Bucket,
-}
-
-impl Conn {
-    fn queued(&self) -> usize {
-        self.output.len() - self.sent
-    }
-}
-
-/// Why a connection closes.
-enum Close {
-    Left(String),
-    Evicted(EvictReason),
-    Rejected(String),
-}
-
-struct Io {
-    poll: Poll,
-    listener: TcpListener,
-    conns: HashMap<u64, Conn>,
-    next_id: u64,
-    control: Receiver<Control>,
-    shared: Arc<Shared>,
-    network: String,
-    motd: Option<String>,
-    max_peers: usize,
-    max_line: usize,
-    max_queued: usize,
-    pings_per_minute: f64,
-    peerlists_per_minute: f64,
-    handshake_timeout: Duration,
-    /// Connections that have not handshaked, by deadline (accept order).
-    handshake_deadlines: VecDeque<(Instant, u64)>,
-    /// Connections with unread input left over from their read budget.
-    unread: Vec<u64>,
-    accept_retry: Option<Instant>,
-    /// Whether accepting fails (logged once per episode).
-    accept_failing: bool,
-    /// PEERLIST entries of peers gone this turn, told to the others at its end.
-    gone: Vec<(String, String)>,
-    scratch: Vec<u8>,
-    line: Vec<u8>,
-}
-
-impl Io {
-    fn new(
-        poll: Poll,
-        mut listener: TcpListener,
-        control: Receiver<Control>,
-        shared: Arc<Shared>,
-        config: &HubConfig,
-    ) -> io::Result<Io> {
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-        Ok(Io {
-            poll,
-            listener,
-            conns: HashMap::new(),
-            next_id: FIRST_ID,
-            control,
-            shared,
-            network: config.network.clone(),
-            motd: config.motd.clone(),
-            max_peers: config.max_peers,
-            max_line: config.max_line,
-            max_queued: config.max_queued,
-            pings_per_minute: f64::from(config.pings_per_minute),
-            peerlists_per_minute: f64::from(config.peerlists_per_minute),
-            handshake_timeout: config.handshake_timeout,
-            handshake_deadlines: VecDeque::new(),
-            unread: Vec::new(),
-            accept_retry: None,
-            accept_failing: false,
-            gone: Vec::new(),
-            scratch: vec![0; 64 * 1024],
-            line: Vec::new(),
-        })
-    }
-
-    fn now(&self) -> Instant {
-        self.shared.clock.now()
-    }
-
-    fn run(&mut self) {
-        let mut events = Events::with_capacity(1024);
-        loop {
-            let timeout = self.poll_timeout();
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                log::error!("hub: poll failed, stopping: {e}");
-                break;
-            }
-            for event in events.iter() {
-                match event.token() {
-                    LISTENER => self.accept_all(),
-                    WAKER => {}
-                    Token(token) => {
-                        let id = token as u64;
-                        if event.is_writable() || event.is_write_closed() {
-                            self.flush(id);
-                        }
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read(id);
-                        }
-                    }
-                }
-            }
-            let mut unread = std::mem::take(&mut self.unread);
-            unread.sort_unstable();
-            unread.dedup();
-            for id in unread {
-                self.read(id);
-            }
-            if self.accept_retry.is_some_and(|at| self.now() >= at) {
-                self.accept_retry = None;
-                self.accept_all();
-            }
-            self.expire_handshakes();
-            if !self.apply_control() {
-                break;
-            }
-            self.tell_gone();
-        }
-        self.shutdown();
-    }
-
-    /// How long the poll may sleep: until the next handshake deadline or
-    /// accept retry; not at all with unread input waiting.
-    fn poll_timeout(&self) -> Option<Duration> {
-        if !self.unread.is_empty() {
-            return Some(Duration::ZERO);
-        }
-        let next =
-            [self.handshake_deadlines.front().map(|d| d.0), self.accept_retry].into_iter().flatten().min()?;
-        // Rounded up to a millisecond, so a wake-up is never a little early and spins.
-        let wait = next.saturating_duration_since(self.now());
-        Some(wait + Duration::from_millis(1))
-    }
-
-    /// Handles the sweep's commands; `false` on Stop.
-    fn apply_control(&mut self) -> bool {
-        while let Ok(control) = self.control.try_recv() {
-            match control {
-                Control::Stop => return false,
-                Control::Commands(decided, commands) => {
-                    // The seed's order: evictions, then probes. PINGs go out in
-                    // one batch: one registry lock, no per-peer bookkeeping.
-                    let (pings, others): (Vec<Command>, Vec<Command>) =
-                        commands.into_iter().partition(|c| matches!(c, Command::Ping { .. }));
-                    let (evictions, probes): (Vec<Command>, Vec<Command>) =
-                        others.into_iter().partition(|c| matches!(c, Command::Evict { .. }));
-                    evictions.into_iter().for_each(|c| self.command(c));
-                    self.ping_all(&pinged_ids(&pings), decided);
-                    probes.into_iter().for_each(|c| self.command(c));
-                }
-            }
-        }
-        true
-    }
-
-    fn command(&mut self, command: Command) {
-        match command {
-            Command::Evict { id, reason } => self.close(id, Close::Evicted(reason)),
-            Command::Ping { id } => self.ping_all(&[id], self.now()),
-            Command::OrderbookProbe { id } => {
-                if self.conns.contains_key(&id) {
-                    Counters::add(&self.shared.counters.probes_sent);
-                    let probe = wire::orderbook_probe(&self.shared.nick);
-                    self.send_or_evict(id, wire::PUBMSG, &probe);
-                }
-            }
-        }
-    }
-
-    /// Writes a PING to each of these peers still connected. The PING is
-    /// dated by the sweep that `decided` it, which is what that sweep's pong
-    /// check compares with: a check never misses its own PINGs, and never
-    /// takes an answered-then-repeated PING for an unanswered one.
-    fn ping_all(&mut self, ids: &[u64], decided: Instant) {
-        if ids.is_empty() {
-            return;
-        }
-        self.shared.registry.pings_sent(ids, decided);
-        let mut conns = std::mem::take(&mut self.conns);
-        let mut failed = Vec::new();
-        for &id in ids {
-            if let Some(conn) = conns.get_mut(&id) {
-                Counters::add(&self.shared.counters.pings_sent);
-                if let Err(reason) = self.send(conn, wire::PING, "") {
-                    failed.push((id, reason));
-                }
-            }
-        }
-        self.conns = conns;
-        for (id, reason) in failed {
-            self.close(id, Close::Evicted(reason));
-        }
-    }
-
-    fn accept_all(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, addr)) => {
-                    self.accept_failing = false;
-                    self.accepted(stream, addr);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // Out of descriptors or memory: the listener will not
-                    // signal again for connections already queued, so retry.
-                    if !self.accept_failing {
-                        log::warn!("hub: accept failed, retrying every {ACCEPT_RETRY:?} until it works: {e}");
-                        self.accept_failing = true;
-                    }
-                    self.accept_retry = Some(self.now() + ACCEPT_RETRY);
-                    return;
-                }
-            }
-        }
-    }
-
-    fn accepted(&mut self, mut stream: TcpStream, addr: SocketAddr) {
-        Counters::add(&self.shared.counters.accepted);
-        if self.conns.len() >= self.max_peers {
-            Counters::add(&self.shared.counters.refused);
-            log::warn!("hub: refusing {addr}: {} connections is the limit", self.max_peers);
-            self.shared.emit(HubEvent::Rejected { addr, reason: "too many connections".into() });
-            return; // dropping the stream closes it
-        }
-        let id = self.next_id;
-        self.next_id += 1;
-        let _ = stream.set_nodelay(true);
-        if let Err(e) = self.poll.registry().register(&mut stream, Token(id as usize), Interest::READABLE) {
-            log::warn!("hub: cannot watch {addr}: {e}");
-            return;
-        }
-        let now = self.now();
-        self.conns.insert(
-            id,
-            Conn {
-                id,
-                stream,
-                addr,
-                input: Vec::new(),
-                output: Vec::new(),
-                sent: 0,
-                writable: false,
-                peer: None,
-                pings: Bucket::new(self.pings_per_minute, now),
-                peerlists: Bucket::new(self.peerlists_per_minute, now),
-            },
+    /// The hub itself stalled for at least `late`: the stall counts against
+    /// nobody's idle time or pong wait, and what peers sent meanwhile is read
+    /// before anything is decided. `false` when the hub is stopping.
+    fn recover_from_stall(&self, late: Duration, schedule: &mut Schedule, stop: &Receiver<()>) -> bool {
+        log::warn!(
+            "hub: the sweep ran {late:?} late: the hub itself was stalled (a stopped process or a suspended \
+             machine); the stall counts against no peer, and what they sent meanwhile is read first"
         );
-        let deadline =
-            now.checked_add(self.handshake_timeout).unwrap_or(now + Duration::from_secs(100 * 365 * 86_400));
-        self.handshake_deadlines.push_back((deadline, id));
-    }
-
-    fn expire_handshakes(&mut self) {
-        let now = self.now();
-        while let Some(&(deadline, id)) = self.handshake_deadlines.front() {
-            if deadline > now {
-                return;
-            }
-            self.handshake_deadlines.pop_front();
-            if self.conns.get(&id).is_some_and(|c| c.peer.is_none()) {
-                self.close(id, Close::Evicted(EvictReason::HandshakeTimeout));
+        self.shared.registry.stalled(late, self.shared.clock.now());
+        schedule.stalled(late);
+        let (done, drained) = crossbeam_channel::bounded(1);
+        if self.control.send(Control::Drain(done)).is_err() {
+            return false;
+        }
+        if let Err(e) = self.waker.wake() {
+            log::error!("hub: cannot wake the I/O thread: {e}");
+        }
+        select! {
+            recv(stop) -> _ => false,
+            recv(drained) -> _ => true,
+            default(DRAIN_WAIT) => {
+                log::warn!("hub: the I/O thread did not read the peers within {DRAIN_WAIT:?} after the stall");
+                true
             }
         }
     }
-
-    /// Reads what a connection sent and handles each whole line, up to a
-    /// budget of lines and bytes per turn: a flooding peer yields to the
-    /// others and to the sweep's commands, and is served again next turn.
-    fn read(&mut self, id: u64) {
-        let Some(mut conn) = self.conns.remove(&id) else { return };
-        let mut bytes_left = READ_BUDGET;
-        let mut lines_left = LINE_BUDGET;
-        let closed = loop {
-            // Lines already buffered first: the budget may have cut them short last turn.
-            if let Some(close) = self.lines(id, &mut conn, &mut lines_left) {
-                break Some(close);
-            }
-            if lines_left == 0 || bytes_left == 0 {
-                self.unread.push(id);
-                break None;
-            }
-            match conn.stream.read(&mut self.scratch) {
-                Ok(0) => break Some(Close::Left("closed by peer".into())),
-                Ok(n) => {
-                    bytes_left = bytes_left.saturating_sub(n);
-                    conn.input.extend_from_slice(&self.scratch[..n]);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Some(Close::Left(format!("read failed: {e}"))),
-            }
-        };
-        if conn.input.capacity() > KEEP_BUFFER && conn.input.len() <= KEEP_BUFFER / 4 {
-            conn.input = conn.input.to_vec(); // a burst is over: keep the leftover, give the rest back
-        }
-        self.conns.insert(id, conn);
-        if let Some(close) = closed {
-            self.close(id, close);
-        }
-    }
-
-    /// Handles whole lines in the connection's input while `budget` lasts.
-    fn lines(&mut self, id: u64, conn: &mut Conn, budget: &mut usize) -> Option<Close> {
-        let mut start = 0;
-        let mut result = None;
-        while *budget > 0
-            && let Some(end) = conn.input[start..].iter().position(|&b| b == b'\n').map(|i| start + i)
-        {
-            if end + 1 - start > self.max_line {
-                result = Some(self.too_long(conn));
-                break;
-            }
-            *budget -= 1;
-            let mut line = std::mem::take(&mut self.line);
-            line.clear();
-            let text = &conn.input[start..end];
-            line.extend_from_slice(text.strip_suffix(b"\r").unwrap_or(text));
-            start = end + 1;
-            let outcome = self.line(id, conn, &line);
-            self.line = line;
-            if outcome.is_some() {
-                result = outcome;
-                break;
-            }
-        }
-        conn.input.drain(..start);
-        if result.is_none() && *budget > 0 && conn.input.len() >= self.max_line {
-            result = Some(self.too_long(conn));
-        }
-        result
-    }
-
-    fn too_long(&self, conn: &Conn) -> Close {
-        let why = format!("a line longer than {} bytes", self.max_line);
-        if conn.peer.is_some() { Close::Evicted(EvictReason::Protocol(why)) } else { Close::Rejected(why) }
-    }
-
-    /// Handles one line (terminator stripped).
-    fn line(&mut self, id: u64, conn: &mut Conn, line: &[u8]) -> Option<Close> {
-        let now = self.now();
-        if conn.peer.is_some() {
-            // Anything received proves the peer alive, before it is even parsed.
-            self.shared.registry.seen(id, now);
-        }
-        let envelope = match wire::parse_envelope(line) {
-            Ok(envelope) => envelope,
-            Err(e) => {
-                let why = format!("malformed message: {e}");
-                return Some(if conn.peer.is_some() {
-                    Close::Evicted(EvictReason::Protocol(why))
-                } else {
-                    Close::Rejected(why)
-                });
-            }
-        };
-        let Some(peer) = &conn.peer else {
-            if envelope.kind != wire::HANDSHAKE {
-                return Some(Close::Rejected(format!("message type {} before the handshake", envelope.kind)));
-            }
-            return self.handshake(id, conn, &envelope.line);
-        };
-        let counters = &self.shared.counters;
-        match envelope.kind {
-            wire::PING => {
-                counters.message(Kind::Ping);
-                // A peer that did not advertise ping must never get a PONG.
-                if peer.ping && conn.pings.take(now) {
-                    Counters::add(&counters.pongs_sent);
-                    return self.send(conn, wire::PONG, "").err().map(Close::Evicted);
-                }
-                Counters::add(&counters.pings_unanswered);
-            }
-            wire::PONG => {
-                counters.message(Kind::Pong);
-                self.shared.registry.pong(id);
-            }
-            wire::GETPEERLIST => {
-                counters.message(Kind::GetPeerlist);
-                if !conn.peerlists.take(now) {
-                    return None; // over its ration: ignored
-                }
-                let entries: Vec<String> = self
-                    .shared
-                    .registry
-                    .makers()
-                    .iter()
-                    .map(|(nick, location)| wire::peerlist_entry(nick, location, false))
-                    .collect();
-                for chunk in chunk_entries(&entries, self.max_line) {
-                    if let Err(reason) = self.send(conn, wire::PEERLIST, &chunk) {
-                        return Some(Close::Evicted(reason));
-                    }
-                }
-            }
-            wire::DISCONNECT => return Some(Close::Left("said DISCONNECT".into())),
-            wire::PRIVMSG => counters.message(Kind::Privmsg),
-            wire::PUBMSG => counters.message(Kind::Pubmsg),
-            _ => counters.message(Kind::Other),
-        }
-        None
-    }
-
-    fn handshake(&mut self, id: u64, conn: &mut Conn, line: &str) -> Option<Close> {
-        let rejected = |why: String| {
-            Counters::add(&self.shared.counters.rejected);
-            Some(Close::Rejected(why))
-        };
-        let handshake = match wire::parse_handshake(line, &self.network) {
-            Ok(h) => h,
-            Err(HandshakeError::Malformed(why)) => return rejected(format!("bad handshake: {why}")),
-            Err(HandshakeError::Rejected(why)) => {
-                self.reply(conn, false);
-                return rejected(format!("handshake refused: {why}"));
-            }
-        };
-        let info = PeerInfo {
-            id,
-            nick: handshake.nick.clone(),
-            location: handshake.location.clone(),
-            ping: handshake.ping,
-            network: handshake.network,
-            connected_at: self.shared.clock.wall(),
-            last_seen: self.now(),
-            ping_sent: None,
-        };
-        if handshake.nick == self.shared.nick || !self.shared.registry.insert(info) {
-            self.reply(conn, false);
-            return rejected(format!("handshake refused: nick {} is already connected", handshake.nick));
-        }
-        conn.peer = Some(PeerMeta {
-            nick: handshake.nick.clone(),
-            location: handshake.location.clone(),
-            ping: handshake.ping,
-        });
-        Counters::add(&self.shared.counters.joins);
-        log::debug!("hub: {} joined from {} as {}", handshake.nick, conn.addr, handshake.location);
-        self.shared.emit(HubEvent::Joined {
-            id,
-            nick: handshake.nick,
-            location: handshake.location,
-            ping: handshake.ping,
-        });
-        self.send(conn, wire::DN_HANDSHAKE, &self.dn_reply(true)).err().map(Close::Evicted)
-    }
-
-    fn dn_reply(&self, accepted: bool) -> String {
-        wire::dn_handshake(&self.shared.nick, &self.network, self.motd.as_deref(), accepted)
-    }
-
-    /// Sends a handshake reply to a connection about to be closed, best effort.
-    fn reply(&self, conn: &mut Conn, accepted: bool) {
-        let _ = self.send(conn, wire::DN_HANDSHAKE, &self.dn_reply(accepted));
-    }
-
-    /// Queues one message and writes what the socket takes now. A peer
-    /// whose queue passes the limit is a slow consumer; a write error is a
-    /// failed send.
-    fn send(&self, conn: &mut Conn, kind: u32, line: &str) -> Result<(), EvictReason> {
-        if conn.sent == conn.output.len() {
-            conn.output.clear();
-            conn.sent = 0;
-        }
-        wire::encode(kind, line, &mut conn.output);
-        self.write_out(conn)
-    }
-
-    fn write_out(&self, conn: &mut Conn) -> Result<(), EvictReason> {
-        while conn.sent < conn.output.len() {
-            match conn.stream.write(&conn.output[conn.sent..]) {
-                Ok(0) => return Err(EvictReason::SendFailed("the connection accepts no more bytes".into())),
-                Ok(n) => conn.sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(EvictReason::SendFailed(e.to_string())),
-            }
-        }
-        if conn.sent == conn.output.len() {
-            conn.sent = 0;
-            if conn.output.capacity() > KEEP_BUFFER {
-                conn.output = Vec::new(); // a big answer is out: give the memory back
-            } else {
-                conn.output.clear();
-            }
-        } else if conn.sent > conn.output.len() / 2 {
-            conn.output.drain(..conn.sent);
-            conn.sent = 0;
-        }
-        if conn.queued() > self.max_queued {
-            return Err(EvictReason::SlowConsumer);
-        }
-        let want_writable = conn.queued() > 0;
-        if want_writable != conn.writable {
-            let interest =
-                if want_writable { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
-            let token = Token(conn.id as usize);
-            if let Err(e) = self.poll.registry().reregister(&mut conn.stream, token, interest) {
-                return Err(EvictReason::SendFailed(format!("cannot watch the socket: {e}")));
-            }
-            conn.writable = want_writable;
-        }
-        Ok(())
-    }
-
-    fn send_or_evict(&mut self, id: u64, kind: u32, line: &str) {
-        let Some(mut conn) = self.conns.remove(&id) else { return };
-        let result = self.send(&mut conn, kind, line);
-        self.conns.insert(id, conn);
-        if let Err(reason) = result {
-            self.close(id, Close::Evicted(reason));
-        }
-    }
-
-    /// The socket can take more: writes the queue.
-    fn flush(&mut self, id: u64) {
-        let Some(mut conn) = self.conns.remove(&id) else { return };
-        let result = self.write_out(&mut conn);
-        self.conns.insert(id, conn);
-        if let Err(reason) = result {
-            self.close(id, Close::Evicted(reason));
-        }
-    }
-
-    /// Closes a connection; a handshaked peer leaves the registry, and the
-    /// others hear of it at the end of this turn.
-    fn close(&mut self, id: u64, why: Close) {
-        let Some(mut conn) = self.conns.remove(&id) else { return };
-        let _ = self.poll.registry().deregister(&mut conn.stream);
-        let shared = &self.shared;
-        match (conn.peer, why) {
-            (Some(peer), why) => {
-                shared.registry.remove(id);
-                self.gone.push((peer.nick.clone(), wire::peerlist_entry(&peer.nick, &peer.location, true)));
-                let event = match why {
-                    Close::Evicted(reason) => {
-                        log::info!("hub: evicting {} ({}): {reason}", peer.nick, conn.addr);
-                        shared.counters.evicted(&reason);
-                        HubEvent::Evicted { id, nick: peer.nick, reason }
-                    }
-                    Close::Left(reason) | Close::Rejected(reason) => {
-                        log::debug!("hub: {} ({}) left: {reason}", peer.nick, conn.addr);
-                        Counters::add(&shared.counters.left);
-                        HubEvent::Left { id, nick: peer.nick, reason }
-                    }
-                };
-                shared.emit(event);
-            }
-            (None, why) => {
-                let reason = match why {
-                    Close::Evicted(reason) => {
-                        shared.counters.evicted(&reason);
-                        reason.to_string()
-                    }
-                    Close::Left(reason) | Close::Rejected(reason) => reason,
-                };
-                log::debug!("hub: closing {} before its handshake: {reason}", conn.addr);
-                shared.emit(HubEvent::Rejected { addr: conn.addr, reason });
-            }
-        }
-    }
-
-    /// Tells the remaining handshaked peers who left this turn, in as few
-    /// PEERLIST lines as fit.
-    fn tell_gone(&mut self) {
-        // Telling may evict a peer (a failed send), which is then told in turn;
-        // each round can only remove peers, so this ends.
-        while !self.gone.is_empty() {
-            let gone = std::mem::take(&mut self.gone);
-            // A nick that left and joined again this turn is not gone.
-            let entries: Vec<String> = gone
-                .into_iter()
-                .filter(|(nick, _)| !self.shared.registry.has_nick(nick))
-                .map(|(_, entry)| entry)
-                .collect();
-            if entries.is_empty() {
-                return;
-            }
-            let chunks = chunk_entries(&entries, self.max_line);
-            let ids: Vec<u64> =
-                self.conns.iter().filter(|(_, c)| c.peer.is_some()).map(|(id, _)| *id).collect();
-            for id in ids {
-                for chunk in &chunks {
-                    self.send_or_evict(id, wire::PEERLIST, chunk);
-                }
-            }
-        }
-    }
-
-    fn shutdown(&mut self) {
-        let ids: Vec<u64> = self.conns.keys().copied().collect();
-        for id in ids {
-            self.close(id, Close::Left("the hub stopped".into()));
-        }
-        self.gone.clear();
-        log::info!("hub {} stopped", self.shared.nick);
-    }
-}
-
-/// A token bucket of `per_minute` tokens, refilled continuously.
-struct Bucket {
-    per_minute: f64,
-    tokens: f64,
-    refilled: Instant,
-}
-
-impl Bucket {
-    fn new(per_minute: f64, now: Instant) -> Bucket {
-        Bucket { per_minute, tokens: per_minute, refilled: now }
-    }
-
-    /// Takes a token if there is one.
-    fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.refilled = now;
-        self.tokens = (self.tokens + elapsed * self.per_minute / 60.0).min(self.per_minute);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// Joins PEERLIST entries with "," into lines whose envelopes fit `max_line`.
-fn chunk_entries(entries: &[String], max_line: usize) -> Vec<String> {
-    // The envelope around the line, with room for JSON escapes of odd nicks.
-    let room = max_line.saturating_sub(64) / 2;
-    let mut chunks = vec![String::new()];
-    for entry in entries {
-        let current = chunks.last_mut().expect("never empty");
-        if !current.is_empty() && current.len() + 1 + entry.len() > room {
-            chunks.push(entry.clone());
-        } else {
-            if !current.is_empty() {
-                current.push(',');
-            }
-            current.push_str(entry);
-        }
-    }
-    chunks
 }

@@ -241,6 +241,11 @@ struct CountersBody<'a> {
     probes_sent: u64,
     pongs_sent: u64,
     pings_unanswered: u64,
+    relayed_pubmsg: u64,
+    relayed_privmsg: u64,
+    deliveries: u64,
+    notices: u64,
+    dropped: Labelled<'a>,
     evictions: Labelled<'a>,
     messages: Labelled<'a>,
 }
@@ -258,6 +263,11 @@ impl<'a> From<&'a CounterSnapshot> for CountersBody<'a> {
             probes_sent: c.probes_sent,
             pongs_sent: c.pongs_sent,
             pings_unanswered: c.pings_unanswered,
+            relayed_pubmsg: c.relayed_pubmsg,
+            relayed_privmsg: c.relayed_privmsg,
+            deliveries: c.deliveries,
+            notices: c.notices,
+            dropped: Labelled(&c.dropped),
             evictions: Labelled(&c.evictions),
             messages: Labelled(&c.messages),
         }
@@ -298,9 +308,17 @@ fn metrics(peers: &[PeerStatus], c: &CounterSnapshot) -> String {
 
     for (name, help, value) in [
         ("heartbeat_hub_connections_accepted_total", "TCP connections accepted.", c.accepted),
-        ("heartbeat_hub_connections_refused_total", "Connections refused at the peer limit.", c.refused),
+        (
+            "heartbeat_hub_connections_refused_total",
+            "Connections closed before their handshake because of a limit.",
+            c.refused,
+        ),
         ("heartbeat_hub_joins_total", "Handshakes accepted.", c.joins),
-        ("heartbeat_hub_handshakes_rejected_total", "Handshakes refused or malformed.", c.rejected),
+        (
+            "heartbeat_hub_handshakes_rejected_total",
+            "Connections closed before their handshake completed, for any reason.",
+            c.rejected,
+        ),
         ("heartbeat_hub_left_total", "Handshaked peers that left, not evicted.", c.left),
         ("heartbeat_hub_sweeps_total", "Heartbeat sweeps run.", c.sweeps),
         ("heartbeat_hub_pings_sent_total", "PINGs sent to idle peers.", c.pings_sent),
@@ -315,6 +333,10 @@ fn metrics(peers: &[PeerStatus], c: &CounterSnapshot) -> String {
             "Peers' PINGs left unanswered by the rate limit.",
             c.pings_unanswered,
         ),
+        ("heartbeat_hub_relayed_pubmsg_total", "PUBMSGs relayed, once per message.", c.relayed_pubmsg),
+        ("heartbeat_hub_relayed_privmsg_total", "PRIVMSGs relayed.", c.relayed_privmsg),
+        ("heartbeat_hub_deliveries_total", "Relayed copies handed to recipients.", c.deliveries),
+        ("heartbeat_hub_notices_total", "Departure notice lines sent, one per recipient.", c.notices),
     ] {
         family(&mut out, name, "counter", help);
         sample(&mut out, name, None, value);
@@ -329,6 +351,11 @@ fn metrics(peers: &[PeerStatus], c: &CounterSnapshot) -> String {
     family(&mut out, name, "counter", "Messages received from handshaked peers, by kind.");
     for (kind, n) in &c.messages {
         sample(&mut out, name, Some(("kind", kind)), *n);
+    }
+    let name = "heartbeat_hub_dropped_total";
+    family(&mut out, name, "counter", "Messages not delivered, by reason.");
+    for (reason, n) in &c.dropped {
+        sample(&mut out, name, Some(("reason", reason)), *n);
     }
     out
 }
@@ -379,6 +406,16 @@ mod tests {
             probes_sent: 4,
             pongs_sent: 6,
             pings_unanswered: 0,
+            relayed_pubmsg: 8,
+            relayed_privmsg: 9,
+            deliveries: 30,
+            notices: 2,
+            dropped: vec![
+                ("unknown_target", 1),
+                ("rate_limited", 0),
+                ("slow_recipient", 0),
+                ("peerlist_busy", 0),
+            ],
             evictions: vec![
                 ("idle_timeout", 2),
                 ("pong_timeout", 1),
@@ -386,6 +423,8 @@ mod tests {
                 ("slow_consumer", 0),
                 ("protocol", 0),
                 ("handshake_timeout", 0),
+                ("rate_limited", 0),
+                ("spoofed", 0),
             ],
             messages: vec![
                 ("privmsg", 10),
@@ -475,7 +514,7 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         let evictions = text.lines().filter(|l| l.starts_with("heartbeat_hub_evictions_total{")).count();
-        assert_eq!(evictions, 6, "every reason, zeros included");
+        assert_eq!(evictions, 8, "every reason, zeros included");
     }
 
     #[test]

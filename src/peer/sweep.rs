@@ -120,6 +120,10 @@ pub struct PeerView {
     pub maker: bool,
     /// Whether a PING went out to this peer and no PONG has come back yet.
     pub pong_pending: bool,
+    /// Whether a probe is still waiting out its pong wait: a PING not yet
+    /// answered, or an orderbook probe sent less than `pong_wait` ago. Such
+    /// a peer is not probed again (joinmarket-ng waits too).
+    pub probing: bool,
 }
 
 impl PeerView {
@@ -145,11 +149,16 @@ pub enum EvictReason {
     Protocol(String),
     /// The peer did not complete its handshake in time.
     HandshakeTimeout,
+    /// The peer kept sending past its message budget (see `Limits`).
+    RateLimited(String),
+    /// The peer sent a message under another peer's nick.
+    Spoofed,
 }
 
 impl EvictReason {
     /// A short, fixed label for metrics: `idle_timeout`, `pong_timeout`,
-    /// `send_failed`, `slow_consumer`, `protocol`, `handshake_timeout`.
+    /// `send_failed`, `slow_consumer`, `protocol`, `handshake_timeout`,
+    /// `rate_limited`, `spoofed`.
     pub fn label(&self) -> &'static str {
         match self {
             EvictReason::IdleTimeout => "idle_timeout",
@@ -158,6 +167,8 @@ impl EvictReason {
             EvictReason::SlowConsumer => "slow_consumer",
             EvictReason::Protocol(_) => "protocol",
             EvictReason::HandshakeTimeout => "handshake_timeout",
+            EvictReason::RateLimited(_) => "rate_limited",
+            EvictReason::Spoofed => "spoofed",
         }
     }
 }
@@ -171,6 +182,8 @@ impl fmt::Display for EvictReason {
             EvictReason::SlowConsumer => f.write_str("slow consumer"),
             EvictReason::Protocol(e) => write!(f, "protocol error: {e}"),
             EvictReason::HandshakeTimeout => f.write_str("handshake timeout"),
+            EvictReason::RateLimited(what) => write!(f, "rate limited: {what}"),
+            EvictReason::Spoofed => f.write_str("spoofed sender: a message from another peer's nick"),
         }
     }
 }
@@ -233,9 +246,10 @@ pub fn pinged_ids(commands: &[Command]) -> Vec<u64> {
 /// `hard_evict` is probed rather than evicted. A `last_seen` after `now`
 /// counts as idle 0.
 ///
-/// As in the seed, a ping-capable peer that is still pong-pending from an
-/// earlier sweep is pinged again; the earlier sweep's pong check decides its
-/// fate.
+/// Unlike the seed, a peer still [`probing`](PeerView::probing) is not
+/// probed again: a PING still unanswered, or an orderbook probe younger than
+/// `pong_wait`, is left to its own wait (as joinmarket-ng does); the pong
+/// check of the sweep that pinged it decides its fate.
 ///
 /// ```
 /// use std::time::{Duration, Instant};
@@ -248,6 +262,7 @@ pub fn pinged_ids(commands: &[Command]) -> Vec<u64> {
 ///     ping,
 ///     maker,
 ///     pong_pending: false,
+///     probing: false,
 /// };
 /// let peers = [peer(1, 700, true, false), peer(2, 1600, false, false), peer(3, 700, false, true)];
 /// assert_eq!(
@@ -266,7 +281,7 @@ pub fn sweep(peers: &[PeerView], now: Instant, config: &SweepConfig) -> Vec<Comm
         let idle = peer.idle(now);
         if idle > config.hard_evict {
             evictions.push(Command::Evict { id: peer.id, reason: EvictReason::IdleTimeout });
-        } else if idle > config.idle_threshold {
+        } else if idle > config.idle_threshold && !peer.probing {
             if peer.ping {
                 probes.push(Command::Ping { id: peer.id });
             } else if peer.maker {
@@ -430,6 +445,17 @@ impl Schedule {
         let pos = self.checks.iter().rposition(|c| c.deadline <= deadline).map_or(0, |i| i + 1);
         self.checks.insert(pos, PendingCheck { deadline, ids });
     }
+
+    /// The hub itself was stalled for `by` (a stopped process, a suspended
+    /// machine): every pending pong check moves on by the stall, so a PONG
+    /// that waited unread in its socket meanwhile still counts. The sweep
+    /// grid is left alone: [`due`](Schedule::due) already restarts it after
+    /// a stall.
+    pub fn stalled(&mut self, by: Duration) {
+        for check in &mut self.checks {
+            check.deadline = later(check.deadline, by);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -449,7 +475,7 @@ mod tests {
 
     /// A peer idle for `idle` at `now`.
     fn peer(id: u64, now: Instant, idle: Duration, ping: bool, maker: bool) -> PeerView {
-        PeerView { id, last_seen: now - idle, ping, maker, pong_pending: false }
+        PeerView { id, last_seen: now - idle, ping, maker, pong_pending: false, probing: false }
     }
 
     /// A `now` late enough that every `now - idle` below is a valid Instant.
@@ -570,7 +596,14 @@ mod tests {
     fn a_last_seen_in_the_future_counts_as_idle_zero() {
         let config = SweepConfig::default();
         let now = Instant::now();
-        let p = PeerView { id: 1, last_seen: now + secs(5000), ping: true, maker: true, pong_pending: true };
+        let p = PeerView {
+            id: 1,
+            last_seen: now + secs(5000),
+            ping: true,
+            maker: true,
+            pong_pending: true,
+            probing: true,
+        };
         assert_eq!(p.idle(now), Duration::ZERO);
         assert_eq!(sweep(&[p], now, &config), []);
     }
@@ -586,7 +619,7 @@ mod tests {
             peer(13, now, secs(900), false, false),  // legacy taker: nothing
             peer(14, now, secs(601), true, false),   // ping taker: ping
             peer(15, now, secs(1501), false, false), // evict
-            PeerView { pong_pending: true, ..peer(16, now, secs(800), true, true) }, // ping again
+            PeerView { pong_pending: true, probing: true, ..peer(16, now, secs(800), true, true) }, // still waiting
         ];
         assert_eq!(
             sweep(&peers, now, &config),
@@ -595,10 +628,9 @@ mod tests {
                 evict(15, EvictReason::IdleTimeout),
                 Command::OrderbookProbe { id: 10 },
                 Command::Ping { id: 14 },
-                Command::Ping { id: 16 },
             ]
         );
-        assert_eq!(pinged_ids(&sweep(&peers, now, &config)), [14, 16]);
+        assert_eq!(pinged_ids(&sweep(&peers, now, &config)), [14]);
         assert_eq!(sweep(&[], now, &config), []);
     }
 
@@ -752,6 +784,29 @@ mod tests {
     }
 
     #[test]
+    fn a_stall_postpones_pending_pong_checks_by_its_length() {
+        let start = Instant::now();
+        let mut s = Schedule::new(start, SweepConfig::default());
+        s.pinged(start + secs(60), vec![1]);
+        s.pinged(start + secs(70), vec![2]);
+        s.stalled(secs(100));
+        assert_eq!(s.due(start + secs(189)), [Due::Sweep], "the checks were due at 90 and 100");
+        assert_eq!(s.due(start + secs(190)), [Due::PongCheck(vec![1])]);
+        assert_eq!(s.due(start + secs(200)), [Due::PongCheck(vec![2])]);
+    }
+
+    #[test]
+    fn a_peer_still_waiting_out_a_probe_is_not_probed_again() {
+        let config = SweepConfig::default();
+        let now = late_now();
+        let waiting = |id, ping, maker| PeerView { probing: true, ..peer(id, now, secs(700), ping, maker) };
+        assert_eq!(sweep(&[waiting(1, true, false), waiting(2, false, true)], now, &config), []);
+        // Hard eviction does not wait for a probe.
+        let gone = PeerView { probing: true, ..peer(3, now, secs(1501), true, true) };
+        assert_eq!(sweep(&[gone], now, &config), [evict(3, EvictReason::IdleTimeout)]);
+    }
+
+    #[test]
     fn a_late_call_within_one_interval_stays_on_the_grid() {
         let start = Instant::now();
         let mut s = Schedule::new(start, SweepConfig::default());
@@ -811,7 +866,14 @@ mod tests {
         let mut peers: Vec<PeerView> =
             [(1, true, true), (2, true, false), (3, false, true), (4, false, false)]
                 .into_iter()
-                .map(|(id, ping, maker)| PeerView { id, last_seen: joined, ping, maker, pong_pending: false })
+                .map(|(id, ping, maker)| PeerView {
+                    id,
+                    last_seen: joined,
+                    ping,
+                    maker,
+                    pong_pending: false,
+                    probing: false,
+                })
                 .collect();
         let mut schedule = Schedule::new(start, config);
         let mut pongs: Vec<(Instant, u64)> = Vec::new();
@@ -832,6 +894,7 @@ mod tests {
                 }
                 if let Some(p) = peers.iter_mut().find(|p| p.id == id) {
                     p.pong_pending = false;
+                    p.probing = false;
                     p.last_seen = at;
                 }
                 false
@@ -852,6 +915,7 @@ mod tests {
                         Command::Ping { id } => {
                             if let Some(p) = peers.iter_mut().find(|p| p.id == id) {
                                 p.pong_pending = true;
+                                p.probing = true;
                             }
                             if id == 1 {
                                 pongs.push((now + ms(100), id));

@@ -38,7 +38,7 @@ pub const MAX_LINE: usize = 40_000;
 pub const PRIVMSG: u32 = 685;
 /// Public message: `<from>!PUBLIC!<cmd> ...`, never signed.
 pub const PUBMSG: u32 = 687;
-/// Peer list: [`peerlist_entry`]s joined by `,`.
+/// Peer list: [`peer_entry`]s or [`peerlist_entry`]s joined by `,`.
 pub const PEERLIST: u32 = 789;
 /// A client asks for the [`PEERLIST`].
 pub const GETPEERLIST: u32 = 791;
@@ -63,6 +63,17 @@ pub const PROTO_VER: u64 = 5;
 pub const APP_NAME: &str = "joinmarket";
 /// The `location-string` of a peer that serves nothing (a taker).
 pub const TAKER_LOCATION: &str = "NOT-SERVING-ONION";
+
+/// Most entries in a handshake's `features` object (joinmarket-rs's limit).
+pub const MAX_FEATURES: usize = 32;
+/// Longest feature value, in bytes of compact JSON (joinmarket-rs's limit).
+pub const MAX_FEATURE_VALUE: usize = 512;
+/// Longest feature name, in bytes; names are `[a-z0-9_]+`.
+const MAX_FEATURE_NAME: usize = 64;
+/// Longest `app-name` and `network`, in bytes (joinmarket-rs's limit).
+const MAX_NAME: usize = 64;
+/// Longest `location-string`, in bytes (joinmarket-rs's limit).
+const MAX_LOCATION: usize = 72;
 
 /// Length of every nick: `J5`, base58 characters, `O` padding.
 const NICK_LEN: usize = 16;
@@ -224,6 +235,14 @@ pub struct Handshake {
     /// The peer advertised `"features": {"ping": true}` (the JSON boolean):
     /// it answers [`PING`] and may be sent [`PONG`] and [`DISCONNECT`].
     pub ping: bool,
+    /// The peer advertised `"features": {"peerlist_features": true}`: its
+    /// PEERLIST entries may carry `;F:` ([`peer_entry`]).
+    pub peerlist_features: bool,
+    /// The names of the features whose value is JSON `true`, sorted bytewise
+    /// and joined with `+` (`"peerlist_features+ping"`), or `""` when none:
+    /// what a PEERLIST entry writes after `;F:`. Names are `[a-z0-9_]+`, so
+    /// this never holds the `,` and `;` that separate entries and fields.
+    pub features: String,
     /// A valid nick ([`is_valid_nick`]); whether it is already connected is
     /// the server's question.
     pub nick: String,
@@ -259,17 +278,24 @@ impl std::error::Error for HandshakeError {}
 /// [`HandshakeError::Malformed`], checked first: the line is not a JSON
 /// object; `app-name`, `location-string`, `nick` or `network` is missing or
 /// not a string; `directory` is missing or not a boolean; `proto-ver` is
-/// missing or not an integer; `features` is present but not an object; the
+/// missing or not an integer; `features` is present but not an object, or
+/// breaks joinmarket-rs's limits (more than [`MAX_FEATURES`] entries, a name
+/// that is not `[a-z0-9_]+` of at most 64 bytes, a value longer than
+/// [`MAX_FEATURE_VALUE`] bytes as compact JSON); `app-name` or `network` is
+/// longer than 64 bytes, `location-string` longer than 72; the
 /// `location-string` is neither a taker's nor a maker's (the protocol notes
 /// call that "a bad handshake", and the reject list does not name it); the
-/// nick fails [`is_valid_nick`].
+/// nick fails [`is_valid_nick`]. Feature names end up in other peers'
+/// PEERLISTs: unchecked, a name like `zz,J5VictimNickOOOO;NOT-SERVING-ONION;D`
+/// would forge another peer's disconnect notice (as it does with joinmarket-ng).
 ///
 /// [`HandshakeError::Rejected`], in this order: `app-name` is not
 /// `joinmarket`, `directory` is `true`, `proto-ver` is not 5, `network`
 /// differs from ours (all compared exactly, as the reference does).
 ///
 /// Ping support is `features.ping` being JSON `true`; `"yes"`, `1`, a missing
-/// `ping` or a missing `features` all mean no ping. Other features are ignored.
+/// `ping` or a missing `features` all mean no ping; likewise for
+/// `peerlist_features`. Other features only count in [`Handshake::features`].
 pub fn parse_handshake(line: &str, network: &str) -> Result<Handshake, HandshakeError> {
     use HandshakeError::{Malformed, Rejected};
 
@@ -278,15 +304,30 @@ pub fn parse_handshake(line: &str, network: &str) -> Result<Handshake, Handshake
     let directory = bool_field(&map, "directory").map_err(Malformed)?;
     let location_string = str_field(&map, "location-string").map_err(Malformed)?;
     let proto_ver = int_field(&map, "proto-ver").map_err(Malformed)?;
-    let ping = match map.get("features") {
-        None => false,
-        Some(Value::Object(features)) => ping_feature(features),
+    let empty = Map::new();
+    let features = match map.get("features") {
+        None => &empty,
+        Some(Value::Object(features)) => features,
         Some(other) => {
             return Err(Malformed(format!("\"features\" is {}, expected an object", kind_of(other))));
         }
     };
+    check_features(features).map_err(Malformed)?;
     let nick = str_field(&map, "nick").map_err(Malformed)?;
     let their_network = str_field(&map, "network").map_err(Malformed)?;
+    for (field, value, max) in [
+        ("app-name", app_name, MAX_NAME),
+        ("network", their_network, MAX_NAME),
+        ("location-string", location_string, MAX_LOCATION),
+    ] {
+        if value.len() > max {
+            return Err(Malformed(format!(
+                "{field} of {} bytes is longer than {max}: {}",
+                value.len(),
+                quote(value)
+            )));
+        }
+    }
     if !is_valid_nick(nick) {
         return Err(Malformed(format!("nick {} is not J5 + base58, 'O'-padded to 16", quote(nick))));
     }
@@ -314,7 +355,9 @@ pub fn parse_handshake(line: &str, network: &str) -> Result<Handshake, Handshake
         directory,
         location,
         proto_ver: PROTO_VER,
-        ping,
+        ping: ping_feature(features),
+        peerlist_features: features.get("peerlist_features") == Some(&Value::Bool(true)),
+        features: true_features(features),
         nick: nick.to_owned(),
         network: their_network.to_owned(),
     })
@@ -413,11 +456,25 @@ pub fn parse_dn_handshake(line: &str) -> Result<DirectoryReply, WireError> {
 }
 
 /// One PEERLIST entry: `<nick>;<location>`, or `<nick>;<location>;D` for a
-/// peer that disconnected.
+/// peer that disconnected. Entries with `;F:` are [`peer_entry`]'s.
 pub fn peerlist_entry(nick: &str, location: &Location, disconnected: bool) -> String {
     let mut entry = format!("{nick};{location}");
     if disconnected {
         entry.push_str(";D");
+    }
+    entry
+}
+
+/// One PEERLIST entry for a connected peer: `<nick>;<location>`, plus
+/// `;F:<features>` when `features` (a [`Handshake::features`]) is `Some` and
+/// not empty. Pass `None` for a requester that did not advertise
+/// `peerlist_features`. Disconnect notices are [`peerlist_entry`]'s: a `;D`
+/// entry never carries `F:`.
+pub fn peer_entry(nick: &str, location: &Location, features: Option<&str>) -> String {
+    let mut entry = format!("{nick};{location}");
+    if let Some(features) = features.filter(|f| !f.is_empty()) {
+        entry.push_str(";F:");
+        entry.push_str(features);
     }
     entry
 }
@@ -504,6 +561,54 @@ pub fn is_valid_nick(nick: &str) -> bool {
 /// `<dn_nick>!PUBLIC!orderbook`. The maker answers with its offers.
 pub fn orderbook_probe(dn_nick: &str) -> String {
     format!("{dn_nick}!PUBLIC!orderbook")
+}
+
+/// Who a PUBMSG or PRIVMSG is from and for.
+///
+/// Borrowed from the message's `line`; nothing is validated beyond the
+/// shape (the server compares `from` with the sender's nick, and looks `to`
+/// up among its peers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route<'a> {
+    /// The sender's nick as the line gives it, never empty.
+    pub from: &'a str,
+    /// The recipient's nick, never empty; `None` for a PUBMSG (`PUBLIC`).
+    pub to: Option<&'a str>,
+    /// The command: the text after the second `!` up to the first ASCII
+    /// whitespace or the next `!`, e.g. `orderbook`. May be empty: a
+    /// directory relays any command.
+    pub command: &'a str,
+}
+
+/// Reads the routing header of a [`PUBMSG`] or [`PRIVMSG`] `line`.
+///
+/// PUBMSG: `<from>!PUBLIC!<cmd> <args>`, the second field exactly `PUBLIC`.
+/// PRIVMSG: `<from>!<to>!<cmd> <args> <pubkey> <sig>`, `to` the text between
+/// the first and second `!`. Either way `from` and `to` must be non-empty and
+/// the second `!` present; otherwise, and for any other `kind`, `None`.
+/// Borrows only, and reads each byte of `line` at most once.
+pub fn parse_route(kind: u32, line: &str) -> Option<Route<'_>> {
+    if kind != PUBMSG && kind != PRIVMSG {
+        return None;
+    }
+    let (from, rest) = line.split_once('!')?;
+    let (to, body) = rest.split_once('!')?;
+    if from.is_empty() || to.is_empty() {
+        return None;
+    }
+    let to = match kind {
+        PUBMSG if to == "PUBLIC" => None,
+        PUBMSG => return None,
+        _ => Some(to),
+    };
+    let end = body.find(|c: char| c == '!' || c.is_ascii_whitespace()).unwrap_or(body.len());
+    Some(Route { from, to, command: &body[..end] })
+}
+
+/// Whether `command` (a [`Route::command`]) is `orderbook`, in any case, as
+/// joinmarket-rs matches commands.
+pub fn is_orderbook(command: &str) -> bool {
+    command.eq_ignore_ascii_case("orderbook")
 }
 
 // ---------------------------------------------------------------------------
@@ -704,6 +809,61 @@ fn int_field(map: &Map<String, Value>, key: &str) -> Result<i128, String> {
 /// `features.ping` is the JSON boolean `true`.
 fn ping_feature(features: &Map<String, Value>) -> bool {
     features.get("ping") == Some(&Value::Bool(true))
+}
+
+/// joinmarket-rs's limits on `features`: at most [`MAX_FEATURES`] entries,
+/// names `[a-z0-9_]+` of at most 64 bytes, values of at most
+/// [`MAX_FEATURE_VALUE`] bytes as compact JSON.
+fn check_features(features: &Map<String, Value>) -> Result<(), String> {
+    if features.len() > MAX_FEATURES {
+        return Err(format!("{} features, more than {MAX_FEATURES}", features.len()));
+    }
+    for (name, value) in features {
+        let name_ok = !name.is_empty()
+            && name.len() <= MAX_FEATURE_NAME
+            && name.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'));
+        if !name_ok {
+            return Err(format!("feature name {} is not [a-z0-9_]{{1,{MAX_FEATURE_NAME}}}", quote(name)));
+        }
+        let mut size = JsonSize { bytes: 0, max: MAX_FEATURE_VALUE };
+        if serde_json::to_writer(&mut size, value).is_err() || size.bytes > MAX_FEATURE_VALUE {
+            return Err(format!("feature {} has a value longer than {MAX_FEATURE_VALUE} bytes", quote(name)));
+        }
+    }
+    Ok(())
+}
+
+/// Counts the bytes written to it, and fails once they pass `max` so a big
+/// value is not serialized to its end.
+struct JsonSize {
+    bytes: usize,
+    max: usize,
+}
+
+impl std::io::Write for JsonSize {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.bytes = self.bytes.saturating_add(buf.len());
+        if self.bytes > self.max {
+            return Err(std::io::ErrorKind::Other.into());
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The names of the features whose value is JSON `true`, sorted bytewise and
+/// joined with `+`.
+fn true_features(features: &Map<String, Value>) -> String {
+    let mut names: Vec<&str> = features
+        .iter()
+        .filter(|(_, value)| **value == Value::Bool(true))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    names.sort_unstable();
+    names.join("+")
 }
 
 fn kind_of(value: &Value) -> String {
@@ -1072,6 +1232,8 @@ mod tests {
                 location: Location::Taker,
                 proto_ver: 5,
                 ping: true,
+                peerlist_features: true,
+                features: "peerlist_features+ping".to_owned(),
                 nick: "J58xFhRi1utTq6zF".to_owned(),
                 network: "regtest".to_owned(),
             }
@@ -1153,6 +1315,275 @@ mod tests {
         assert!(!ping("{}"));
         let missing = parse_handshake(&handshake_with("features", "<absent>"), "regtest").unwrap();
         assert!(!missing.ping);
+    }
+
+    /// The reason a handshake with `features` set to `json` is malformed.
+    fn malformed_features(json: &str) -> String {
+        match parse_handshake(&handshake_with("features", json), "regtest") {
+            Err(HandshakeError::Malformed(why)) => why,
+            other => panic!("{json}: {other:?}"),
+        }
+    }
+
+    /// The handshake with `features` set to `json`, accepted.
+    fn with_features(json: &str) -> Handshake {
+        parse_handshake(&handshake_with("features", json), "regtest").unwrap()
+    }
+
+    #[test]
+    fn a_feature_name_cannot_forge_a_disconnect_notice() {
+        let why = malformed_features(r#"{"zz,J5VictimNickOOOO;NOT-SERVING-ONION;D": true}"#);
+        assert_eq!(why, r#"feature name "zz,J5VictimNickOOOO;NOT-SERVING-ONION;D" is not [a-z0-9_]{1,64}"#);
+        // Hidden among good ones, or with a value that is not `true`: the same.
+        let why = malformed_features(r#"{"ping": true, "zz,J5VictimNickOOOO;NOT-SERVING-ONION;D": 0}"#);
+        assert!(why.starts_with("feature name"), "{why}");
+    }
+
+    #[test]
+    fn feature_names_are_lowercase_digits_and_underscores() {
+        let name64 = "a".repeat(64);
+        let hs = with_features(&format!(r#"{{"{name64}": true, "a_0": true, "9": false}}"#));
+        assert_eq!(hs.features, format!("a_0+{name64}"));
+        for bad in ["", "Ping", "PING", "peerlist-features", "a b", "a+b", "a,b", "a;b", "é", "a\u{0}"] {
+            let json = serde_json::json!({ bad: true }).to_string();
+            assert!(malformed_features(&json).starts_with("feature name"), "{bad:?}");
+        }
+        let why = malformed_features(&format!(r#"{{"{}": true}}"#, "a".repeat(65)));
+        assert!(why.starts_with("feature name"), "{why}");
+        assert!(!why.contains(&"a".repeat(65)), "quotes at most 64 characters: {why}");
+    }
+
+    #[test]
+    fn at_most_32_features() {
+        let features = |n: usize| {
+            let map: Map<String, Value> = (0..n).map(|i| (format!("f{i:02}"), Value::Bool(true))).collect();
+            Value::Object(map).to_string()
+        };
+        let hs = with_features(&features(MAX_FEATURES));
+        assert_eq!(hs.features.split('+').count(), 32);
+        assert!(hs.features.starts_with("f00+f01+") && hs.features.ends_with("+f31"));
+        assert!(!hs.ping);
+        assert_eq!(malformed_features(&features(MAX_FEATURES + 1)), "33 features, more than 32");
+    }
+
+    #[test]
+    fn feature_values_are_at_most_512_bytes_of_json() {
+        // A string of 510 characters is 512 bytes with its quotes.
+        let string = |n: usize| format!(r#"{{"fidelity_bond": "{}", "ping": true}}"#, "x".repeat(n));
+        let hs = with_features(&string(510));
+        assert_eq!(hs.features, "ping");
+        let why = malformed_features(&string(511));
+        assert_eq!(why, "feature \"fidelity_bond\" has a value longer than 512 bytes");
+        // Measured compact, whatever the spacing sent: `[12,1,...,1]` of 255
+        // elements is 512 bytes, `[1,...,1]` of 256 is 513.
+        let array = |items: &[&str]| format!(r#"{{"list": [ {} ]}}"#, items.join(" ,  "));
+        let mut items = vec!["1"; 255];
+        items[0] = "12";
+        assert!(with_features(&array(&items)).features.is_empty());
+        assert!(malformed_features(&array(&["1"; 256])).contains("longer than 512"));
+        // Escapes count: 255 quotes are 510 bytes escaped, 512 quoted.
+        let quotes = |n: usize| serde_json::json!({ "q": "\"".repeat(n) }).to_string();
+        assert!(with_features(&quotes(255)).features.is_empty());
+        assert!(malformed_features(&quotes(256)).contains("longer than 512"));
+        // A value far too big is refused without being serialized whole.
+        assert!(malformed_features(&string(30_000)).contains("longer than 512"));
+    }
+
+    #[test]
+    fn feature_sets_are_sorted_names_of_true_values() {
+        let hs =
+            with_features(r#"{"zeta": true, "ping": true, "peerlist_features": true, "x": 1, "y": "true"}"#);
+        assert_eq!(hs.features, "peerlist_features+ping+zeta");
+        assert!(hs.peerlist_features && hs.ping);
+        // Bytewise: '0' < '_' < 'b'.
+        assert_eq!(
+            with_features(r#"{"b": true, "ab": true, "a_": true, "a0": true}"#).features,
+            "a0+a_+ab+b"
+        );
+        let none = with_features("{}");
+        assert_eq!((none.features.as_str(), none.peerlist_features, none.ping), ("", false, false));
+        let not_bool = with_features(r#"{"peerlist_features": 1, "ping": "true"}"#);
+        assert_eq!((not_bool.features.as_str(), not_bool.peerlist_features), ("", false));
+        let absent = parse_handshake(&handshake_with("features", "<absent>"), "regtest").unwrap();
+        assert_eq!((absent.features.as_str(), absent.peerlist_features), ("", false));
+    }
+
+    #[test]
+    fn names_networks_and_locations_have_length_limits() {
+        let parse = |field: &str, value: &str, network: &str| {
+            parse_handshake(&handshake_with(field, &json_str(value)), network)
+        };
+        let malformed = |field: &str, value: &str, network: &str| match parse(field, value, network) {
+            Err(HandshakeError::Malformed(why)) => why,
+            other => panic!("{field} of {}: {other:?}", value.len()),
+        };
+        // 64 bytes: well-formed, merely wrong; 65: malformed.
+        let (name64, name65) = ("a".repeat(64), "a".repeat(65));
+        assert!(matches!(parse("app-name", &name64, "regtest"), Err(HandshakeError::Rejected(_))));
+        let why = malformed("app-name", &name65, "regtest");
+        assert!(why.starts_with("app-name of 65 bytes is longer than 64: \"aaa"), "{why}");
+        assert!(!why.contains(&name65), "{why}");
+        assert_eq!(parse("network", &name64, &name64).unwrap().network, name64);
+        assert!(malformed("network", &name65, &name65).starts_with("network of 65 bytes is longer than 64"));
+        // Multi-byte characters count in bytes.
+        assert!(malformed("network", &"é".repeat(33), "regtest").starts_with("network of 66 bytes"));
+        // No valid location is longer than 68 bytes; at 72 it is merely not
+        // a location, at 73 too long to look at.
+        let location = |n: usize| format!("{ONION}:{}", "5".repeat(n - ONION.len() - 1));
+        assert_eq!(
+            parse("location-string", &location(68), "regtest").unwrap().location.to_string(),
+            location(68)
+        );
+        assert!(malformed("location-string", &location(72), "regtest").contains("neither"));
+        let why = malformed("location-string", &location(73), "regtest");
+        assert!(why.starts_with("location-string of 73 bytes is longer than 72"), "{why}");
+        let maker = Location::parse(&format!("{ONION}:5222")).unwrap();
+        assert_eq!(parse("location-string", &format!("{ONION}:5222"), "regtest").unwrap().location, maker);
+    }
+
+    #[test]
+    fn peer_entries_are_the_captured_bytes() {
+        let onion = "fotnunpfni65s7vzk6knqk47dixyizsvibax6poijnqeualxohjnqpyd.onion";
+        let maker = Location::parse(&format!("{onion}:5222")).unwrap();
+        let captured_hint =
+            format!(r#"{{"type": 789, "line": "J58FvBzUbRKnJPxg;{onion}:5222;F:peerlist_features+ping"}}"#);
+        let hint = peer_entry("J58FvBzUbRKnJPxg", &maker, Some("peerlist_features+ping"));
+        assert_eq!(encoded(PEERLIST, &hint), with_crlf(&captured_hint));
+        // GETPEERLIST answer: the requesting taker first, then the maker.
+        let captured_list = format!(
+            r#"{{"type": 789, "line": "J59TFbmxBbTzBaUL;NOT-SERVING-ONION;F:peerlist_features+ping,J58FvBzUbRKnJPxg;{onion}:5222;F:peerlist_features+ping"}}"#
+        );
+        let taker = peer_entry("J59TFbmxBbTzBaUL", &Location::Taker, Some("peerlist_features+ping"));
+        assert_eq!(encoded(PEERLIST, &peerlist([taker.as_str(), hint.as_str()])), with_crlf(&captured_list));
+        // rs: a legacy maker without features, and one with three.
+        let legacy =
+            Location::parse("wwtkb2jduzluf7lmamfdgugrlo3e7f43aby2e6mg5g7yxr4dtt3hspqd.onion:5222").unwrap();
+        assert_eq!(
+            peer_entry("J5FEhDDmEUBxF6B9", &legacy, Some("")),
+            "J5FEhDDmEUBxF6B9;wwtkb2jduzluf7lmamfdgugrlo3e7f43aby2e6mg5g7yxr4dtt3hspqd.onion:5222"
+        );
+        let zeta =
+            Location::parse("e27ca4gzw2pd42r5mpaygtqo4ki3y4jaij7u774uzpmakl6crdicw2yd.onion:5222").unwrap();
+        assert_eq!(
+            peer_entry("J5D8vGRfziu4hKrj", &zeta, Some("peerlist_features+ping+zeta")),
+            "J5D8vGRfziu4hKrj;e27ca4gzw2pd42r5mpaygtqo4ki3y4jaij7u774uzpmakl6crdicw2yd.onion:5222;F:peerlist_features+ping+zeta"
+        );
+        // rs's whole answer (its envelope spacing aside), directory first.
+        let directory =
+            Location::parse("woadh26oclos7sf7miz56vbdoc2eext3rf5nez5665bdyhjevayjnjqd.onion:5222").unwrap();
+        let rs_line = peerlist([
+            peer_entry("J53Y9KnbQuECaVjq", &directory, Some("peerlist_features+ping")).as_str(),
+            peer_entry("J5FEhDDmEUBxF6B9", &legacy, None).as_str(),
+            peer_entry("J5D8vGRfziu4hKrj", &zeta, Some("peerlist_features+ping+zeta")).as_str(),
+        ]);
+        let captured_rs = r#"{"type":789,"line":"J53Y9KnbQuECaVjq;woadh26oclos7sf7miz56vbdoc2eext3rf5nez5665bdyhjevayjnjqd.onion:5222;F:peerlist_features+ping,J5FEhDDmEUBxF6B9;wwtkb2jduzluf7lmamfdgugrlo3e7f43aby2e6mg5g7yxr4dtt3hspqd.onion:5222,J5D8vGRfziu4hKrj;e27ca4gzw2pd42r5mpaygtqo4ki3y4jaij7u774uzpmakl6crdicw2yd.onion:5222;F:peerlist_features+ping+zeta"}"#;
+        assert_eq!(parse_envelope(captured_rs.as_bytes()).unwrap().line, rs_line);
+        // A requester without peerlist_features gets no F:.
+        assert_eq!(peer_entry("J58FvBzUbRKnJPxg", &maker, None), format!("J58FvBzUbRKnJPxg;{onion}:5222"));
+        // A `;D` notice never carries F: (captured).
+        let captured_gone = r#"{"type": 789, "line": "J5ALrbVSKFoTrV3L;NOT-SERVING-ONION;D"}"#;
+        let gone = peerlist_entry("J5ALrbVSKFoTrV3L", &Location::Taker, true);
+        assert_eq!(encoded(PEERLIST, &gone), with_crlf(captured_gone));
+        // The F: of a parsed handshake goes straight in.
+        let hs = parse_handshake(&captured_793_line(), "regtest").unwrap();
+        assert_eq!(
+            peer_entry(&hs.nick, &hs.location, Some(&hs.features)),
+            "J58xFhRi1utTq6zF;NOT-SERVING-ONION;F:peerlist_features+ping"
+        );
+    }
+
+    #[test]
+    fn routes_of_the_captured_messages() {
+        let pubmsg =
+            parse_envelope(br#"{"type": 687, "line": "J59TFbmxBbTzBaUL!PUBLIC!orderbook"}"#).unwrap();
+        let route = parse_route(pubmsg.kind, &pubmsg.line).unwrap();
+        assert_eq!(route, Route { from: "J59TFbmxBbTzBaUL", to: None, command: "orderbook" });
+        assert!(is_orderbook(route.command));
+        let privmsg = parse_envelope(
+            br#"{"type": 685, "line": "J58FvBzUbRKnJPxg!J59TFbmxBbTzBaUL!sw0reloffer 0 27300 100000000 0 0.0002 03f81c1aedf8363dfd2d06510da2b91799bb5fd98a2fd92b36d53e028ae912dd8a MEQCIGeZbW3oGz/Jh+6pOrQSoopxwZMmo3Uc1w2rAYvPNsixAiAxkClhEshRTxmZMAUgnat026vijIjdQjChwmoG0uNMrQ=="}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            parse_route(privmsg.kind, &privmsg.line),
+            Some(Route { from: "J58FvBzUbRKnJPxg", to: Some("J59TFbmxBbTzBaUL"), command: "sw0reloffer" })
+        );
+        let probe = parse_envelope(CAPTURED_PROBE.as_bytes()).unwrap();
+        let route = parse_route(probe.kind, &probe.line).unwrap();
+        assert_eq!((route.from, route.to, route.command), ("J5DirNickOOOOOOO", None, "orderbook"));
+    }
+
+    #[test]
+    fn route_commands() {
+        let command = |kind, line| parse_route(kind, line).map(|r| r.command);
+        assert_eq!(command(PUBMSG, "a!PUBLIC!"), Some(""));
+        assert_eq!(command(PUBMSG, "a!PUBLIC! orderbook"), Some(""));
+        assert_eq!(command(PUBMSG, "a!PUBLIC!!orderbook"), Some(""));
+        assert_eq!(command(PUBMSG, "a!PUBLIC!sw0reloffer 0 1!tbond x"), Some("sw0reloffer"));
+        assert_eq!(command(PUBMSG, "a!PUBLIC!hp2\tx"), Some("hp2"));
+        assert_eq!(command(PUBMSG, "a!PUBLIC!hp2\r\n"), Some("hp2"));
+        assert_eq!(
+            command(PUBMSG, "a!PUBLIC!caf\u{e9}\u{a0}x"),
+            Some("caf\u{e9}\u{a0}x"),
+            "ASCII whitespace only"
+        );
+        assert_eq!(command(PUBMSG, "a!PUBLIC!ORDERBOOK"), Some("ORDERBOOK"));
+        assert_eq!(command(PRIVMSG, "a!b!fill 1 2 3"), Some("fill"));
+        assert_eq!(command(PRIVMSG, "a!a!x"), Some("x"), "to oneself");
+        for yes in ["orderbook", "ORDERBOOK", "OrderBook"] {
+            assert!(is_orderbook(yes), "{yes}");
+        }
+        for no in ["", "orderbook ", "!orderbook", "orderbooks", "order", "orderbooK\u{0}", "ordеrbook"] {
+            assert!(!is_orderbook(no), "{no:?}");
+        }
+    }
+
+    #[test]
+    fn hostile_routes_are_none() {
+        for (kind, line) in [
+            (PUBMSG, ""),
+            (PUBMSG, "no separator"),
+            (PUBMSG, "a!PUBLIC"),
+            (PUBMSG, "!PUBLIC!orderbook"),
+            (PUBMSG, "a!!orderbook"),
+            (PUBMSG, "a!public!orderbook"),
+            (PUBMSG, "a!PUBLIC !orderbook"),
+            (PUBMSG, "a! PUBLIC!orderbook"),
+            (PUBMSG, "a!PUBLICX!orderbook"),
+            (PUBMSG, "a!b!orderbook"),
+            (PUBMSG, "!!"),
+            (PUBMSG, "!"),
+            (PRIVMSG, ""),
+            (PRIVMSG, "a"),
+            (PRIVMSG, "a!b"),
+            (PRIVMSG, "!b!fill"),
+            (PRIVMSG, "a!!fill"),
+            (PRIVMSG, "!!"),
+            (PEERLIST, "a!PUBLIC!orderbook"),
+            (GETPEERLIST, "a!b!c"),
+            (PING, "a!b!c"),
+            (0, "a!PUBLIC!orderbook"),
+        ] {
+            assert_eq!(parse_route(kind, line), None, "{kind} {line:?}");
+        }
+        // PUBLIC as a PRIVMSG's recipient is just an unknown nick.
+        assert_eq!(parse_route(PRIVMSG, "a!PUBLIC!x").unwrap().to, Some("PUBLIC"));
+        // Huge lines: no `!` at all, or a huge command, or huge nicks.
+        let huge = "x".repeat(MAX_LINE);
+        assert_eq!(parse_route(PUBMSG, &huge), None);
+        assert_eq!(parse_route(PRIVMSG, &format!("a!{huge}")), None);
+        let line = format!("a!PUBLIC!{huge}");
+        let route = parse_route(PUBMSG, &line).unwrap();
+        assert_eq!(route.command.len(), MAX_LINE);
+        let line = format!("{huge}!{huge}!{huge} {huge}");
+        let route = parse_route(PRIVMSG, &line).unwrap();
+        assert_eq!(
+            (route.from.len(), route.to.map(str::len), route.command.len()),
+            (MAX_LINE, Some(MAX_LINE), MAX_LINE)
+        );
+        assert_eq!(parse_route(PUBMSG, &"!".repeat(MAX_LINE)), None);
+        let line = format!("a!b{}", "!".repeat(MAX_LINE));
+        let bangs = parse_route(PRIVMSG, &line).unwrap();
+        assert_eq!(bangs.command, "");
     }
 
     #[test]
