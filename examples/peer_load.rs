@@ -1569,6 +1569,11 @@ fn hung_up(net: &Net, ids: &[usize]) -> Vec<(usize, bool)> {
     which.into_iter().zip(fds).map(|(i, p)| (i, p.revents & bad != 0)).collect()
 }
 
+/// Entries of a PEERLIST line that mark a departure (`<nick>;<location>;D`).
+fn departed(line: &str) -> usize {
+    line.split(',').filter(|e| e.split(';').nth(2) == Some("D")).count()
+}
+
 // ---------------------------------------------------------------------------
 // churn: N idle takers, then makers that handshake and leave, one at a time.
 
@@ -1576,7 +1581,8 @@ fn churn_mode(a: &Args) -> io::Result<Value> {
     let mut net = Net::new(a)?;
     net.connect_all(&vec![Role::Taker; a.n], a.window, Duration::from_secs(300))?;
     let mut other = BTreeMap::new();
-    let mut notices = 0usize;
+    // Notice lines, and the departures they carry (a hub may batch several in one line).
+    let (mut notices, mut departures) = (0usize, 0usize);
     println!("CHURN_READY");
     net.phase = "quiet";
     net.run_for(2.0, |_, m| count_other(&mut other, &m))?;
@@ -1599,6 +1605,7 @@ fn churn_mode(a: &Args) -> io::Result<Value> {
             for m in std::mem::take(&mut net.inbox) {
                 if m.kind == PEERLIST && m.line.contains(";D") {
                     notices += 1;
+                    departures += departed(&m.line);
                 } else {
                     count_other(&mut other, &m);
                 }
@@ -1612,7 +1619,8 @@ fn churn_mode(a: &Args) -> io::Result<Value> {
         net.close(id, None);
     }
     let cycles_s = start.elapsed().as_secs_f64();
-    // Until the idle peers stop getting departure notices (at most --timeout s).
+    // Until the idle peers have had no departure notice for 2.5 s (a hub may batch them
+    // once a second), at most --timeout s.
     let mut quiet_since = Instant::now();
     let drain = Instant::now();
     while quiet_since.elapsed() < Duration::from_secs(1)
@@ -1622,6 +1630,7 @@ fn churn_mode(a: &Args) -> io::Result<Value> {
         for m in std::mem::take(&mut net.inbox) {
             if m.kind == PEERLIST && m.line.contains(";D") {
                 notices += 1;
+                departures += departed(&m.line);
                 quiet_since = Instant::now();
             } else {
                 count_other(&mut other, &m);
@@ -1644,8 +1653,9 @@ fn churn_mode(a: &Args) -> io::Result<Value> {
         "cycles_refused": refused,
         "cycles_s": cycles_s,
         "churn_until_quiet_s": churn_s,
-        "departure_notices_received": notices,
-        "departure_notices_if_all_notified": done * a.n,
+        "departure_notice_lines_received": notices,
+        "departures_notified": departures,
+        "departures_if_all_notified": done * a.n,
         "idle_peers_open_at_end": idle_open,
         "closed": net.closed_json(),
         "pings_total": net.pings.len(),
