@@ -1623,7 +1623,7 @@ fn churn_mode(a: &Args) -> io::Result<Value> {
     // once a second), at most --timeout s.
     let mut quiet_since = Instant::now();
     let drain = Instant::now();
-    while quiet_since.elapsed() < Duration::from_secs(1)
+    while quiet_since.elapsed() < Duration::from_millis(2500)
         && drain.elapsed() < Duration::from_secs_f64(a.timeout)
     {
         net.turn(Duration::from_millis(20))?;
