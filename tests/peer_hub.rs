@@ -1280,3 +1280,32 @@ fn a_getpeerlist_flood_does_not_starve_a_well_behaved_peer() {
          PINGs at {pings:?} after the flood began, closed {closed:?}, events {about:?}"
     );
 }
+
+/// Durations at their maximum are "never", not an overflow that panics a
+/// thread: the hub keeps routing, answering and closing.
+#[test]
+fn huge_durations_never_panic_a_thread() {
+    let hub = start(quiet(), |c| {
+        c.write_deadline = Duration::MAX;
+        c.notice_interval = Duration::MAX;
+        c.handshake_timeout = Duration::MAX;
+        c.stall_threshold = Duration::MAX;
+        c.limits.window = Duration::MAX;
+    });
+    let mut a = Client::join(&hub, maker(1), Ping::Answers);
+    let b = Client::join(&hub, maker(2), Ping::Answers);
+    let c = Client::join(&hub, maker(3), Ping::Answers);
+    let _idle = Client::connect(&hub);
+    b.send(wire::PUBMSG, &format!("{}!PUBLIC!hello", b.nick));
+    a.wait_for("the relayed PUBMSG", |m| m.is(wire::PUBMSG));
+    b.send(wire::PING, "");
+    b.send(wire::DISCONNECT, "");
+    let (_, answer) = a.barrier();
+    assert!(answer.line.contains(&a.nick), "{answer:?}");
+    a.wait_for("the ;D of the maker that left", |m| m.is(wire::PEERLIST) && m.line.ends_with(";D"));
+    // A second departure waits for the next notice, "never" from now.
+    c.send(wire::DISCONNECT, "");
+    let (before, _) = a.barrier();
+    assert!(before.is_empty(), "{before:?}");
+    assert!(hub.is_running());
+}

@@ -19,7 +19,7 @@ use super::lines::{LineBuffer, TooLong};
 use super::output::{Budget, Output, Shared as SharedBytes, Wrote};
 use super::registry::{Counters, Dropped, Kind, PeerInfo};
 use super::server::{HubConfig, HubEvent, Shared};
-use super::sweep::{Command, EvictReason, pinged_ids};
+use super::sweep::{Command, EvictReason, later, pinged_ids};
 use super::wire::{self, HandshakeError, Location};
 
 pub(super) const LISTENER: Token = Token(0);
@@ -232,7 +232,7 @@ impl Io {
                 break;
             }
             if let Some(timeout) = timeout {
-                self.check_stall(before + timeout);
+                self.check_stall(later(before, timeout));
             }
             for event in events.iter() {
                 match event.token() {
@@ -281,9 +281,9 @@ impl Io {
             .iter()
             .filter_map(|id| self.conns.get(id)?.output.backlog_since())
             .min()
-            .map(|since| since + self.config.write_deadline);
+            .map(|since| later(since, self.config.write_deadline));
         let notice = (!self.notices.gone.is_empty())
-            .then(|| self.notices.last_sent.map_or(self.now(), |at| at + self.config.notice_interval));
+            .then(|| self.notices.last_sent.map_or(self.now(), |at| later(at, self.config.notice_interval)));
         let next = [self.pending.front().map(|d| d.0), self.accept_retry, write_deadline, notice]
             .into_iter()
             .flatten()
@@ -462,10 +462,7 @@ impl Io {
             },
         );
         self.pending_count += 1;
-        let deadline = now
-            .checked_add(self.config.handshake_timeout)
-            .unwrap_or(now + Duration::from_secs(100 * 365 * 86_400));
-        self.pending.push_back((deadline, id));
+        self.pending.push_back((later(now, self.config.handshake_timeout), id));
     }
 
     /// The pool of connections not yet handshaked is full: the oldest makes
@@ -999,7 +996,7 @@ impl Io {
     fn send_notices(&mut self) {
         let now = self.now();
         if self.notices.gone.is_empty()
-            || self.notices.last_sent.is_some_and(|at| now < at + self.config.notice_interval)
+            || self.notices.last_sent.is_some_and(|at| now < later(at, self.config.notice_interval))
         {
             return;
         }

@@ -91,7 +91,7 @@ impl Rate {
     fn roll(&mut self, now: Instant, window: Duration) -> f64 {
         let mut elapsed = now.saturating_duration_since(self.start);
         if elapsed >= window {
-            let carried = elapsed < window * 2;
+            let carried = elapsed < window.saturating_mul(2);
             self.allowed = [if carried { self.allowed[1] } else { 0 }, 0];
             self.tried = [if carried { self.tried[1] } else { 0 }, 0];
             self.start = if carried { self.start + window } else { now };

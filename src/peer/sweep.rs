@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// `at + by`, or (on overflow) a far-away instant; never panics.
-fn later(at: Instant, by: Duration) -> Instant {
+pub(crate) fn later(at: Instant, by: Duration) -> Instant {
     at.checked_add(by).or_else(|| at.checked_add(FAR_FUTURE)).unwrap_or(at)
 }
 
