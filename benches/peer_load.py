@@ -92,6 +92,13 @@ def cpu_ns(pid):
     return total
 
 
+def host_ticks():
+    """(all, idle + iowait) CPU ticks of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return sum(fields), fields[3] + fields[4]
+
+
 def lines_of(proc, sink):
     for line in proc.stdout:
         sink.append((time.monotonic(), line.rstrip("\n")))
@@ -172,7 +179,7 @@ class Sampler:
 
     def sample(self):
         try:
-            return (time.monotonic(), rss_kib(self.pid), cpu_ticks(self.pid), cpu_ns(self.pid))
+            return (time.monotonic(), rss_kib(self.pid), cpu_ticks(self.pid), cpu_ns(self.pid), host_ticks())
         except (FileNotFoundError, ProcessLookupError, RuntimeError):
             return None
 
@@ -198,6 +205,7 @@ class Sampler:
             "cpu_s": round((b[2] - a[2]) / CLK_TCK, 3),
             "cpu_sched_s": round((b[3] - a[3]) / 1e9, 3),
             "cpu_pct": round((b[3] - a[3]) / 1e9 / max(b[0] - a[0], 1e-9) * 100, 1),
+            "host_busy_pct": round((1 - (b[4][1] - a[4][1]) / max(b[4][0] - a[4][0], 1)) * 100, 1),
             "rss_start_mib": round(a[1] / 1024, 1),
             "rss_peak_mib": round(max(s[1] for s in inside) / 1024, 1),
             "rss_end_mib": round(b[1] / 1024, 1),
@@ -299,7 +307,7 @@ def run_broadcast(a):
 def run_attack(a):
     k = 50 if a.small else 500
     hold = a.attack_hold
-    return scenario("attack", a, [], ["--mode", "attack", "--k", k, "--rcvbuf", 4096, "--getpeerlist", 22,
+    return scenario("attack", a, [], ["--mode", "attack", "--k", k, "--rcvbuf", 4096, "--getpeerlist", a.getpeerlist,
                                       "--hold", hold, "--drain", 10], hold + 120)
 
 
@@ -364,6 +372,9 @@ def main():
     p.add_argument("--rate", type=float, default=1.0, help="route: !orderbook asks a second")
     p.add_argument("--broadcast-rate", type=float, default=10.0)
     p.add_argument("--attack-hold", type=float, default=45.0)
+    p.add_argument("--getpeerlist", type=int, default=22,
+                   help="attack: GETPEERLISTs each attacker sends (3 stays within a 3-a-minute budget, "
+                        "so only a write deadline can end the stall)")
     p.add_argument("--n", type=int, nargs="+", default=[1000, 10000])
     p.add_argument("--tool", nargs="+", default=["ours", "jmload"], choices=["ours", "jmload"])
     p.add_argument("--quiet", type=float, default=60)

@@ -194,7 +194,10 @@ fn main() {
         Mode::Churn => churn_mode(&a),
     };
     match result {
-        Ok(r) => println!("RESULT {r}"),
+        Ok(mut r) => {
+            r["tool_cpu_s"] = json!(cpu_s());
+            println!("RESULT {r}")
+        }
         Err(e) => {
             eprintln!("peer_load: {e}");
             std::process::exit(1);
@@ -223,6 +226,15 @@ fn mono() -> f64 {
     // SAFETY: writes the local struct.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// This process's CPU time so far (user + system), in seconds.
+fn cpu_s() -> f64 {
+    // SAFETY: getrusage writes the zeroed local struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 fn realtime() -> f64 {
@@ -1163,8 +1175,11 @@ fn route_mode(a: &Args) -> io::Result<Value> {
     let makers_ready = (0..a.makers).filter(|&i| net.is_ready(i)).count();
     let takers: Vec<usize> = ids.iter().copied().filter(|&i| net.conns[i].role == Role::Taker).collect();
 
+    let mut tool_cpu = BTreeMap::new();
     for phase in &a.phases {
         println!("PHASE {phase} mono={:.6}", mono());
+        let cpu_at_start = cpu_s();
+        let wall_at_start = Instant::now();
         match phase.as_str() {
             "orderbook" => {
                 net.phase = "orderbook";
@@ -1394,7 +1409,10 @@ fn route_mode(a: &Args) -> io::Result<Value> {
             }
             _ => unreachable!("checked in args"),
         }
+        let (cpu, wall) = (cpu_s() - cpu_at_start, wall_at_start.elapsed().as_secs_f64());
+        tool_cpu.insert(phase.clone(), json!({"cpu_s": cpu, "wall_s": wall, "cpu_pct": cpu / wall * 100.0}));
     }
+    out["tool_cpu_by_phase"] = json!(tool_cpu);
     println!("PHASE end mono={:.6}", mono());
     out["pings_total"] = json!(net.pings.len());
     out["sweeps"] = net.sweeps_json(a.gap);
