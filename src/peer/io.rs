@@ -103,15 +103,24 @@ impl Conn {
 
     /// The socket can take more: writes the queue.
     fn flush(&mut self, out: &Outbox<'_>) -> Result<bool, EvictReason> {
-        let wrote = self.output.flush(&mut self.stream, out.budget);
+        let wrote = self.output.flush(&mut self.stream, out.budget, out.now);
         self.after_write(wrote, out)
+    }
+
+    /// Output queued for the peer, less what is left of its last PEERLIST
+    /// answer (bounded on its own: one at a time, a few per minute).
+    fn relay_queued(&self) -> usize {
+        let answer_left = self.peerlist_end.saturating_sub(self.output.written());
+        self.output.queued() - self.output.queued().min(usize::try_from(answer_left).unwrap_or(usize::MAX))
     }
 
     fn after_write(&mut self, wrote: io::Result<Wrote>, out: &Outbox<'_>) -> Result<bool, EvictReason> {
         if let Err(e) = wrote {
             return Err(EvictReason::SendFailed(e.to_string()));
         }
-        if self.output.queued() > out.max_queued {
+        // Relays stop at `max_queued`; the hub's own output (hints, PONGs,
+        // PINGs, notices) has as much again on top before the peer is evicted.
+        if self.relay_queued() > out.max_queued.saturating_mul(2) {
             return Err(EvictReason::SlowConsumer);
         }
         let want_writable = self.output.queued() > 0;
@@ -129,7 +138,7 @@ impl Conn {
     /// Whether a relayed message of `len` bytes would push the queue past
     /// `max_queued`: then it is dropped for this peer rather than queued.
     fn too_far_behind(&self, len: usize, max_queued: usize) -> bool {
-        self.output.queued() > 0 && self.output.queued() + len > max_queued
+        self.output.queued() > 0 && self.relay_queued() + len > max_queued
     }
 }
 
@@ -146,7 +155,7 @@ enum Close {
 #[derive(Default)]
 struct Notices {
     /// (nick, `<nick>;<location>;D`) of peers gone since the last notice.
-    gone: VecDeque<(String, String)>,
+    gone: Vec<(String, String)>,
     last_sent: Option<Instant>,
 }
 
@@ -177,6 +186,9 @@ pub(super) struct Io {
     /// Whether accepting fails (logged once per episode).
     accept_failing: bool,
     notices: Notices,
+    /// The encoded GETPEERLIST answers, without and with `F:` features,
+    /// shared by every requester until a maker joins or leaves.
+    peerlists: [Option<Arc<SharedBytes>>; 2],
     refusals: RefusalLog,
     scratch: Vec<u8>,
     line: Vec<u8>,
@@ -208,6 +220,7 @@ impl Io {
             accept_retry: None,
             accept_failing: false,
             notices: Notices::default(),
+            peerlists: [None, None],
             refusals: RefusalLog::default(),
             scratch: vec![0; 64 * 1024],
             line: Vec::new(),
@@ -223,16 +236,12 @@ impl Io {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();
-            let before = self.now();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 log::error!("hub: poll failed, stopping: {e}");
                 break;
-            }
-            if let Some(timeout) = timeout {
-                self.check_stall(later(before, timeout));
             }
             for event in events.iter() {
                 match event.token() {
@@ -279,7 +288,7 @@ impl Io {
         let write_deadline = self
             .backlogged
             .iter()
-            .filter_map(|id| self.conns.get(id)?.output.backlog_since())
+            .filter_map(|id| self.conns.get(id)?.output.stalled_since())
             .min()
             .map(|since| later(since, self.config.write_deadline));
         let notice = (!self.notices.gone.is_empty())
@@ -291,24 +300,6 @@ impl Io {
         // Rounded up to a millisecond, so a wake-up is never a little early and spins.
         let wait = next.saturating_duration_since(self.now());
         Some(wait + Duration::from_millis(1))
-    }
-
-    /// A poll that returned much later than it was set to: the hub itself was
-    /// stalled (stopped, suspended). Nobody's write deadline counts the stall.
-    fn check_stall(&mut self, planned: Instant) {
-        let now = self.now();
-        let late = now.saturating_duration_since(planned);
-        if late <= self.config.stall_threshold {
-            return;
-        }
-        log::warn!(
-            "hub: the I/O thread woke {late:?} late: the hub was stalled; write deadlines skip the stall"
-        );
-        for id in &self.backlogged {
-            if let Some(conn) = self.conns.get_mut(id) {
-                conn.output.forgive(late, now);
-            }
-        }
     }
 
     /// Handles the sweep's commands; `false` on Stop.
@@ -491,13 +482,17 @@ impl Io {
             }
             self.pending.pop_front();
             if self.conns.get(&id).is_some_and(|c| c.peer.is_none()) {
-                self.close(id, Close::Evicted(EvictReason::HandshakeTimeout));
+                // Its handshake may be waiting unread (a stall of the hub, a busy turn).
+                self.read(id);
+                if self.conns.get(&id).is_some_and(|c| c.peer.is_none()) {
+                    self.close(id, Close::Evicted(EvictReason::HandshakeTimeout));
+                }
             }
         }
     }
 
-    /// Evicts every peer whose output has not drained for the write
-    /// deadline, whatever else it sends: it does not read.
+    /// Evicts every peer that has taken no byte of its waiting output for
+    /// the write deadline, whatever else it sends: it does not read.
     fn expire_backlogs(&mut self) {
         if self.backlogged.is_empty() {
             return;
@@ -505,7 +500,7 @@ impl Io {
         let now = self.now();
         let deadline = self.config.write_deadline;
         let mut late = Vec::new();
-        self.backlogged.retain(|id| match self.conns.get(id).and_then(|c| c.output.backlog_since()) {
+        self.backlogged.retain(|id| match self.conns.get(id).and_then(|c| c.output.stalled_since()) {
             None => false,
             Some(since) => {
                 if now.saturating_duration_since(since) >= deadline {
@@ -515,23 +510,34 @@ impl Io {
             }
         });
         for id in late {
-            self.close(id, Close::Evicted(EvictReason::SlowConsumer));
+            // The socket may have room it has not told us of yet (a stall of the hub, a busy turn).
+            self.flush(id);
+            let now = self.now();
+            if let Some(since) = self.conns.get(&id).and_then(|c| c.output.stalled_since())
+                && now.saturating_duration_since(since) >= deadline
+            {
+                self.close(id, Close::Evicted(EvictReason::SlowConsumer));
+            }
         }
     }
 
     /// Keeps the hub's queued output within `max_queued_total`, evicting the
-    /// peers with the largest queues first.
+    /// peers whose queues would give back the most first (their own bytes,
+    /// and broadcast buffers no one else still holds), then the longest.
     fn keep_budget(&mut self) {
         if self.budget.used() <= self.config.max_queued_total {
             return;
         }
-        let mut largest: Vec<(usize, u64)> = self
+        let mut largest: Vec<(usize, usize, u64)> = self
             .backlogged
             .iter()
-            .filter_map(|id| Some((self.conns.get(id)?.output.queued(), *id)))
+            .filter_map(|id| {
+                let output = &self.conns.get(id)?.output;
+                Some((output.freeable(), output.queued(), *id))
+            })
             .collect();
         largest.sort_unstable_by(|a, b| b.cmp(a));
-        for (queued, id) in largest {
+        for (_, queued, id) in largest {
             if self.budget.used() <= self.config.max_queued_total {
                 break;
             }
@@ -675,17 +681,24 @@ impl Io {
         }
         let counters = &self.shared.counters;
         let limits = self.config.limits;
-        if wire::is_orderbook(route.command) {
-            match budget(&mut conn.rates.orderbook, now, &limits, limits.orderbook, counters) {
-                Err(()) => return Some(rate_limited("!orderbook requests")),
-                Ok(false) => return None,
-                Ok(true) => {}
-            }
-        }
         match budget(&mut conn.rates.pubmsg, now, &limits, limits.pubmsg, counters) {
             Err(()) => return Some(rate_limited("PUBMSGs")),
             Ok(false) => return None,
             Ok(true) => {}
+        }
+        // Reference clients run every `!`-separated command of a message:
+        // an `!orderbook` anywhere in it is an orderbook request.
+        let orderbook =
+            text.split('!').skip(2).any(|part| wire::is_orderbook(part.split(' ').next().unwrap_or("")));
+        if orderbook {
+            match budget(&mut conn.rates.orderbook, now, &limits, limits.orderbook, counters) {
+                Err(()) => return Some(rate_limited("!orderbook requests")),
+                Ok(false) => {
+                    conn.rates.pubmsg.refund();
+                    return None;
+                }
+                Ok(true) => {}
+            }
         }
         Counters::add(&counters.relayed_pubmsg);
         let mut bytes = Vec::with_capacity(text.len() + 34);
@@ -800,7 +813,8 @@ impl Io {
     }
 
     /// Answers GETPEERLIST with every handshaked maker, in as many PEERLIST
-    /// lines as the max line needs.
+    /// lines as the max line needs: one buffer, built once for every
+    /// requester until a maker joins or leaves.
     fn peerlist(&mut self, conn: &mut Conn, now: Instant) -> Option<Close> {
         let counters = &self.shared.counters;
         let limits = self.config.limits;
@@ -817,14 +831,35 @@ impl Io {
             Ok(true) => {}
         }
         let with_features = conn.peer.as_ref().is_some_and(|p| p.peerlist_features);
-        let entries = self.shared.registry.maker_entries(with_features);
-        for chunk in chunk_entries(&entries, self.config.max_line - PEERLIST_ENVELOPE) {
-            if let Some(close) = self.reply(conn, wire::PEERLIST, &chunk) {
-                return Some(close);
+        let answer = match &self.peerlists[usize::from(with_features)] {
+            Some(answer) => answer.clone(),
+            None => {
+                let entries = self.shared.registry.maker_entries(with_features);
+                let mut bytes = Vec::new();
+                for line in chunk_entries(&entries, self.config.max_line - PEERLIST_ENVELOPE) {
+                    wire::encode(wire::PEERLIST, &line, &mut bytes);
+                }
+                let answer = SharedBytes::new(bytes, self.budget.clone());
+                self.peerlists[usize::from(with_features)] = Some(answer.clone());
+                answer
             }
+        };
+        // Marked first: the answer is bounded on its own, not by the relay cap.
+        conn.peerlist_end = conn.output.total() + answer.bytes().len() as u64;
+        let out = Outbox {
+            registry: self.poll.registry(),
+            budget: &self.budget,
+            now: self.shared.clock.now(),
+            max_queued: self.config.max_queued,
+        };
+        match conn.send(Payload::Shared(&answer), &out) {
+            Ok(true) => {
+                self.backlogged.insert(conn.id);
+                None
+            }
+            Ok(false) => None,
+            Err(reason) => Some(Close::Evicted(reason)),
         }
-        conn.peerlist_end = conn.output.total();
-        None
     }
 
     fn handshake(&mut self, conn: &mut Conn, line: &str) -> Option<Close> {
@@ -873,6 +908,9 @@ impl Io {
             hint_features,
         });
         self.pending_count -= 1;
+        if handshake.location.is_maker() {
+            self.peerlists = [None, None];
+        }
         Counters::add(&self.shared.counters.joins);
         log::debug!("hub: {} joined from {} as {}", handshake.nick, conn.addr, handshake.location);
         self.shared.emit(HubEvent::Joined {
@@ -949,9 +987,12 @@ impl Io {
         match (conn.peer, why) {
             (Some(peer), why) => {
                 shared.registry.remove(id);
+                if peer.location.is_maker() {
+                    self.peerlists = [None, None];
+                }
                 if peer.location.is_maker() || self.config.announce_takers {
                     let entry = wire::peerlist_entry(&peer.nick, &peer.location, true);
-                    self.notices.gone.push_back((peer.nick.clone(), entry));
+                    self.notices.gone.push((peer.nick.clone(), entry));
                 }
                 let event = match why {
                     Close::Evicted(reason) => {
@@ -989,10 +1030,10 @@ impl Io {
         }
     }
 
-    /// Tells every handshaked peer who left since the last notice, in one
-    /// PEERLIST line at most per `notice_interval`: churn costs at most one
-    /// write per peer per interval. Departures that do not fit the line wait
-    /// for the next one.
+    /// Tells every handshaked peer who left since the last notice, at most
+    /// once per `notice_interval`: one buffer (as many PEERLIST lines as the
+    /// max line needs) shared by every recipient, so churn costs at most one
+    /// write per peer per interval, and nothing waits longer than that.
     fn send_notices(&mut self) {
         let now = self.now();
         if self.notices.gone.is_empty()
@@ -1000,30 +1041,27 @@ impl Io {
         {
             return;
         }
-        let room = self.config.max_line - PEERLIST_ENVELOPE;
-        let mut line = String::new();
-        while let Some((nick, entry)) = self.notices.gone.front() {
-            // A nick that left and joined again is not gone.
-            if self.shared.registry.id_of(nick).is_none() {
-                if !line.is_empty() && line.len() + 1 + entry.len() > room {
-                    break;
-                }
-                if !line.is_empty() {
-                    line.push(',');
-                }
-                line.push_str(entry);
-            }
-            self.notices.gone.pop_front();
-        }
-        if line.is_empty() {
+        let registry = &self.shared.registry;
+        // A nick that left and joined again is not gone.
+        let entries: Vec<String> = self
+            .notices
+            .gone
+            .drain(..)
+            .filter(|(nick, _)| registry.id_of(nick).is_none())
+            .map(|(_, e)| e)
+            .collect();
+        if entries.is_empty() {
             return;
         }
         self.notices.last_sent = Some(now);
-        let mut bytes = Vec::with_capacity(line.len() + PEERLIST_ENVELOPE);
-        wire::encode(wire::PEERLIST, &line, &mut bytes);
+        let mut bytes = Vec::new();
+        for line in chunk_entries(&entries, self.config.max_line - PEERLIST_ENVELOPE) {
+            wire::encode(wire::PEERLIST, &line, &mut bytes);
+        }
+        let lines = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
         let message = SharedBytes::new(bytes, self.budget.clone());
         let sent = self.broadcast(&message, false);
-        Counters::add_n(&self.shared.counters.notices, sent);
+        Counters::add_n(&self.shared.counters.notices, sent * lines);
     }
 
     fn shutdown(&mut self) {
@@ -1032,6 +1070,7 @@ impl Io {
             self.close(id, Close::Left("the hub stopped".into()));
         }
         self.notices.gone.clear();
+        self.refusals.flush();
         log::info!("hub {} stopped", self.shared.nick);
     }
 }
@@ -1048,6 +1087,14 @@ impl RefusalLog {
         );
         self.since_logged = 0;
         self.logged_at = Some(now);
+    }
+
+    /// Logs the refusals not yet told (at shutdown).
+    fn flush(&mut self) {
+        if self.since_logged > 0 {
+            log::warn!("hub: refused {} connection(s) since the last warning", self.since_logged);
+            self.since_logged = 0;
+        }
     }
 }
 

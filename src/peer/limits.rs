@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 /// How many messages of each kind one peer may have handled per rolling
 /// window. Over a budget the message is not relayed (or answered) and is
 /// counted; a peer whose attempts reach `disconnect_after` times a budget
-/// within one window is disconnected ([`EvictReason::RateLimited`]).
+/// within one window is disconnected ([`EvictReason::RateLimited`]). A
+/// budget of 0 turns that kind off: every such message is dropped, and
+/// nobody is disconnected for it. The window is an estimate in constant
+/// memory: exact in a peer's first window, at most twice a budget later.
 ///
 /// The defaults are joinmarket-rs's: PUBMSG 30 per 60 s of which
 /// `!orderbook` 3, PING 6 per 60 s, GETPEERLIST 3 per 60 s.
@@ -72,8 +75,12 @@ pub(crate) enum Verdict {
 
 /// A rolling-window counter in constant memory: the counts of the current
 /// fixed window plus the previous one, weighted by how much of the previous
-/// window still lies inside the rolling one (the sliding-window estimate of
-/// nginx and Cloudflare). Within a peer's first window it is exact.
+/// window still lies inside the rolling one (the sliding-window estimate
+/// Cloudflare describes). Within a peer's first window it is exact; later
+/// it assumes the previous window's messages were spread evenly, so a burst
+/// at the very end of one fixed window and another at the end of the next
+/// can let up to twice the budget through within one true rolling window,
+/// never more; messages spread evenly get exactly the budget.
 #[derive(Debug, Clone)]
 pub(crate) struct Rate {
     start: Instant,
@@ -100,7 +107,8 @@ impl Rate {
         1.0 - elapsed.as_secs_f64() / window.as_secs_f64()
     }
 
-    /// Counts one message against `budget` per `window`.
+    /// Counts one message against `budget` per `window`. A budget of 0
+    /// denies every message and disconnects nobody: that kind is simply off.
     pub(crate) fn check(
         &mut self,
         now: Instant,
@@ -108,6 +116,9 @@ impl Rate {
         budget: u32,
         disconnect_after: u32,
     ) -> Verdict {
+        if budget == 0 {
+            return Verdict::Deny;
+        }
         let weight = self.roll(now, window);
         let estimate = |counts: [u32; 2]| f64::from(counts[0]) * weight + f64::from(counts[1]);
         self.tried[1] = self.tried[1].saturating_add(1);
@@ -122,6 +133,11 @@ impl Rate {
         }
     }
 
+    /// Gives back the last message allowed: another budget refused it.
+    pub(crate) fn refund(&mut self) {
+        self.allowed[1] = self.allowed[1].saturating_sub(1);
+    }
+
     /// Counts an attempt that is refused for another reason (an earlier
     /// answer still queued): it still brings the peer nearer a disconnect.
     pub(crate) fn tried(
@@ -131,6 +147,9 @@ impl Rate {
         budget: u32,
         disconnect_after: u32,
     ) -> Verdict {
+        if budget == 0 {
+            return Verdict::Deny;
+        }
         let weight = self.roll(now, window);
         self.tried[1] = self.tried[1].saturating_add(1);
         let tried = f64::from(self.tried[0]) * weight + f64::from(self.tried[1]);
@@ -206,10 +225,23 @@ mod tests {
     }
 
     #[test]
-    fn a_zero_budget_allows_nothing() {
+    fn a_zero_budget_denies_everything_and_disconnects_nobody() {
         let t0 = Instant::now();
         let mut rate = Rate::new(t0);
-        assert_eq!(rate.check(t0, MIN, 0, 2), Verdict::Disconnect);
+        assert_eq!(run(&mut rate, t0, 100, 0), vec![Verdict::Deny; 100]);
+        assert_eq!(rate.tried(t0, MIN, 0, 2), Verdict::Deny);
+    }
+
+    #[test]
+    fn a_refund_gives_the_message_back() {
+        let t0 = Instant::now();
+        let mut rate = Rate::new(t0);
+        for _ in 0..10 {
+            assert_eq!(rate.check(t0, MIN, 1, 100), Verdict::Allow);
+            rate.refund();
+        }
+        assert_eq!(rate.check(t0, MIN, 1, 100), Verdict::Allow);
+        assert_eq!(rate.check(t0, MIN, 1, 100), Verdict::Deny);
     }
 
     #[test]

@@ -99,15 +99,15 @@ pub(crate) struct Output {
     queued: usize,
     /// Bytes of own chunks queued (the budget's share of this queue).
     own: usize,
-    /// Since when the queue has been non-empty.
-    backlog_since: Option<Instant>,
+    /// While output waits: since when no byte of it has been written.
+    stalled_since: Option<Instant>,
     /// Bytes ever handed to this queue or written past it.
     total: u64,
 }
 
 impl Output {
     pub(crate) fn new() -> Output {
-        Output { chunks: VecDeque::new(), head: 0, queued: 0, own: 0, backlog_since: None, total: 0 }
+        Output { chunks: VecDeque::new(), head: 0, queued: 0, own: 0, stalled_since: None, total: 0 }
     }
 
     /// Bytes waiting.
@@ -126,15 +126,24 @@ impl Output {
         self.total - self.queued as u64
     }
 
-    pub(crate) fn backlog_since(&self) -> Option<Instant> {
-        self.backlog_since
+    /// While output waits, since when the socket has taken none of it: the
+    /// peer does not read.
+    pub(crate) fn stalled_since(&self) -> Option<Instant> {
+        self.stalled_since
     }
 
-    /// Moves the start of the backlog on by a stall of the hub itself.
-    pub(crate) fn forgive(&mut self, stall: std::time::Duration, now: Instant) {
-        if let Some(since) = self.backlog_since.as_mut() {
-            *since = since.checked_add(stall).map_or(now, |t| t.min(now));
-        }
+    /// The bytes that dropping this queue would give back: its own bytes,
+    /// and the shared buffers no other queue holds.
+    pub(crate) fn freeable(&self) -> usize {
+        let shared_alone: usize = self
+            .chunks
+            .iter()
+            .filter_map(|c| match c {
+                Chunk::Shared(s) if Arc::strong_count(s) == 1 => Some(s.bytes().len()),
+                _ => None,
+            })
+            .sum();
+        self.own + shared_alone
     }
 
     /// Sends `bytes`: written straight to the socket when nothing is queued,
@@ -155,7 +164,7 @@ impl Output {
         budget.add(rest.len());
         self.own += rest.len();
         self.queued += rest.len();
-        self.backlog_since.get_or_insert(now);
+        self.progress(written, now);
         match self.chunks.back_mut() {
             Some(Chunk::Own(last)) if last.len() + rest.len() <= COALESCE => last.extend_from_slice(rest),
             _ => self.chunks.push_back(Chunk::Own(rest.to_vec())),
@@ -182,13 +191,26 @@ impl Output {
             self.head = written;
         }
         self.queued += bytes.len() - written;
-        self.backlog_since.get_or_insert(now);
+        self.progress(written, now);
         self.chunks.push_back(Chunk::Shared(shared.clone()));
         Ok(Wrote::Some)
     }
 
+    /// Output is waiting: the stall clock starts, or starts again when
+    /// `written` bytes just went out.
+    fn progress(&mut self, written: usize, now: Instant) {
+        if written > 0 || self.stalled_since.is_none() {
+            self.stalled_since = Some(now);
+        }
+    }
+
     /// Writes what the socket takes now.
-    pub(crate) fn flush(&mut self, stream: &mut impl Write, budget: &Budget) -> io::Result<Wrote> {
+    pub(crate) fn flush(
+        &mut self,
+        stream: &mut impl Write,
+        budget: &Budget,
+        now: Instant,
+    ) -> io::Result<Wrote> {
         while self.queued > 0 {
             let n = {
                 let mut slices = [IoSlice::new(&[]); IOV_MAX];
@@ -207,6 +229,9 @@ impl Output {
                 }
             };
             self.consume(n, budget);
+            if self.queued > 0 {
+                self.stalled_since = Some(now);
+            }
         }
         Ok(Wrote::All)
     }
@@ -233,7 +258,7 @@ impl Output {
             self.head = 0;
         }
         if self.queued == 0 {
-            self.backlog_since = None;
+            self.stalled_since = None;
             // A burst is over: give its chunk list back.
             if self.chunks.capacity() > IOV_MAX {
                 self.chunks = VecDeque::new();
@@ -248,7 +273,7 @@ impl Output {
         self.queued = 0;
         self.head = 0;
         self.chunks.clear();
-        self.backlog_since = None;
+        self.stalled_since = None;
     }
 }
 
@@ -306,15 +331,15 @@ mod tests {
         out.send(&mut pipe, b" more", now, &budget).unwrap();
         assert_eq!(out.queued(), 16);
         assert_eq!(budget.used(), 4 + 7 + 5, "own bytes plus the shared buffer, once");
-        assert_eq!(out.backlog_since(), Some(now));
+        assert_eq!(out.stalled_since(), Some(now));
         pipe.room = 6;
-        assert!(matches!(out.flush(&mut pipe, &budget).unwrap(), Wrote::Some));
+        assert!(matches!(out.flush(&mut pipe, &budget, now).unwrap(), Wrote::Some));
         assert_eq!(out.queued(), 10);
         pipe.room = 100;
-        assert!(matches!(out.flush(&mut pipe, &budget).unwrap(), Wrote::All));
+        assert!(matches!(out.flush(&mut pipe, &budget, now).unwrap(), Wrote::All));
         assert_eq!(pipe.got, b"hello world, and more");
         assert_eq!(out.queued(), 0);
-        assert_eq!(out.backlog_since(), None);
+        assert_eq!(out.stalled_since(), None);
         assert_eq!(out.written(), 21);
         assert_eq!(budget.used(), 7, "the broadcast buffer lives while its owner holds it");
         drop(shared);
@@ -351,10 +376,48 @@ mod tests {
         out.send(&mut pipe, b"ij", now, &budget).unwrap();
         for _ in 0..10 {
             pipe.room = 1;
-            out.flush(&mut pipe, &budget).unwrap();
+            out.flush(&mut pipe, &budget, now).unwrap();
         }
         assert_eq!(pipe.got, b"abcdefghij"[..pipe.got.len()]);
         assert_eq!(out.queued(), 10 - pipe.got.len());
         assert_eq!(budget.used(), out.queued());
+    }
+
+    #[test]
+    fn the_stall_clock_restarts_on_every_byte_written_and_stops_when_empty() {
+        let budget = Budget::default();
+        let t0 = Instant::now();
+        let t1 = t0 + std::time::Duration::from_secs(1);
+        let t2 = t0 + std::time::Duration::from_secs(2);
+        let mut pipe = Pipe { got: Vec::new(), room: 0 };
+        let mut out = Output::new();
+        out.send(&mut pipe, b"abcdef", t0, &budget).unwrap();
+        assert_eq!(out.stalled_since(), Some(t0));
+        out.send(&mut pipe, b"gh", t1, &budget).unwrap();
+        assert_eq!(out.stalled_since(), Some(t0), "more output is no progress");
+        out.flush(&mut pipe, &budget, t1).unwrap();
+        assert_eq!(out.stalled_since(), Some(t0), "nothing written");
+        pipe.room = 2;
+        out.flush(&mut pipe, &budget, t2).unwrap();
+        assert_eq!(out.stalled_since(), Some(t2), "two bytes went out");
+        pipe.room = 100;
+        out.flush(&mut pipe, &budget, t2).unwrap();
+        assert_eq!(out.stalled_since(), None);
+    }
+
+    #[test]
+    fn freeable_counts_own_bytes_and_buffers_held_by_this_queue_alone() {
+        let budget = Arc::new(Budget::default());
+        let now = Instant::now();
+        let mut pipe = Pipe { got: Vec::new(), room: 0 };
+        let (mut a, mut b) = (Output::new(), Output::new());
+        let shared = Shared::new(vec![b'x'; 100], budget.clone());
+        a.send_shared(&mut pipe, &shared, now).unwrap();
+        b.send_shared(&mut pipe, &shared, now).unwrap();
+        a.send(&mut pipe, b"own", now, &budget).unwrap();
+        drop(shared);
+        assert_eq!((a.freeable(), b.freeable()), (3, 0), "the broadcast lives while either holds it");
+        b.clear(&budget);
+        assert_eq!(a.freeable(), 103);
     }
 }

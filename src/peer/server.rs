@@ -49,15 +49,16 @@ pub struct HubConfig {
     pub max_line: usize,
     /// Output queued for one peer at most, in bytes. A relayed message that
     /// would pass it is dropped for that peer (counted `slow_recipient`);
-    /// the hub's own output past it evicts the peer as a slow consumer.
-    /// Default 2 MiB.
+    /// the hub's own output (hints, PONGs, PINGs, notices) has as much again
+    /// on top, and past twice this the peer is evicted as a slow consumer.
+    /// Its GETPEERLIST answer, one at a time, is not counted. Default 2 MiB.
     pub max_queued: usize,
     /// Output queued for all peers at most, a broadcast buffer counted once
     /// however many queues hold it. Past it the peers with the largest queues
     /// are evicted first. Default 256 MiB.
     pub max_queued_total: usize,
-    /// A peer whose output queue has not drained for this long is evicted as
-    /// a slow consumer, whatever it sends. Default 30 s.
+    /// A peer that takes no byte of its waiting output for this long is
+    /// evicted as a slow consumer, whatever it sends. Default 30 s.
     pub write_deadline: Duration,
     /// `SO_SNDBUF` of each connection, in bytes (Linux allocates twice
     /// this): what the kernel holds for a peer that does not read. 0 leaves
@@ -68,8 +69,9 @@ pub struct HubConfig {
     pub receive_buffer: usize,
     /// Each peer's message budgets.
     pub limits: Limits,
-    /// Each peer gets at most one `;D` notice line per interval, carrying
-    /// every departure since the last. Default 1 s.
+    /// Departures are told at most once per interval, every departure since
+    /// the last in one write per peer (as many PEERLIST lines as the max
+    /// line needs). Default 1 s.
     pub notice_interval: Duration,
     /// Announce departed takers too (joinmarket-ng does). Default `false`:
     /// a taker's presence is private, so it leaves silently and is never
