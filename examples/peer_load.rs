@@ -1527,6 +1527,7 @@ fn attack_mode(a: &Args) -> io::Result<Value> {
     for r in eof.values() {
         *end_reasons.entry(r.as_str()).or_default() += 1;
     }
+    let per_conn = sorted(attackers.iter().map(|i| drained.get(i).copied().unwrap_or(0) as f64).collect());
     let drained_total: u64 = drained.values().sum();
     let drained_max = drained.values().max().copied().unwrap_or(0);
     for &i in &attackers {
@@ -1562,6 +1563,7 @@ fn attack_mode(a: &Args) -> io::Result<Value> {
         "still_open_after_drain": attackers.len() - eof.len(),
         "drained_bytes_total": drained_total,
         "drained_bytes_max_per_conn": drained_max,
+        "drained_bytes_per_conn": {"min": pct(&per_conn, 0.0), "p50": pct(&per_conn, 0.5), "p90": pct(&per_conn, 0.9)},
         "drain_s": drain_start.elapsed().as_secs_f64(),
         "probe_handshake_s": probe_s,
         "pings_total": net.pings.len(),
