@@ -29,7 +29,10 @@ schedstat run time) and RSS (sampled every 0.25 s) beside the tool's RESULT:
              (1,000 makers + 9,000 takers; --small: 100) for --hold s.
 - attack:    500 makers (--small: 50) with 4 KiB receive buffers send 22
              GETPEERLISTs each and never read, held 45 s (past a 30 s write
-             deadline); host TCP memory from /proc/net/sockstat.
+             deadline); host TCP memory from /proc/net/sockstat. 22 requests
+             trip a 3-a-minute GETPEERLIST budget at once; `--getpeerlist 3
+             --attack-hold 70` stays within it, so only the write deadline
+             can close the stalled sockets.
 - stall:     200 ping-capable peers (--small: 20), hub run with --sweep 1
              --idle 2 --hard-evict 6 --pong-wait 1; SIGSTOP the hub 10 s, SIGCONT,
              count the peers evicted within the next 10 s.
