@@ -103,7 +103,7 @@ impl Conn {
 
     /// The socket can take more: writes the queue.
     fn flush(&mut self, out: &Outbox<'_>) -> Result<bool, EvictReason> {
-        let wrote = self.output.flush(&mut self.stream, out.budget, out.now);
+        let wrote = self.output.flush(&mut self.stream, out.budget);
         self.after_write(wrote, out)
     }
 
@@ -491,8 +491,9 @@ impl Io {
         }
     }
 
-    /// Evicts every peer that has taken no byte of its waiting output for
-    /// the write deadline, whatever else it sends: it does not read.
+    /// Evicts every peer whose output has not drained for the write
+    /// deadline, whatever else it sends: it does not read, or reads too
+    /// slowly to keep up.
     fn expire_backlogs(&mut self) {
         if self.backlogged.is_empty() {
             return;
@@ -510,7 +511,8 @@ impl Io {
             }
         });
         for id in late {
-            // The socket may have room it has not told us of yet (a stall of the hub, a busy turn).
+            // The socket may have room it has not told us of yet (a stall of
+            // the hub, a busy turn): a queue that drains now is not late.
             self.flush(id);
             let now = self.now();
             if let Some(since) = self.conns.get(&id).and_then(|c| c.output.stalled_since())

@@ -57,8 +57,8 @@ pub struct HubConfig {
     /// however many queues hold it. Past it the peers with the largest queues
     /// are evicted first. Default 256 MiB.
     pub max_queued_total: usize,
-    /// A peer that takes no byte of its waiting output for this long is
-    /// evicted as a slow consumer, whatever it sends. Default 30 s.
+    /// A peer whose output queue has not drained for this long is evicted as
+    /// a slow consumer, whatever it sends. Default 30 s.
     pub write_deadline: Duration,
     /// `SO_SNDBUF` of each connection, in bytes (Linux allocates twice
     /// this): what the kernel holds for a peer that does not read. 0 leaves
