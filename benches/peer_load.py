@@ -59,6 +59,8 @@ import time
 import resource
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Extra arguments for every `heartbeat serve` this script starts (--hub-args).
+HUB_ARGS = []
 
 
 def raise_nofile():
@@ -124,7 +126,7 @@ def run(tool_cmd, tool, n, quiet, heartbeat, sweep):
     server = subprocess.Popen(
         [heartbeat, "serve", "--listen", "127.0.0.1:0", "--network", "regtest",
          "--sweep", str(sweep), "--idle", str(idle), "--hard-evict", "1500",
-         "--pong-wait", "30", "--max-peers", "20000"],
+         "--pong-wait", "30", "--max-peers", "20000"] + HUB_ARGS,
         stdout=subprocess.PIPE, text=True)
     out = []
     threading.Thread(target=lines_of, args=(server, out), daemon=True).start()
@@ -216,7 +218,7 @@ class Sampler:
 
 
 def start_hub(heartbeat, extra):
-    cmd = [heartbeat, "serve", "--listen", "127.0.0.1:0", "--network", "regtest", "--max-peers", "20000"] + extra
+    cmd = [heartbeat, "serve", "--listen", "127.0.0.1:0", "--network", "regtest", "--max-peers", "20000"] + extra + HUB_ARGS
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     out = []
     threading.Thread(target=lines_of, args=(server, out), daemon=True).start()
@@ -383,9 +385,11 @@ def main():
     p.add_argument("--quiet", type=float, default=60)
     p.add_argument("--sweep", type=float, default=60, help="the hub's sweep interval (its default: 60 s)")
     p.add_argument("--heartbeat", default="target/release/heartbeat")
+    p.add_argument("--hub-args", default="", help="more arguments for `heartbeat serve`, e.g. '--max-pending 5000'")
     p.add_argument("--ours", default="target/release/examples/peer_load")
     p.add_argument("--jmload", default="/tmp/jmload-target/release/jmload")
     a = p.parse_args()
+    HUB_ARGS.extend(a.hub_args.split())
     print("# open-file limit %s" % (raise_nofile(),), file=sys.stderr)
     runners = {"route": run_route, "broadcast": run_broadcast, "attack": run_attack,
                "stall": run_stall, "churn": run_churn}
