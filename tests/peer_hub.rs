@@ -18,8 +18,9 @@ use heartbeat::peer::wire::{self, Location};
 use heartbeat::peer::{EvictReason, Hub, HubConfig, HubEvent, Limits, SweepConfig};
 use parking_lot::Mutex;
 
-/// The longest any single wait may take before the test fails.
-const BOUND: Duration = Duration::from_secs(5);
+mod common;
+use common::{BOUND, Events, counter, encoded};
+
 const NETWORK: &str = "regtest";
 
 fn ms(n: u64) -> Duration {
@@ -80,13 +81,6 @@ fn maker(i: u32) -> Location {
         n /= 32;
     }
     Location::parse(&format!("{host}.onion:{}", 5222 + i % 100)).expect("a maker location")
-}
-
-/// The bytes of one envelope, `\r\n` included.
-fn encoded(kind: u32, line: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    wire::encode(kind, line, &mut out);
-    out
 }
 
 /// A valid PUBMSG envelope of exactly `total` bytes, `\n` included.
@@ -367,104 +361,6 @@ fn spawn_reader(
             return;
         }
     })
-}
-
-/// The hub's events, with every one received so far kept.
-struct Events {
-    rx: Receiver<HubEvent>,
-    seen: Vec<(Instant, HubEvent)>,
-}
-
-fn nick_of(event: &HubEvent) -> Option<&str> {
-    match event {
-        HubEvent::Joined { nick, .. } | HubEvent::Left { nick, .. } | HubEvent::Evicted { nick, .. } => {
-            Some(nick.as_str())
-        }
-        HubEvent::Rejected { .. } => None,
-    }
-}
-
-impl Events {
-    fn of(hub: &Hub) -> Events {
-        Events { rx: hub.events(), seen: Vec::new() }
-    }
-
-    fn drain(&mut self) {
-        while let Ok(event) = self.rx.try_recv() {
-            self.seen.push((Instant::now(), event));
-        }
-    }
-
-    /// The first event ever received that matches, and when it was received; waits for it.
-    fn wait(&mut self, what: &str, pred: impl Fn(&HubEvent) -> bool) -> (Instant, HubEvent) {
-        if let Some(found) = self.seen.iter().find(|(_, e)| pred(e)) {
-            return found.clone();
-        }
-        let deadline = Instant::now() + BOUND;
-        loop {
-            match self.rx.recv_deadline(deadline) {
-                Ok(event) => {
-                    let found = (Instant::now(), event);
-                    self.seen.push(found.clone());
-                    if pred(&found.1) {
-                        return found;
-                    }
-                }
-                Err(_) => panic!("no {what} within {BOUND:?}; events: {:#?}", self.seen),
-            }
-        }
-    }
-
-    fn evicted(&mut self, nick: &str) -> (Instant, EvictReason) {
-        let what = format!("eviction of {nick}");
-        match self.wait(&what, |e| matches!(e, HubEvent::Evicted { nick: n, .. } if n == nick)) {
-            (at, HubEvent::Evicted { reason, .. }) => (at, reason),
-            _ => unreachable!(),
-        }
-    }
-
-    fn left(&mut self, nick: &str) -> String {
-        let what = format!("{nick} leaving");
-        match self.wait(&what, |e| matches!(e, HubEvent::Left { nick: n, .. } if n == nick)) {
-            (_, HubEvent::Left { reason, .. }) => reason,
-            _ => unreachable!(),
-        }
-    }
-
-    fn rejected(&mut self, addr: SocketAddr) -> String {
-        let what = format!("rejection of {addr}");
-        match self.wait(&what, |e| matches!(e, HubEvent::Rejected { addr: a, .. } if *a == addr)) {
-            (_, HubEvent::Rejected { reason, .. }) => reason,
-            _ => unreachable!(),
-        }
-    }
-
-    /// Takes in what arrives within `window`, without expecting anything.
-    fn listen(&mut self, window: Duration) {
-        let deadline = Instant::now() + window;
-        while let Ok(event) = self.rx.recv_deadline(deadline) {
-            self.seen.push((Instant::now(), event));
-        }
-    }
-
-    /// Every event about `nick` so far.
-    fn about(&mut self, nick: &str) -> Vec<HubEvent> {
-        self.drain();
-        self.seen.iter().filter(|(_, e)| nick_of(e) == Some(nick)).map(|(_, e)| e.clone()).collect()
-    }
-
-    /// Asserts that `nick` joined and nothing else happened to it.
-    fn assert_only_joined(&mut self, nick: &str) {
-        let about = self.about(nick);
-        assert!(
-            about.len() == 1 && matches!(about[0], HubEvent::Joined { .. }),
-            "{nick} should only have joined: {about:?}"
-        );
-    }
-}
-
-fn counter(list: &[(&'static str, u64)], name: &str) -> u64 {
-    list.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no counter {name} in {list:?}")).1
 }
 
 /// The protocol document's "Captured probe run" (sweep 1 s, idle 2 s, hard

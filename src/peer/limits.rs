@@ -116,16 +116,15 @@ impl Rate {
         budget: u32,
         disconnect_after: u32,
     ) -> Verdict {
-        if budget == 0 {
-            return Verdict::Deny;
+        // Every message is an attempt, first; too many of them disconnect.
+        match self.tried(now, window, budget, disconnect_after) {
+            Verdict::Disconnect => return Verdict::Disconnect,
+            _ if budget == 0 => return Verdict::Deny,
+            _ => {}
         }
         let weight = self.roll(now, window);
-        let estimate = |counts: [u32; 2]| f64::from(counts[0]) * weight + f64::from(counts[1]);
-        self.tried[1] = self.tried[1].saturating_add(1);
-        if estimate(self.tried) >= f64::from(budget.saturating_mul(disconnect_after)) {
-            return Verdict::Disconnect;
-        }
-        if estimate(self.allowed) + 1.0 <= f64::from(budget) {
+        let allowed = f64::from(self.allowed[0]) * weight + f64::from(self.allowed[1]);
+        if allowed + 1.0 <= f64::from(budget) {
             self.allowed[1] += 1;
             Verdict::Allow
         } else {
