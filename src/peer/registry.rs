@@ -458,4 +458,50 @@ mod tests {
         registry.pings_sent(&[1], t0 + Duration::from_secs(20));
         assert_eq!(pending(t0 + wait), [true, false]);
     }
+
+    #[test]
+    fn an_eviction_decided_by_a_sweep_is_dropped_once_the_peer_spoke() {
+        let t0 = Instant::now();
+        let config = SweepConfig::default();
+        let registry = Registry::default();
+        assert!(registry.insert(peer(1, t0)));
+        let late = t0 + config.hard_evict + Duration::from_secs(1);
+        assert!(registry.still_due(1, &EvictReason::IdleTimeout, late, &config));
+        registry.seen(1, late);
+        assert!(!registry.still_due(1, &EvictReason::IdleTimeout, late, &config), "it spoke since");
+
+        registry.pings_sent(&[1], late);
+        let checked = late + config.pong_wait;
+        assert!(registry.still_due(1, &EvictReason::PongTimeout, checked, &config));
+        assert!(!registry.still_due(
+            1,
+            &EvictReason::PongTimeout,
+            checked - Duration::from_nanos(1),
+            &config
+        ));
+        registry.pong(1);
+        assert!(!registry.still_due(1, &EvictReason::PongTimeout, checked, &config), "it answered since");
+
+        assert!(registry.still_due(1, &EvictReason::SlowConsumer, checked, &config), "other reasons stand");
+        registry.remove(1);
+        assert!(!registry.still_due(1, &EvictReason::SlowConsumer, checked, &config), "gone already");
+    }
+
+    #[test]
+    fn a_stall_moves_every_clock_on_but_never_past_now() {
+        let t0 = Instant::now();
+        let registry = Registry::default();
+        assert!(registry.insert(peer(1, t0)));
+        registry.pings_sent(&[1], t0 + Duration::from_secs(5));
+        let now = t0 + Duration::from_secs(20);
+        registry.stalled(Duration::from_secs(10), now);
+        let p = &registry.snapshot()[0];
+        assert_eq!(
+            (p.last_seen, p.ping_sent),
+            (t0 + Duration::from_secs(10), Some(t0 + Duration::from_secs(15)))
+        );
+        registry.stalled(Duration::from_secs(100), now);
+        let p = &registry.snapshot()[0];
+        assert_eq!((p.last_seen, p.ping_sent), (now, Some(now)));
+    }
 }
