@@ -633,7 +633,10 @@ fn the_defaults_are_the_contract() {
     let hub = start(|_| {});
     let counters = hub.counters();
     let labels: BTreeSet<&str> = counters.dropped.iter().map(|(label, _)| *label).collect();
-    assert_eq!(labels, ["peerlist_busy", "rate_limited", "slow_recipient", "unknown_target"].into());
+    assert_eq!(
+        labels,
+        ["peerlist_busy", "rate_limited", "slow_recipient", "too_long", "unknown_target"].into()
+    );
     assert!(counters.dropped.iter().all(|(_, n)| *n == 0), "{counters:?}");
     assert_eq!(
         (counters.relayed_pubmsg, counters.relayed_privmsg, counters.deliveries, counters.notices),
@@ -1978,4 +1981,43 @@ fn a_stall_of_the_hub_itself_evicts_nobody() {
         assert!(peer.closed.is_none());
     }
     assert_eq!(hub.peer_count(), 3);
+}
+
+/// A stall of the hub does not count against a write deadline: a
+/// non-reader's backlog survives the hub's clock jumping 60 s at once (the
+/// I/O thread sees its own late wake-up), and the deadline still takes it
+/// once the clock runs on.
+#[test]
+fn a_stall_of_the_hub_does_not_count_against_write_deadlines() {
+    let clock = ManualClock::new();
+    let hub = start(|c| {
+        c.clock = clock.clone();
+        c.write_deadline = secs(5);
+        c.stall_threshold = secs(2);
+        c.limits = unlimited();
+    });
+    let mut events = Events::of(&hub);
+    let sender = Client::join(&hub, Location::Taker, JMCORE);
+    let mut reader = Client::join(&hub, Location::Taker, LEGACY);
+    let stuck = raw_join(&hub, &mut events, maker(1), LEGACY, Some(4096));
+    // Far more than the kernel holds for it: a backlog in the hub's queue.
+    for n in 0..12 {
+        sender.send(wire::PUBMSG, &big_pubmsg(&sender.nick, n, 30_000));
+    }
+    mark(&sender, &mut reader);
+
+    clock.advance(secs(60));
+    thread::sleep(ms(1500)); // the I/O thread wakes at least every stall_threshold / 2
+    assert!(events.evictions().is_empty(), "evicted for the hub's own stall: {:?}", events.evictions());
+
+    let mut steps = 0;
+    while !events.evictions().iter().any(|(nick, _)| *nick == stuck.nick) {
+        assert!(steps < 12, "the non-reader outlived {steps} s of deadline after the stall");
+        clock.advance(secs(1));
+        thread::sleep(ms(300));
+        events.listen(ms(50));
+        steps += 1;
+    }
+    assert!(steps >= 2, "evicted {steps} s after the stall: the stall counted");
+    assert_eq!(events.evicted(&stuck.nick).1, EvictReason::SlowConsumer);
 }

@@ -72,7 +72,8 @@ struct Conn {
     writable: bool,
     peer: Option<PeerMeta>,
     rates: PeerRates,
-    /// Where in the output stream the last PEERLIST answer ends.
+    /// Where in the output stream the last PEERLIST answer starts and ends.
+    peerlist_start: u64,
     peerlist_end: u64,
 }
 
@@ -110,7 +111,7 @@ impl Conn {
     /// Output queued for the peer, less what is left of its last PEERLIST
     /// answer (bounded on its own: one at a time, a few per minute).
     fn relay_queued(&self) -> usize {
-        let answer_left = self.peerlist_end.saturating_sub(self.output.written());
+        let answer_left = self.peerlist_end.saturating_sub(self.output.written().max(self.peerlist_start));
         self.output.queued() - self.output.queued().min(usize::try_from(answer_left).unwrap_or(usize::MAX))
     }
 
@@ -236,12 +237,16 @@ impl Io {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();
+            let before = self.now();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 log::error!("hub: poll failed, stopping: {e}");
                 break;
+            }
+            if let Some(timeout) = timeout {
+                self.check_stall(later(before, timeout));
             }
             for event in events.iter() {
                 match event.token() {
@@ -293,13 +298,36 @@ impl Io {
             .map(|since| later(since, self.config.write_deadline));
         let notice = (!self.notices.gone.is_empty())
             .then(|| self.notices.last_sent.map_or(self.now(), |at| later(at, self.config.notice_interval)));
-        let next = [self.pending.front().map(|d| d.0), self.accept_retry, write_deadline, notice]
+        // While output waits, wake at least this often: a stall of the hub is
+        // then seen whole, and does not count against the write deadlines.
+        let watch = (!self.backlogged.is_empty())
+            .then(|| later(self.now(), (self.config.stall_threshold / 2).max(Duration::from_millis(1))));
+        let next = [self.pending.front().map(|d| d.0), self.accept_retry, write_deadline, notice, watch]
             .into_iter()
             .flatten()
             .min()?;
         // Rounded up to a millisecond, so a wake-up is never a little early and spins.
         let wait = next.saturating_duration_since(self.now());
         Some(wait + Duration::from_millis(1))
+    }
+
+    /// A poll that returned more than `stall_threshold` after it was due: the
+    /// hub itself was stalled (a stopped process, a suspended machine), and
+    /// no queue could drain meanwhile. Their write deadlines skip the stall.
+    fn check_stall(&mut self, due: Instant) {
+        let now = self.now();
+        let late = now.saturating_duration_since(due);
+        if late <= self.config.stall_threshold {
+            return;
+        }
+        log::warn!(
+            "hub: the I/O thread woke {late:?} late: the hub was stalled; write deadlines skip the stall"
+        );
+        for id in &self.backlogged {
+            if let Some(conn) = self.conns.get_mut(id) {
+                conn.output.forgive(late, now);
+            }
+        }
     }
 
     /// Handles the sweep's commands; `false` on Stop.
@@ -449,6 +477,7 @@ impl Io {
                 writable: false,
                 peer: None,
                 rates: PeerRates::new(now),
+                peerlist_start: 0,
                 peerlist_end: 0,
             },
         );
@@ -702,9 +731,14 @@ impl Io {
                 Ok(true) => {}
             }
         }
-        Counters::add(&counters.relayed_pubmsg);
         let mut bytes = Vec::with_capacity(text.len() + 34);
         wire::encode(wire::PUBMSG, text, &mut bytes);
+        if bytes.len() > self.config.max_line {
+            // Re-encoded with our spacing and `\r\n` it would be too long for its readers.
+            counters.dropped(Dropped::TooLong);
+            return None;
+        }
+        Counters::add(&counters.relayed_pubmsg);
         let message = SharedBytes::new(bytes, self.budget.clone());
         self.broadcast(&message, true);
         None
@@ -774,6 +808,12 @@ impl Io {
         let mut bytes = std::mem::take(&mut self.encoded);
         bytes.clear();
         wire::encode(wire::PRIVMSG, text, &mut bytes);
+        if bytes.len() > self.config.max_line {
+            // Re-encoded with our spacing and `\r\n` it would be too long for its reader.
+            self.encoded = bytes;
+            counters.dropped(Dropped::TooLong);
+            return None;
+        }
         let out = Outbox {
             registry: self.poll.registry(),
             budget: &self.budget,
@@ -847,7 +887,8 @@ impl Io {
             }
         };
         // Marked first: the answer is bounded on its own, not by the relay cap.
-        conn.peerlist_end = conn.output.total() + answer.bytes().len() as u64;
+        conn.peerlist_start = conn.output.total();
+        conn.peerlist_end = conn.peerlist_start + answer.bytes().len() as u64;
         let out = Outbox {
             registry: self.poll.registry(),
             budget: &self.budget,

@@ -131,6 +131,14 @@ impl Output {
         self.stalled_since
     }
 
+    /// The hub itself was stalled for `by`: the queue had no chance to
+    /// drain meanwhile, so its wait moves on by the stall (never past `now`).
+    pub(crate) fn forgive(&mut self, by: std::time::Duration, now: Instant) {
+        if let Some(since) = self.stalled_since.as_mut() {
+            *since = since.checked_add(by).map_or(now, |t| t.min(now));
+        }
+    }
+
     /// The bytes that dropping this queue would give back: its own bytes,
     /// and the shared buffers no other queue holds.
     pub(crate) fn freeable(&self) -> usize {

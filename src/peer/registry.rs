@@ -263,13 +263,16 @@ pub(crate) enum Dropped {
     SlowRecipient,
     /// A GETPEERLIST while the last answer is still queued.
     PeerlistBusy,
+    /// A message that, re-encoded for relaying, would pass the max line.
+    TooLong,
 }
 
-const DROPPED: [(Dropped, &str); 4] = [
+const DROPPED: [(Dropped, &str); 5] = [
     (Dropped::UnknownTarget, "unknown_target"),
     (Dropped::RateLimited, "rate_limited"),
     (Dropped::SlowRecipient, "slow_recipient"),
     (Dropped::PeerlistBusy, "peerlist_busy"),
+    (Dropped::TooLong, "too_long"),
 ];
 
 /// The hub's counters since it started; lock-free.
@@ -377,7 +380,8 @@ pub struct CounterSnapshot {
     /// `;D` notice lines sent, one per recipient per line.
     pub notices: u64,
     /// Messages not delivered, by reason (`unknown_target`, `rate_limited`,
-    /// `slow_recipient`, `peerlist_busy`).
+    /// `slow_recipient`, `peerlist_busy`, `too_long`: a message that,
+    /// re-encoded with the hub's spacing and `\r\n`, would pass the max line).
     pub dropped: Vec<(&'static str, u64)>,
     /// Evictions by reason label (`idle_timeout`, `pong_timeout`, `send_failed`,
     /// `slow_consumer`, `protocol`, `handshake_timeout`, `rate_limited`, `spoofed`).

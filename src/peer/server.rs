@@ -16,7 +16,9 @@ use parking_lot::Mutex;
 use super::io::{Control, Io, WAKER};
 use super::limits::Limits;
 use super::registry::{CounterSnapshot, Counters, PeerStatus, Registry};
-use super::sweep::{Command, Due, EvictReason, Schedule, SweepConfig, pinged_ids, pong_timeouts, sweep};
+use super::sweep::{
+    Command, Due, EvictReason, Schedule, SweepConfig, later, pinged_ids, pong_timeouts, sweep,
+};
 use super::wire::{self, Location};
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::{Error, Result};
@@ -380,16 +382,19 @@ impl Sweeper {
         let clock = self.shared.clock.clone();
         let mut changes = clock.changes();
         let mut schedule = Schedule::new(clock.now(), self.config);
+        // Awake at least this often, so that a stall of the hub is measured
+        // whole, not only from when the next sweep was due.
+        let watch = (self.stall_threshold / 2).max(Duration::from_millis(1));
         loop {
-            let due_at = schedule.next_due();
-            let wait = due_at.saturating_duration_since(clock.now());
+            let before = clock.now();
+            let wait = schedule.next_due().saturating_duration_since(before).min(watch);
             select! {
                 recv(stop) -> _ => return,
                 recv(changes) -> moved => if moved.is_err() { changes = crossbeam_channel::never() },
                 default(wait) => {}
             }
             let mut now = clock.now();
-            let late = now.saturating_duration_since(due_at);
+            let late = now.saturating_duration_since(later(before, wait));
             if late > self.stall_threshold {
                 if !self.recover_from_stall(late, &mut schedule, stop) {
                     return;
