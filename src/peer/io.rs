@@ -182,6 +182,8 @@ pub(super) struct Io {
     unread: Vec<u64>,
     /// Connections with queued output.
     backlogged: HashSet<u64>,
+    /// When the last turn of the loop ended: a poll is due from there.
+    awake: Instant,
     budget: Arc<Budget>,
     accept_retry: Option<Instant>,
     /// Whether accepting fails (logged once per episode).
@@ -205,6 +207,7 @@ impl Io {
         config: &HubConfig,
     ) -> io::Result<Io> {
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let awake = shared.clock.now();
         Ok(Io {
             poll,
             listener,
@@ -217,6 +220,7 @@ impl Io {
             pending_count: 0,
             unread: Vec::new(),
             backlogged: HashSet::new(),
+            awake,
             budget: Arc::new(Budget::default()),
             accept_retry: None,
             accept_failing: false,
@@ -237,7 +241,6 @@ impl Io {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();
-            let before = self.now();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -245,8 +248,11 @@ impl Io {
                 log::error!("hub: poll failed, stopping: {e}");
                 break;
             }
+            // A stall may strike anywhere: in the poll (it returns later than
+            // set), or in a turn (the turn takes longer than any turn does).
+            let woke = self.now();
             if let Some(timeout) = timeout {
-                self.check_stall(later(before, timeout));
+                self.skip_stall(woke.saturating_duration_since(later(self.awake, timeout)), woke);
             }
             for event in events.iter() {
                 match event.token() {
@@ -277,9 +283,12 @@ impl Io {
             if !self.apply_control() {
                 break;
             }
+            let now = self.now();
+            self.skip_stall(now.saturating_duration_since(woke), now);
             self.expire_backlogs();
             self.keep_budget();
             self.send_notices();
+            self.awake = now;
         }
         self.shutdown();
     }
@@ -311,12 +320,12 @@ impl Io {
         Some(wait + Duration::from_millis(1))
     }
 
-    /// A poll that returned more than `stall_threshold` after it was due: the
-    /// hub itself was stalled (a stopped process, a suspended machine), and
-    /// no queue could drain meanwhile. Their write deadlines skip the stall.
-    fn check_stall(&mut self, due: Instant) {
-        let now = self.now();
-        let late = now.saturating_duration_since(due);
+    /// Time that passed `late` beyond what the thread planned (a poll that
+    /// returned after it was due, a turn longer than any turn takes): past
+    /// `stall_threshold` the hub itself was stalled (a stopped process, a
+    /// suspended machine), and no queue could drain meanwhile. Their write
+    /// deadlines skip the stall.
+    fn skip_stall(&mut self, late: Duration, now: Instant) {
         if late <= self.config.stall_threshold {
             return;
         }
@@ -702,13 +711,8 @@ impl Io {
 
     /// Relays a PUBMSG to every other handshaked peer, within the sender's budgets.
     fn pubmsg(&mut self, conn: &mut Conn, text: &str, now: Instant) -> Option<Close> {
-        let peer = conn.peer.as_ref()?;
-        let Some(route) = wire::parse_route(wire::PUBMSG, text) else {
-            log::debug!("hub: {} sent a PUBMSG that is not <from>!PUBLIC!...: ignored", peer.nick);
-            return None;
-        };
-        if route.from != peer.nick {
-            return Some(Close::Evicted(EvictReason::Spoofed));
+        if let Err(close) = sender_route(conn, wire::PUBMSG, text)? {
+            return Some(close);
         }
         let counters = &self.shared.counters;
         let limits = self.config.limits;
@@ -790,14 +794,11 @@ impl Io {
     /// Delivers a PRIVMSG to the peer holding its `<to>` nick, then, after a
     /// maker's, that maker's location hint.
     fn privmsg(&mut self, conn: &mut Conn, text: &str, _now: Instant) -> Option<Close> {
-        let peer = conn.peer.as_ref()?;
-        let Some(route) = wire::parse_route(wire::PRIVMSG, text) else {
-            log::debug!("hub: {} sent a PRIVMSG that is not <from>!<to>!...: ignored", peer.nick);
-            return None;
+        let route = match sender_route(conn, wire::PRIVMSG, text)? {
+            Ok(route) => route,
+            Err(close) => return Some(close),
         };
-        if route.from != peer.nick {
-            return Some(Close::Evicted(EvictReason::Spoofed));
-        }
+        let peer = conn.peer.as_ref()?;
         let counters = &self.shared.counters;
         let Some(target) = route.to.and_then(|to| self.shared.registry.id_of(to)) else {
             counters.dropped(Dropped::UnknownTarget);
@@ -1139,6 +1140,18 @@ impl RefusalLog {
             self.since_logged = 0;
         }
     }
+}
+
+/// Who a PUBMSG or PRIVMSG from `conn`'s peer is from and for: `None` (the
+/// message is ignored) when it is not addressed as one, an eviction when its
+/// `<from>` is not the sender's own nick (no client does that).
+fn sender_route<'t>(conn: &Conn, kind: u32, text: &'t str) -> Option<Result<wire::Route<'t>, Close>> {
+    let nick = &conn.peer.as_ref()?.nick;
+    let Some(route) = wire::parse_route(kind, text) else {
+        log::debug!("hub: {nick} sent a message of type {kind} without <from>!<to>!: ignored");
+        return None;
+    };
+    Some(if route.from == nick.as_str() { Ok(route) } else { Err(Close::Evicted(EvictReason::Spoofed)) })
 }
 
 /// A broken line from `conn`: an eviction if it is a peer, else a rejection.
