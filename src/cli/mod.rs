@@ -76,11 +76,15 @@ fn parse_positive_seconds(s: &str) -> Result<Duration, String> {
 /// uuids, paths, parse errors), and whoever wrote a file must not be able to
 /// add lines to a probe's output, such as a forged Nagios `OK` line.
 fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() || is_bidi_control(c) { c.escape_default().to_string() } else { c.to_string() }
-        })
-        .collect()
+    let mut line = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() || is_bidi_control(c) {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    line
 }
 
 /// Unicode's bidirectional formatting characters: printed raw, they can

@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use crossbeam_channel::RecvTimeoutError;
 use heartbeat::{Cleanup, IgnoredFile, Scan, ScanEntry, ScanEvent, ScanStatus, Scanner, format_timestamp};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 /// List the heartbeat files in DIR: exit 0 if one is FRESH, 1 if none is.
@@ -106,12 +107,19 @@ fn list(scanner: &Scanner, format: Format) -> ExitCode {
         Ok(scan) => scan,
         Err(e) => return failed(&e),
     };
-    scan.entries.sort_by(|a, b| a.path.cmp(&b.path));
+    // Every entry is in the same directory, so the bytes of the paths order
+    // them as their file names do, without comparing path components.
+    scan.entries.sort_unstable_by(|a, b| {
+        a.path.as_os_str().as_encoded_bytes().cmp(b.path.as_os_str().as_encoded_bytes())
+    });
     let code = outcome(scan.fresh_count() > 0);
-    let mut out = BufWriter::new(io::stdout().lock());
+    let mut out = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
     let printed = match format {
         Format::Table => print_table(&mut out, &scan.entries),
-        Format::Json => scan.entries.iter().try_for_each(|e| writeln!(out, "{}", Value::from(entry_json(e)))),
+        Format::Json => scan.entries.iter().try_for_each(|e| {
+            serde_json::to_writer(&mut out, &EntryJson::of(e))?;
+            out.write_all(b"\n")
+        }),
     };
     // A closed stdout (`scan ... | head -1`) cuts the listing short, quietly:
     // the exit code still tells what the scan found.
@@ -269,7 +277,7 @@ fn event_line(event: &ScanEvent) -> String {
         ScanEvent::Disappeared(e) => ("gone".to_owned(), e),
         ScanEvent::Failed(why) => return format!("failed  {}", super::one_line(why)),
     };
-    format!("{label}  {}", render_row(&cells(entry), &[0; COLUMNS]))
+    format!("{label}  {}", cells(entry).join("  "))
 }
 
 fn event_json(event: &ScanEvent) -> Value {
@@ -299,24 +307,28 @@ fn print_table(out: &mut impl Write, entries: &[ScanEntry]) -> io::Result<()> {
             *w = (*w).max(cell.chars().count());
         }
     }
-    writeln!(out, "{}", render_row(&HEADER.map(str::to_owned), &widths))?;
+    write_row(out, &HEADER.map(str::to_owned), &widths)?;
     for row in &rows {
-        writeln!(out, "{}", render_row(row, &widths))?;
+        write_row(out, row, &widths)?;
     }
     Ok(())
 }
 
-/// Cells separated by two spaces, each padded to its width but the last.
-fn render_row(cells: &[String; COLUMNS], widths: &[usize; COLUMNS]) -> String {
-    let mut line = String::new();
+/// One line: cells separated by two spaces, each padded to its width but the last.
+fn write_row(out: &mut impl Write, cells: &[String; COLUMNS], widths: &[usize; COLUMNS]) -> io::Result<()> {
+    const SPACES: [u8; 64] = [b' '; 64];
     for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
-        if i + 1 == COLUMNS {
-            line.push_str(cell);
-        } else {
-            line.push_str(&format!("{cell:<width$}  "));
+        out.write_all(cell.as_bytes())?;
+        if i + 1 < COLUMNS {
+            let mut pad = width.saturating_sub(cell.chars().count()) + 2;
+            while pad > 0 {
+                let n = pad.min(SPACES.len());
+                out.write_all(&SPACES[..n])?;
+                pad -= n;
+            }
         }
     }
-    line
+    out.write_all(b"\n")
 }
 
 /// An entry's table cells, with anything taken from the file escaped.
@@ -346,6 +358,44 @@ fn path_text(path: &Path) -> String {
 
 fn lower(status: ScanStatus) -> String {
     status.as_str().to_ascii_lowercase()
+}
+
+/// An entry as `scan --format json` prints it: the fields of [`entry_json`]
+/// in the same (alphabetical) order, serialized straight from the entry
+/// with no map built on the way.
+#[derive(Serialize)]
+struct EntryJson<'a> {
+    age_sec: Option<f64>,
+    fallback: &'a Option<String>,
+    host: &'a Option<String>,
+    last_beat: String,
+    path: std::borrow::Cow<'a, str>,
+    pid: i64,
+    status: &'static str,
+    uuid: &'a str,
+    why: String,
+}
+
+impl<'a> EntryJson<'a> {
+    fn of(e: &'a ScanEntry) -> Self {
+        EntryJson {
+            age_sec: e.age.map(|a| a.as_secs_f64()),
+            fallback: &e.fallback,
+            host: &e.hostname,
+            last_beat: format_timestamp(e.last_beat),
+            path: e.path.to_string_lossy(),
+            pid: e.pid,
+            status: match e.status {
+                ScanStatus::Fresh => "fresh",
+                ScanStatus::Stale => "stale",
+                ScanStatus::Orphan => "orphan",
+                ScanStatus::Remote => "remote",
+                ScanStatus::Skewed => "skewed",
+            },
+            uuid: &e.uuid,
+            why: e.why.to_string(),
+        }
+    }
 }
 
 /// An entry as a JSON object; serde_json escapes what the file said.
@@ -418,6 +468,60 @@ mod tests {
         assert!(lines[2].ends_with("  -       future  pid not running"), "{text}");
         let why_at = lines[0].find("WHY").unwrap();
         assert_eq!(lines[1].find("pid not"), Some(why_at), "{text}");
+    }
+
+    /// `scan --format json` prints each entry straight from the entry; the
+    /// bytes are the ones the map-building printer wrote, for every status,
+    /// a fallback, no age, and text that needs escaping.
+    #[test]
+    fn the_direct_json_is_byte_for_byte_the_map_json() {
+        let mut fallback = entry(ScanStatus::Orphan, "a\"b\\c\u{1}é", Some("h\tost"), Some(12.345_678_9));
+        fallback.fallback = Some("not a heartbeat object: expected `:`\n".into());
+        fallback.why = ScanReason::PidReused { recorded: 5, found: 6 };
+        let mut entries = vec![fallback, entry(ScanStatus::Skewed, "", None, None)];
+        for status in [ScanStatus::Fresh, ScanStatus::Stale, ScanStatus::Orphan, ScanStatus::Remote] {
+            entries.push(entry(status, "0123-abcd", Some("web-1"), Some(0.1 + 0.2)));
+        }
+        entries.push(entry(ScanStatus::Fresh, "u", None, Some(1e-7)));
+        entries[2].path = PathBuf::from("/d/heartbeat-\u{fffd}7-x.json");
+        for e in &entries {
+            let direct = serde_json::to_string(&EntryJson::of(e)).unwrap();
+            assert_eq!(direct, Value::from(entry_json(e)).to_string());
+        }
+    }
+
+    /// The table written cell by cell is byte for byte the table the
+    /// line-building printer wrote (`format!` padding by characters).
+    #[test]
+    fn the_table_is_byte_for_byte_the_line_built_table() {
+        let mut odd = entry(ScanStatus::Orphan, "é\u{202e}x\n", Some("h\tost"), Some(12.345));
+        odd.fallback = Some("torn".into());
+        let mut entries = vec![odd, entry(ScanStatus::Skewed, "", None, None)];
+        for status in [ScanStatus::Fresh, ScanStatus::Stale, ScanStatus::Orphan, ScanStatus::Remote] {
+            entries.push(entry(status, &"u".repeat(70), Some("web-1"), Some(1234.5)));
+        }
+        let rows: Vec<[String; COLUMNS]> =
+            std::iter::once(HEADER.map(str::to_owned)).chain(entries.iter().map(cells)).collect();
+        let mut widths = [0; COLUMNS];
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut expected = String::new();
+        for row in &rows {
+            for (i, (cell, width)) in row.iter().zip(&widths).enumerate() {
+                if i + 1 == COLUMNS {
+                    expected.push_str(cell);
+                } else {
+                    expected.push_str(&format!("{cell:<width$}  "));
+                }
+            }
+            expected.push('\n');
+        }
+        let mut out = Vec::new();
+        print_table(&mut out, &entries).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
     }
 
     #[test]
