@@ -878,10 +878,7 @@ impl Io {
             Some(answer) => answer.clone(),
             None => {
                 let entries = self.shared.registry.maker_entries(with_features);
-                let mut bytes = Vec::new();
-                for line in chunk_entries(&entries, self.config.max_line - PEERLIST_ENVELOPE) {
-                    wire::encode(wire::PEERLIST, &line, &mut bytes);
-                }
+                let (bytes, _) = peerlist_lines(&entries, self.config.max_line);
                 let answer = SharedBytes::new(bytes, self.budget.clone());
                 self.peerlists[usize::from(with_features)] = Some(answer.clone());
                 answer
@@ -890,20 +887,7 @@ impl Io {
         // Marked first: the answer is bounded on its own, not by the relay cap.
         conn.peerlist_start = conn.output.total();
         conn.peerlist_end = conn.peerlist_start + answer.bytes().len() as u64;
-        let out = Outbox {
-            registry: self.poll.registry(),
-            budget: &self.budget,
-            now: self.shared.clock.now(),
-            max_queued: self.config.max_queued,
-        };
-        match conn.send(Payload::Shared(&answer), &out) {
-            Ok(true) => {
-                self.backlogged.insert(conn.id);
-                None
-            }
-            Ok(false) => None,
-            Err(reason) => Some(Close::Evicted(reason)),
-        }
+        self.hand_to(conn, Payload::Shared(&answer))
     }
 
     fn handshake(&mut self, conn: &mut Conn, line: &str) -> Option<Close> {
@@ -977,15 +961,23 @@ impl Io {
 
     /// Sends the hub's own message to the connection being read.
     fn reply(&mut self, conn: &mut Conn, kind: u32, line: &str) -> Option<Close> {
-        self.encoded.clear();
-        wire::encode(kind, line, &mut self.encoded);
+        let mut bytes = std::mem::take(&mut self.encoded);
+        bytes.clear();
+        wire::encode(kind, line, &mut bytes);
+        let result = self.hand_to(conn, Payload::Bytes(&bytes));
+        self.encoded = bytes;
+        result
+    }
+
+    /// Hands the hub's own output to one connection (out of the map).
+    fn hand_to(&mut self, conn: &mut Conn, payload: Payload<'_>) -> Option<Close> {
         let out = Outbox {
             registry: self.poll.registry(),
             budget: &self.budget,
             now: self.shared.clock.now(),
             max_queued: self.config.max_queued,
         };
-        match conn.send(Payload::Bytes(&self.encoded), &out) {
+        match conn.send(payload, &out) {
             Ok(true) => {
                 self.backlogged.insert(conn.id);
                 None
@@ -1098,11 +1090,7 @@ impl Io {
             return;
         }
         self.notices.last_sent = Some(now);
-        let mut bytes = Vec::new();
-        for line in chunk_entries(&entries, self.config.max_line - PEERLIST_ENVELOPE) {
-            wire::encode(wire::PEERLIST, &line, &mut bytes);
-        }
-        let lines = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+        let (bytes, lines) = peerlist_lines(&entries, self.config.max_line);
         let message = SharedBytes::new(bytes, self.budget.clone());
         let sent = self.broadcast(&message, false);
         Counters::add_n(&self.shared.counters.notices, sent * lines);
@@ -1180,6 +1168,17 @@ fn budget(
         }
         Verdict::Disconnect => Err(()),
     }
+}
+
+/// PEERLIST entries as encoded 789 lines of at most `max_line` bytes each,
+/// in one buffer, and how many lines that is.
+fn peerlist_lines(entries: &[String], max_line: usize) -> (Vec<u8>, u64) {
+    let lines = chunk_entries(entries, max_line - PEERLIST_ENVELOPE);
+    let mut bytes = Vec::new();
+    for line in &lines {
+        wire::encode(wire::PEERLIST, line, &mut bytes);
+    }
+    (bytes, lines.len() as u64)
 }
 
 /// Joins PEERLIST entries with "," into lines of at most `room` bytes
