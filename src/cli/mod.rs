@@ -2,8 +2,10 @@
 
 mod beat;
 mod check;
+mod monitor;
 mod peer;
 mod scan;
+mod send;
 mod serve;
 
 use std::process::ExitCode;
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-/// Liveness for processes: keep a heartbeat file fresh, judge one, or scan a directory of them.
+/// Liveness for processes, sessions and peers: heartbeat files, a session monitor service, a peer hub.
 #[derive(Debug, Parser)]
 #[command(name = "heartbeat", version, about, propagate_version = true)]
 #[command(after_help = "Logging goes to stderr and is set with RUST_LOG (e.g. RUST_LOG=debug).")]
@@ -24,8 +26,10 @@ struct Cli {
 enum Command {
     Beat(beat::BeatArgs),
     Check(check::CheckArgs),
+    Monitor(monitor::MonitorArgs),
     Peer(peer::PeerArgs),
     Scan(scan::ScanArgs),
+    Send(send::SendArgs),
     Serve(serve::ServeArgs),
 }
 
@@ -35,8 +39,10 @@ pub fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Beat(args) => beat::run(args),
         Command::Check(args) => check::run(&args),
+        Command::Monitor(args) => monitor::run(args),
         Command::Peer(args) => peer::run(args),
         Command::Scan(args) => scan::run(&args),
+        Command::Send(args) => send::run(&args),
         Command::Serve(args) => serve::run(args),
     }
 }

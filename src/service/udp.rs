@@ -1,0 +1,163 @@
+//! The UDP intake: fire-and-forget beats, one datagram per beat (or a few
+//! ids, one per line), never a reply.
+//!
+//! ```text
+//! backup\n                 one beat
+//! a\nb\nc                  three beats
+//! <token> backup\n         with --token-file
+//! ```
+//!
+//! A datagram without the token, or with anything but valid session ids, is
+//! dropped whole and counted; an id the monitor does not know is counted and
+//! dropped. Nothing registers over UDP: a datagram's source is trivially
+//! forged off loopback.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::Shared;
+use crate::error::{Error, Result};
+use crate::monitor::valid_session_id;
+
+const SOCKET: Token = Token(0);
+const WAKE: Token = Token(1);
+
+/// The largest datagram read whole; longer ones are cut by the kernel and
+/// then fail the id check.
+const MAX_DATAGRAM: usize = 65_536;
+
+/// The intake thread's owner.
+pub(crate) struct Intake {
+    local_addr: SocketAddr,
+    stopping: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Intake {
+    /// Binds `addr` and starts the thread.
+    pub(crate) fn start(addr: SocketAddr, receive_buffer: usize, shared: Arc<Shared>) -> Result<Intake> {
+        let bind_err = |e: io::Error| Error::Io(io::Error::new(e.kind(), format!("cannot take udp beats on {addr}: {e}")));
+        let mut socket = UdpSocket::bind(addr).map_err(bind_err)?;
+        grow_receive_buffer(&socket, receive_buffer);
+        let local_addr = socket.local_addr()?;
+        let poll = Poll::new()?;
+        poll.registry().register(&mut socket, SOCKET, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stopping = stopping.clone();
+            thread::Builder::new()
+                .name("heartbeat-udp".into())
+                .spawn(move || run(poll, &socket, &stopping, &shared))?
+        };
+        Ok(Intake { local_addr, stopping, waker, thread: Some(thread) })
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops and joins the thread. Idempotent.
+    pub(crate) fn stop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            if let Err(e) = self.waker.wake() {
+                log::error!("cannot wake the udp thread: {e}");
+            }
+            if thread.join().is_err() {
+                log::error!("udp thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Intake {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Asks for a larger receive buffer, forcing it past `rmem_max` where the
+/// process may (`SO_RCVBUFFORCE`, CAP_NET_ADMIN). A burst then waits in the
+/// kernel instead of being dropped there.
+fn grow_receive_buffer(socket: &UdpSocket, bytes: usize) {
+    let fd = socket.as_fd();
+    if crate::sys::set_socket_int(fd, libc::SO_RCVBUFFORCE, bytes).is_err()
+        && let Err(e) = crate::sys::set_socket_int(fd, libc::SO_RCVBUF, bytes)
+    {
+        log::warn!("cannot set the udp receive buffer to {bytes} bytes: {e}");
+    }
+}
+
+fn run(mut poll: Poll, socket: &UdpSocket, stopping: &AtomicBool, shared: &Shared) {
+    let mut events = Events::with_capacity(8);
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        if let Err(e) = poll.poll(&mut events, None) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            log::error!("udp intake: poll failed: {e}; stopping it");
+            return;
+        }
+        if stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        // Drain: the socket is edge-triggered.
+        loop {
+            match socket.recv(&mut buf) {
+                Ok(n) => take(shared, &buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // E.g. ECONNREFUSED queued by an ICMP error: nothing of ours.
+                    log::debug!("udp intake: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Handles one datagram.
+pub(crate) fn take(shared: &Shared, datagram: &[u8]) {
+    let c = &shared.counters;
+    c.datagrams.fetch_add(1, Ordering::Relaxed);
+    let body = match &shared.token {
+        None => datagram,
+        Some(token) => match datagram.iter().position(|&b| b == b' ') {
+            Some(space) if super::constant_time_eq(token, &datagram[..space]) => &datagram[space + 1..],
+            _ => {
+                c.datagrams_unauthorized.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        },
+    };
+    let body = body.strip_suffix(b"\n").unwrap_or(body);
+    let ids = || body.split(|&b| b == b'\n').map(|line| line.strip_suffix(b"\r").unwrap_or(line));
+    // All or nothing: a datagram with one bad line is not half taken.
+    let mut valid = !body.is_empty();
+    for id in ids() {
+        valid &= std::str::from_utf8(id).is_ok_and(valid_session_id);
+    }
+    if !valid {
+        c.datagrams_malformed.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    for id in ids() {
+        // Checked above: every line is a valid (ASCII) id.
+        let id = std::str::from_utf8(id).unwrap_or_default();
+        if shared.monitor.beat(id) {
+            c.beats_udp.fetch_add(1, Ordering::Relaxed);
+        } else {
+            c.unknown_udp.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

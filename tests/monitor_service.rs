@@ -1,0 +1,661 @@
+//! `heartbeat monitor` as its users meet it: the real binary on loopback,
+//! driven over HTTP (ureq), raw TCP for malformed requests, and UDP. Every
+//! child process is killed on drop and every wait is bounded.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BOUND: Duration = Duration::from_secs(10);
+
+fn heartbeat() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_heartbeat"));
+    cmd.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_PID").env_remove("RUST_LOG");
+    cmd
+}
+
+/// A `monitor` process, killed if the test ends first, with its addresses.
+struct Service {
+    child: Child,
+    http: SocketAddr,
+    udp: Option<SocketAddr>,
+}
+
+/// Sweeps every 50 ms, 200 ms of silence is a miss, 2 misses time out.
+const FAST: &[&str] = &["--check-interval", "0.05", "--timeout", "0.2", "--max-missed", "2"];
+
+impl Service {
+    fn spawn(args: &[&str]) -> Service {
+        Service::spawn_with(args, |_| {})
+    }
+
+    fn spawn_with(args: &[&str], tweak: impl FnOnce(&mut Command)) -> Service {
+        let mut cmd = heartbeat();
+        cmd.args(["monitor", "--listen", "127.0.0.1:0", "--udp", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        tweak(&mut cmd);
+        let mut child = cmd.spawn().unwrap();
+        let lines = read_lines(child.stdout.take().unwrap());
+        let mut service = Service { child, http: "0.0.0.0:0".parse().unwrap(), udp: None };
+        let line = lines.recv_timeout(BOUND).expect("the listening line within the bound");
+        service.http = line
+            .strip_prefix("listening on http://")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{line:?}"));
+        if !args.windows(2).any(|w| w == ["--udp", "off"]) {
+            let line = lines.recv_timeout(BOUND).expect("the udp line within the bound");
+            service.udp = Some(line.strip_prefix("udp on ").unwrap_or_else(|| panic!("{line:?}")).parse().unwrap());
+        }
+        service
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    fn signal(&self, sig: i32) {
+        heartbeat::process::send_signal(self.child.id(), sig).unwrap();
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + BOUND;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "monitor did not exit within {BOUND:?}");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A metric's value, from `/metrics`.
+    fn metric(&self, series: &str) -> u64 {
+        let (status, text) = get(&self.url("/metrics"));
+        assert_eq!(status, 200);
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+            .parse()
+            .unwrap()
+    }
+
+    fn threads(&self) -> usize {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("Threads:")).unwrap().trim().parse().unwrap()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(BOUND))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn answer(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, String) {
+    let mut response = response.unwrap();
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_string().unwrap())
+}
+
+fn get(url: &str) -> (u16, String) {
+    answer(agent().get(url).call())
+}
+
+fn post(url: &str) -> (u16, String) {
+    answer(agent().post(url).send_empty())
+}
+
+fn put(url: &str, body: &str) -> (u16, String) {
+    answer(agent().put(url).send(body))
+}
+
+fn delete(url: &str) -> (u16, String) {
+    answer(agent().delete(url).call())
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text:?}"))
+}
+
+/// Waits (bounded) until `f` holds.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + BOUND;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {BOUND:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends raw bytes and returns the status code of the first response (0 if
+/// the connection closed without one).
+fn raw_status(addr: SocketAddr, request: &[u8]) -> u16 {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(BOUND)).unwrap();
+    let _ = stream.write_all(request);
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    let line = String::from_utf8_lossy(&head);
+    line.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn the_session_api_end_to_end() {
+    let service = Service::spawn(&[]);
+    let session = service.url("/sessions/agent-7");
+
+    let (code, body) = put(&session, r#"{"agent_type": "crawler", "timeout_sec": 60, "max_missed": 5}"#);
+    assert_eq!(code, 201, "{body}");
+    let status = json(&body);
+    assert_eq!(status["agent_type"], "crawler");
+    assert_eq!(status["is_healthy"], true);
+    assert_eq!(put(&session, "").0, 200, "registering again replaces");
+
+    assert_eq!(post(&format!("{session}/beat")).0, 204);
+    assert_eq!(post(&service.url("/sessions/nobody/beat")).0, 404);
+    assert_eq!(post(&format!("{session}/pause")).0, 204);
+    assert_eq!(json(&get(&session).1)["is_paused"], true);
+    assert_eq!(post(&format!("{session}/resume")).0, 204);
+    assert_eq!(post(&format!("{session}/resume")).0, 409, "not paused any more");
+
+    for i in 0..5 {
+        assert_eq!(put(&service.url(&format!("/sessions/s{i}")), "").0, 201);
+    }
+    let page = json(&get(&service.url("/sessions?limit=3")).1);
+    assert_eq!(page["total"], 6);
+    let ids: Vec<&str> = page["sessions"].as_array().unwrap().iter().map(|s| s["session_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["agent-7", "s0", "s1"]);
+    let rest = json(&get(&service.url(&format!("/sessions?after={}", page["next_after"].as_str().unwrap()))).1);
+    assert_eq!(rest["sessions"].as_array().unwrap().len(), 3);
+    assert!(rest["next_after"].is_null());
+
+    assert_eq!(delete(&session).0, 204);
+    assert_eq!(get(&session).0, 404);
+    assert_eq!(delete(&session).0, 404);
+    let health = json(&get(&service.url("/health")).1);
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["sessions"], 5);
+}
+
+#[test]
+fn ping_registers_on_first_use_and_reports_failures_and_starts() {
+    let service = Service::spawn(&[]);
+    let (code, body) = get(&service.url("/ping/backup"));
+    assert_eq!((code, body.as_str()), (201, ""), "created, with nothing for cron to mail");
+    assert_eq!(post(&service.url("/ping/backup")).0, 200);
+    let head = agent().head(&service.url("/ping/backup")).call().unwrap();
+    assert_eq!(head.status().as_u16(), 200);
+
+    assert_eq!(get(&service.url("/ping/backup/fail")).0, 200);
+    let status = json(&get(&service.url("/sessions/backup")).1);
+    assert_eq!((status["failed"].as_bool(), status["is_healthy"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(get(&service.url("/ping/backup/start")).0, 200);
+    let status = json(&get(&service.url("/sessions/backup")).1);
+    assert_eq!(status["failed"], false, "a ping after a failure is a recovery");
+    assert!(status["run_started"].is_string(), "{status}");
+    assert_eq!(get(&service.url("/ping/backup")).0, 200);
+    assert!(json(&get(&service.url("/sessions/backup")).1).get("run_started").is_none());
+
+    assert_eq!(get(&service.url("/ping/bad%20id")).0, 400);
+    assert_eq!(get(&service.url("/ping/x/explode")).0, 404);
+    assert_eq!(put(&service.url("/ping/x"), "").0, 405);
+    assert_eq!(service.metric("heartbeat_monitor_events_total{kind=\"failed\"}"), 1);
+    assert_eq!(service.metric("heartbeat_monitor_beats_received_total{transport=\"ping\"}"), 5);
+}
+
+#[test]
+fn the_timeout_hook_runs_with_the_session_in_its_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("hook");
+    let hook = format!(
+        "printf '%s %s %s' \"$HEARTBEAT_EVENT\" \"$HEARTBEAT_SESSION\" \"$HEARTBEAT_AGENT_TYPE\" > {0}.tmp && mv {0}.tmp {0}",
+        out.display()
+    );
+    let mut args = FAST.to_vec();
+    args.extend(["--on-timeout", &hook]);
+    let service = Service::spawn(&args);
+    assert_eq!(put(&service.url("/sessions/job-1"), r#"{"agent_type": "cron"}"#).0, 201);
+    eventually("the timeout hook's file", || out.exists());
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "timeout job-1 cron");
+    assert_eq!(get(&service.url("/sessions/job-1")).0, 404, "timed out and removed");
+    eventually("the hook counted", || service.metric("heartbeat_monitor_hooks_total{outcome=\"run\"}") == 1);
+}
+
+#[test]
+fn a_hook_that_hangs_is_killed() {
+    let mut args = FAST.to_vec();
+    args.extend(["--on-warning", "sleep 1000", "--hook-timeout", "0.2"]);
+    let service = Service::spawn(&args);
+    assert_eq!(put(&service.url("/sessions/slow"), "").0, 201);
+    eventually("the hook killed", || service.metric("heartbeat_monitor_hooks_total{outcome=\"timed_out\"}") == 1);
+}
+
+/// Reads Server-Sent Events' `data:` lines from a raw connection.
+fn event_stream(service: &Service) -> BufReader<TcpStream> {
+    let mut stream = TcpStream::connect(service.http).unwrap();
+    stream.set_read_timeout(Some(BOUND)).unwrap();
+    stream.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if line.to_ascii_lowercase().starts_with("content-type") {
+            assert!(line.contains("text/event-stream"), "{line}");
+        }
+    }
+    reader
+}
+
+fn next_event(reader: &mut BufReader<TcpStream>) -> Value {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended");
+        if let Some(data) = line.strip_prefix("data: ") {
+            return json(data.trim_end());
+        }
+    }
+}
+
+#[test]
+fn events_stream_in_order() {
+    let service = Service::spawn(&[]);
+    let mut events = event_stream(&service);
+    assert_eq!(put(&service.url("/sessions/a"), "").0, 201);
+    assert_eq!(post(&service.url("/sessions/a/fail")).0, 204);
+    assert_eq!(post(&service.url("/sessions/a/beat")).0, 204);
+    assert_eq!(delete(&service.url("/sessions/a")).0, 204);
+    let kinds: Vec<Value> = (0..3).map(|_| next_event(&mut events)).collect();
+    assert_eq!(kinds[0]["event"], "failed");
+    assert_eq!(kinds[0]["session_id"], "a");
+    assert_eq!(kinds[1]["event"], "recovered");
+    assert_eq!(kinds[2]["event"], "removed");
+    assert_eq!(kinds[2]["reason"], "unregistered");
+}
+
+#[test]
+fn an_events_client_that_never_reads_is_dropped() {
+    let service = Service::spawn(&[]);
+    // Connect with a small receive buffer and never read.
+    let stuck = TcpStream::connect(service.http).unwrap();
+    (&stuck).write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    eventually("the stream opened", || service.metric("heartbeat_monitor_http_requests_total") >= 1);
+    assert_eq!(put(&service.url("/sessions/noisy"), "").0, 201);
+    // Each fail/beat pair makes two events of about 120 bytes: 8,000 pairs
+    // pass the 256 KiB stream queue plus the kernel's buffers on both sides.
+    let agent = agent();
+    let (fail, beat) = (service.url("/sessions/noisy/fail"), service.url("/sessions/noisy/beat"));
+    let mut dropped = false;
+    for round in 0..8_000 {
+        assert_eq!(agent.post(&fail).send_empty().unwrap().status().as_u16(), 204);
+        assert_eq!(agent.post(&beat).send_empty().unwrap().status().as_u16(), 204);
+        if round % 500 == 499 && service.metric("heartbeat_monitor_http_streams_dropped_total") == 1 {
+            dropped = true;
+            break;
+        }
+    }
+    if !dropped {
+        eventually("the stuck client dropped", || {
+            service.metric("heartbeat_monitor_http_streams_dropped_total") == 1
+        });
+    }
+    // Others were never blocked, and still are not.
+    assert_eq!(get(&service.url("/health")).0, 200);
+    drop(stuck);
+}
+
+#[test]
+fn malformed_requests_get_their_4xx_and_others_are_served() {
+    let service = Service::spawn(&[]);
+    let addr = service.http;
+    let huge_header = format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(10_000));
+    let huge_body = "PUT /sessions/a HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n";
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("no host", b"GET /health HTTP/1.1\r\n\r\n".to_vec(), 400),
+        ("garbage", b"\x16\x03\x01 hello\r\n\r\n".to_vec(), 400),
+        ("bad method", b"BREW /sessions/a HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 405),
+        ("huge header", huge_header.into_bytes(), 431),
+        ("huge body", huge_body.as_bytes().to_vec(), 413),
+        ("bad id", b"GET /sessions/a%2Fb HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400),
+        ("long id", format!("PUT /sessions/{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(129)).into_bytes(), 400),
+        ("unknown path", b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 404),
+        ("chunked", b"PUT /sessions/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
+    ];
+    for (what, request, code) in cases {
+        assert_eq!(raw_status(addr, &request), code, "{what}");
+        assert_eq!(get(&service.url("/health")).0, 200, "after {what}");
+    }
+    let session = service.url("/sessions/a");
+    for (body, says) in [
+        ("{", "bad registration body"),
+        ("[1]", "bad registration body"),
+        (r#"{"timeout_sec": "ten"}"#, "bad registration body"),
+        (r#"{"timeout_sec": -1}"#, "timeout_sec"),
+        (r#"{"timeout_sec": 1e300}"#, "timeout"),
+        (r#"{"timeout_sec": 0}"#, "timeout"),
+        (r#"{"max_missed": 0}"#, "max_missed"),
+        (r#"{"max_missed": -3}"#, "bad registration body"),
+        (r#"{"detector": "magic"}"#, "bad registration body"),
+        (r#"{"agent_type": ""}"#, "agent_type"),
+        (r#"{"color": "red"}"#, "unknown field"),
+    ] {
+        let (code, text) = put(&session, body);
+        assert_eq!(code, 400, "{body}: {text}");
+        let error = json(&text)["error"].as_str().unwrap().to_owned();
+        assert!(error.contains(says), "{body}: {error}");
+    }
+    assert_eq!(get(&session).0, 404, "nothing was registered by a bad request");
+    assert_eq!(get(&service.url("/sessions?limit=0")).0, 400);
+    assert_eq!(get(&service.url("/sessions?limit=10001")).0, 400);
+    assert_eq!(get(&service.url("/sessions?page=2")).0, 400);
+}
+
+#[test]
+fn a_full_monitor_refuses_registrations_with_507() {
+    let service = Service::spawn(&["--max-sessions", "2"]);
+    assert_eq!(put(&service.url("/sessions/a"), "").0, 201);
+    assert_eq!(get(&service.url("/ping/b")).0, 201);
+    let (code, body) = put(&service.url("/sessions/c"), "");
+    assert_eq!(code, 507, "{body}");
+    assert!(json(&body)["error"].as_str().unwrap().contains("maximum of 2"));
+    assert_eq!(get(&service.url("/ping/c")).0, 507);
+    assert_eq!(put(&service.url("/sessions/a"), "").0, 200, "re-registering one held is fine");
+    assert_eq!(json(&get(&service.url("/health")).1)["sessions"], 2);
+}
+
+/// Raises this process's open-file limit to its hard limit (harmless to
+/// other tests) so it can hold many client sockets.
+fn raise_nofile() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain libc calls on a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    limit.rlim_cur
+}
+
+/// Sets the child's open-file limit before it runs.
+fn nofile(cmd: &mut Command, n: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit { rlim_cur: n, rlim_max: n };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+        });
+    }
+}
+
+#[test]
+fn a_thousand_idle_connections_hold_no_thread_each() {
+    assert!(raise_nofile() >= 2_200, "this test needs 2,200 open files");
+    let service = Service::spawn_with(&["--max-connections", "1100"], |cmd| nofile(cmd, 1_200));
+    let before = service.threads();
+    let idle: Vec<TcpStream> = (0..1_000).map(|_| TcpStream::connect(service.http).unwrap()).collect();
+    eventually("all accepted", || service.metric("heartbeat_monitor_http_connections_open") >= 1_000);
+    assert!(service.threads() <= before + 1, "{} threads for 1,000 connections", service.threads());
+    assert_eq!(get(&service.url("/health")).0, 200);
+    drop(idle);
+}
+
+#[test]
+fn running_out_of_file_descriptors_does_not_end_the_server() {
+    let service = Service::spawn_with(&[], |cmd| nofile(cmd, 40));
+    // One keep-alive connection made before the limit is hit.
+    let agent = agent();
+    assert_eq!(agent.get(&service.url("/health")).call().unwrap().status().as_u16(), 200);
+    // Fill the descriptor table: connections beyond it wait in the backlog.
+    let mut held = Vec::new();
+    for _ in 0..60 {
+        held.push(TcpStream::connect(service.http).unwrap());
+    }
+    eventually("accept failing", || {
+        let mut s = TcpStream::connect(service.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+        let answered = s.read(&mut [0u8; 1]).is_ok_and(|n| n > 0);
+        held.push(s);
+        !answered
+    });
+    // The connection it has is still served.
+    assert_eq!(agent.get(&service.url("/health")).call().unwrap().status().as_u16(), 200);
+    drop(held);
+    // Descriptors free again: new connections are answered.
+    eventually("a new connection answered", || {
+        ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_millis(500)))
+            .build()
+            .new_agent()
+            .get(&service.url("/health"))
+            .call()
+            .is_ok_and(|r| r.status().as_u16() == 200)
+    });
+    assert!(service.metric("heartbeat_monitor_http_accept_errors_total") >= 1);
+}
+
+#[test]
+fn udp_beats_are_taken_counted_and_never_answered() {
+    let service = Service::spawn(&[]);
+    assert_eq!(put(&service.url("/sessions/a"), "").0, 201);
+    assert_eq!(put(&service.url("/sessions/b"), "").0, 201);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let udp = service.udp.unwrap();
+    for datagram in [&b"a\n"[..], b"a\nb", b"b\r\n", b"ghost\n", b"bad id\n", b"", b"a\n\xff\n"] {
+        socket.send_to(datagram, udp).unwrap();
+    }
+    eventually("7 datagrams", || service.metric("heartbeat_monitor_udp_datagrams_total") == 7);
+    assert_eq!(service.metric("heartbeat_monitor_beats_received_total{transport=\"udp\"}"), 4);
+    assert_eq!(service.metric("heartbeat_monitor_beats_unknown_total{transport=\"udp\"}"), 1);
+    assert_eq!(service.metric("heartbeat_monitor_udp_dropped_total{reason=\"malformed\"}"), 3);
+    assert!(socket.recv(&mut [0u8; 16]).is_err(), "never a reply");
+}
+
+#[test]
+fn a_token_is_needed_for_every_request_and_datagram() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+    let service = Service::spawn(&["--token-file", token.to_str().unwrap()]);
+    let (code, body) = get(&service.url("/health"));
+    assert_eq!(code, 401, "{body}");
+    assert_eq!(put(&service.url("/sessions/a"), "").0, 401);
+    assert_eq!(answer(agent().get(&service.url("/health")).header("Authorization", "Bearer wrong").call()).0, 401);
+    let with = |req: ureq::RequestBuilder<ureq::typestate::WithoutBody>| {
+        answer(req.header("Authorization", "Bearer s3cret-token").call())
+    };
+    assert_eq!(with(agent().get(&service.url("/ping/a"))).0, 201);
+
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp = service.udp.unwrap();
+    socket.send_to(b"a\n", udp).unwrap();
+    socket.send_to(b"wrong a\n", udp).unwrap();
+    socket.send_to(b"s3cret-token a\n", udp).unwrap();
+    let metric = |series: &str| {
+        let (code, text) = with(agent().get(&service.url("/metrics")));
+        assert_eq!(code, 200);
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<u64>().ok()).unwrap()
+    };
+    eventually("3 datagrams", || metric("heartbeat_monitor_udp_datagrams_total") == 3);
+    assert_eq!(metric("heartbeat_monitor_udp_dropped_total{reason=\"unauthorized\"}"), 2);
+    assert_eq!(metric("heartbeat_monitor_beats_received_total{transport=\"udp\"}"), 1);
+}
+
+#[test]
+fn a_restart_keeps_every_session_and_holds_no_downtime_against_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let state_arg = state.to_str().unwrap();
+    let args = ["--check-interval", "0.05", "--timeout", "0.3", "--max-missed", "2", "--state", state_arg];
+    let mut first = Service::spawn(&args);
+    for id in ["a", "b", "c"] {
+        assert_eq!(put(&first.url(&format!("/sessions/{id}")), r#"{"agent_type": "w"}"#).0, 201);
+    }
+    assert_eq!(put(&first.url("/sessions/daily"), r#"{"timeout_sec": 86400}"#).0, 201);
+    assert_eq!(post(&first.url("/sessions/c/pause")).0, 204);
+    first.signal(libc::SIGTERM);
+    assert!(first.wait().success());
+    assert!(state.exists());
+
+    // Down for longer than any session's timeout and misses.
+    thread::sleep(Duration::from_millis(900));
+    let second = Service::spawn(&args);
+    let page = json(&get(&second.url("/sessions")).1);
+    assert_eq!(page["total"], 4, "{page}");
+    for s in page["sessions"].as_array().unwrap() {
+        assert_eq!(s["is_healthy"], true, "the downtime is not held against {s}");
+    }
+    assert_eq!(json(&get(&second.url("/sessions/c")).1)["is_paused"], true);
+    assert_eq!(json(&get(&second.url("/sessions/a")).1)["agent_type"], "w");
+    // `a` goes on beating; `b` really stopped, and times out after all.
+    let deadline = Instant::now() + BOUND;
+    while get(&second.url("/sessions/b")).0 == 200 {
+        assert!(Instant::now() < deadline, "b never timed out");
+        assert_eq!(post(&second.url("/sessions/a/beat")).0, 204);
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(&second.url("/sessions/a")).0, 200);
+    assert_eq!(get(&second.url("/sessions/daily")).0, 200);
+}
+
+#[test]
+fn a_corrupt_state_file_stops_the_start_and_reset_starts_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    std::fs::write(&state, "{\"format\": \"heartbeat-monitor-state\", \"vers").unwrap();
+    let out = heartbeat()
+        .args(["monitor", "--listen", "127.0.0.1:0", "--udp", "off", "--state", state.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("state.json") && stderr.contains("corrupt") && stderr.contains("--state-reset"), "{stderr}");
+    let service = Service::spawn(&["--udp", "off", "--state", state.to_str().unwrap(), "--state-reset"]);
+    assert_eq!(json(&get(&service.url("/health")).1)["sessions"], 0);
+}
+
+#[test]
+fn the_remote_client_beats_a_real_monitor() {
+    let service = Service::spawn(&[]);
+    let url = format!("http://{}", service.http);
+    let options = heartbeat::RemoteOptions { agent_type: Some("agent".into()), ..Default::default() };
+    let mut client =
+        heartbeat::HeartbeatClient::remote_with(&url, "remote-1", Duration::from_millis(50), options).unwrap();
+    eventually("three beats", || client.beats_sent() >= 3);
+    let status = json(&get(&service.url("/sessions/remote-1")).1);
+    assert_eq!(status["agent_type"], "agent", "registered on its first beat");
+    let started = Instant::now();
+    client.stop();
+    assert!(started.elapsed() < BOUND);
+}
+
+#[test]
+fn send_beats_once_or_every_interval() {
+    let service = Service::spawn(&[]);
+    let url = format!("http://{}", service.http);
+    let out = heartbeat().args(["send", &url, "nightly"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(get(&service.url("/sessions/nightly")).0, 200);
+    let out = heartbeat().args(["send", &url, "nightly", "--fail"]).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(json(&get(&service.url("/sessions/nightly")).1)["failed"], true);
+    let out = heartbeat().args(["send", &url, "bad id"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("session id"));
+    // The monitor's own refusal is passed on: a full monitor.
+    let full = Service::spawn(&["--max-sessions", "1", "--udp", "off"]);
+    assert_eq!(put(&full.url("/sessions/one"), "").0, 201);
+    let out = heartbeat().args(["send", &format!("http://{}", full.http), "two"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("507") && said.contains("maximum of 1"), "{said}");
+
+    let udp = service.udp.unwrap().to_string();
+    assert!(heartbeat().args(["send", &udp, "nightly", "--udp"]).status().unwrap().success());
+    eventually("the udp beat", || service.metric("heartbeat_monitor_beats_received_total{transport=\"udp\"}") == 1);
+
+    let mut every = heartbeat().args(["send", &url, "loop", "--every", "0.05"]).spawn().unwrap();
+    eventually("registered by the loop", || get(&service.url("/sessions/loop")).0 == 200);
+    heartbeat::process::send_signal(every.id(), libc::SIGTERM).unwrap();
+    let deadline = Instant::now() + BOUND;
+    let status = loop {
+        if let Some(status) = every.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline);
+        thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success());
+
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let out = heartbeat().args(["send", &format!("http://{closed}"), "x"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn sigterm_saves_and_exits_zero_and_idle_uses_no_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s.json");
+    let mut service = Service::spawn(&["--state", state.to_str().unwrap()]);
+    assert_eq!(put(&service.url("/sessions/a"), "").0, 201);
+    // Idle: no thread spins. The CPU time used over half a second of idling
+    // stays a tiny fraction of it (scheduler ticks are 4 ms at worst).
+    let cpu = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    let before = cpu(service.child.id());
+    thread::sleep(Duration::from_millis(500));
+    let used = cpu(service.child.id()) - before;
+    assert!(used <= 5, "{used} clock ticks used while idle");
+    service.signal(libc::SIGTERM);
+    assert!(service.wait().success());
+    let saved: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(saved["sessions"][0]["session_id"], "a");
+}
