@@ -352,6 +352,67 @@ mod tests {
         assert!(opts(RemoteOptions { token: Some(String::new()), ..Default::default() }).is_err());
     }
 
+    /// A stand-in for the service: 404 to beats until the session is PUT.
+    #[test]
+    fn a_remote_client_registers_on_404_then_beats() {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+        let port = server.server_addr().to_ip().unwrap().port();
+        let (tx, seen) = crossbeam_channel::unbounded();
+        let serving = thread::spawn({
+            let server = server.clone();
+            move || {
+                let mut registered = false;
+                while let Ok(Some(mut request)) = server.recv_timeout(Duration::from_secs(10)) {
+                    let mut body = String::new();
+                    request.as_reader().read_to_string(&mut body).unwrap();
+                    let auth = request
+                        .headers()
+                        .iter()
+                        .find(|h| h.field.equiv("Authorization"))
+                        .map(|h| h.value.to_string());
+                    let line = format!("{} {} {auth:?} {body}", request.method(), request.url());
+                    let status = match request.method() {
+                        tiny_http::Method::Put => {
+                            registered = true;
+                            201
+                        }
+                        _ if registered => 204,
+                        _ => 404,
+                    };
+                    request.respond(tiny_http::Response::empty(status)).unwrap();
+                    tx.send(line).unwrap();
+                }
+            }
+        });
+        let options = RemoteOptions {
+            agent_type: Some("tester".into()),
+            token: Some("s3cret".into()),
+            request_timeout: None,
+        };
+        let url = format!("http://127.0.0.1:{port}/");
+        let mut client =
+            HeartbeatClient::remote_with(&url, "agent-7", Duration::from_millis(10), options).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while client.beats_sent() < 3 {
+            assert!(Instant::now() < deadline, "three beats not accepted within 10 s");
+            thread::yield_now();
+        }
+        client.stop();
+        let lines: Vec<String> = seen.try_iter().take(4).collect();
+        let auth = r#"Some("Bearer s3cret")"#;
+        assert_eq!(
+            lines,
+            [
+                format!("POST /sessions/agent-7/beat {auth} "),
+                format!(r#"PUT /sessions/agent-7 {auth} {{"agent_type":"tester"}}"#),
+                format!("POST /sessions/agent-7/beat {auth} "),
+                format!("POST /sessions/agent-7/beat {auth} "),
+            ]
+        );
+        server.unblock();
+        serving.join().unwrap();
+    }
+
     #[test]
     fn a_client_of_a_closed_port_keeps_running_counts_nothing_and_stops_promptly() {
         let port = {

@@ -770,6 +770,7 @@ impl Monitor {
         // drop when a smaller id comes. Ids are copied only when they enter.
         let mut chosen: BinaryHeap<Box<str>> = BinaryHeap::with_capacity(limit.min(self.registered_count()));
         for Padded(shard) in inner.shards.iter() {
+            // One shard lock at a time, and no other lock under it.
             let shard = shard.lock();
             for s in shard.sessions.iter().filter(|s| s.live) {
                 let id = &*s.id;
@@ -858,6 +859,7 @@ impl Monitor {
         let wall = inner.clock.wall();
         let mut out = Vec::with_capacity(self.registered_count());
         for Padded(shard) in inner.shards.iter() {
+            // Lock order: the shard, then the agent names.
             let shard = shard.lock();
             let agents = inner.agents.read();
             out.extend(shard.sessions.iter().filter(|s| s.live).map(|s| {
