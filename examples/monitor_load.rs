@@ -1,9 +1,10 @@
 //! The session monitor at scale: memory per session, allocations per beat,
 //! and how beats scale from one thread to two.
 //!
-//! `cargo run --release --example monitor_load [SESSIONS]` (default
+//! `cargo run --release --example monitor_load [SESSIONS] [own]` (default
 //! 1,000,000) registers that many sessions with ids like `session-0000042`
-//! and reports:
+//! (with `own`: each with a timeout of its own, 60 s, through
+//! `register_with`, to measure what per-session settings cost) and reports:
 //! - the growth of the resident set (RSS, Linux `/proc/self/statm`) per session;
 //! - how many heap allocations beating every session once made (a counting
 //!   global allocator);
@@ -19,7 +20,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use heartbeat::{ManualClock, Monitor};
+use heartbeat::{ManualClock, Monitor, RegisterOptions};
 
 #[path = "../benches/support/counting.rs"]
 mod counting;
@@ -34,16 +35,22 @@ fn rss_bytes() -> u64 {
 
 fn main() {
     let n: usize = std::env::args().nth(1).map_or(1_000_000, |a| a.parse().expect("SESSIONS: a number"));
+    let own = std::env::args().nth(2).is_some_and(|a| a == "own");
+    let options = RegisterOptions { timeout: Some(Duration::from_secs(60)), ..Default::default() };
     // The ids exist before the measurement: they are the caller's, not the monitor's.
     let ids: Vec<String> = (0..n).map(|i| format!("session-{i:07}")).collect();
     let monitor = Monitor::builder().build().expect("monitor");
     let before = rss_bytes();
     for id in &ids {
-        monitor.register(id, "agent");
+        if own {
+            monitor.register_with(id, "agent", options).expect("valid options");
+        } else {
+            monitor.register(id, "agent");
+        }
     }
     let after = rss_bytes();
     let per_session = (after - before) as f64 / n as f64;
-    println!("sessions: {n}");
+    println!("sessions: {n}{}", if own { ", each with a timeout of its own" } else { "" });
     println!(
         "rss growth: {:.1} MiB, {per_session:.1} bytes per session",
         (after - before) as f64 / 1048576.0

@@ -74,8 +74,9 @@ pub use crate::{
     clock::{Clock, ManualClock, SharedClock, SystemClock},
     error::{Error, Result},
     monitor::{
-        DEFAULT_CLIENT_INTERVAL, Detector, Event, HeartbeatClient, Monitor, MonitorBuilder, MonitorGuard,
-        PhiConfig, RegisterOptions, RemovalReason, SessionStatus, phi,
+        DEFAULT_CLIENT_INTERVAL, DEFAULT_REQUEST_TIMEOUT, Detector, Event, HeartbeatClient, MAX_TIMEOUT,
+        Monitor, MonitorBuilder, MonitorGuard, PhiConfig, RegisterOptions, RemoteOptions, RemovalReason,
+        SessionCounts, SessionSnapshot, SessionStatus, phi, valid_session_id,
     },
     scanner::{
         Cleanup, DEFAULT_IDLE_WINDOW, DEFAULT_SCAN_INTERVAL, DEFAULT_STALE_AFTER, IgnoredFile, Scan,

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, unbounded};
 use heartbeat::{
-    Detector, Event, HeartbeatClient, ManualClock, Monitor, MonitorBuilder, PhiConfig, RegisterOptions,
-    RemovalReason,
+    Detector, Event, HeartbeatClient, MAX_TIMEOUT, ManualClock, Monitor, MonitorBuilder, PhiConfig,
+    RegisterOptions, RemovalReason, SessionCounts, SessionSnapshot,
 };
 use parking_lot::Mutex;
 
@@ -184,11 +184,13 @@ fn grace_counts_no_misses_until_it_ends() {
     let clock = ManualClock::new();
     let monitor = seed_monitor(&clock).build().unwrap();
     let events = monitor.events();
-    monitor.register_with(
-        "slow-start",
-        "worker",
-        RegisterOptions { grace: Some(secs(60)), ..Default::default() },
-    );
+    monitor
+        .register_with(
+            "slow-start",
+            "worker",
+            RegisterOptions { grace: Some(secs(60)), ..Default::default() },
+        )
+        .unwrap();
     sweep_until(&monitor, &clock, 12); // t = 60: silent 60 s, in grace
     assert!(drain(&events).is_empty());
     // The end of grace counts as a beat: a full timeout (30 s) from t = 60.
@@ -330,11 +332,13 @@ fn phi_warns_then_times_out_and_reports_time_to_death() {
 fn a_session_can_use_phi_in_a_fixed_monitor() {
     let clock = ManualClock::new();
     let monitor = seed_monitor(&clock).build().unwrap();
-    monitor.register_with(
-        "p",
-        "worker",
-        RegisterOptions { detector: Some(Detector::Phi(phi_config())), ..Default::default() },
-    );
+    monitor
+        .register_with(
+            "p",
+            "worker",
+            RegisterOptions { detector: Some(Detector::Phi(phi_config())), ..Default::default() },
+        )
+        .unwrap();
     monitor.register("f", "worker");
     assert!(monitor.status("p").unwrap().phi.is_some());
     assert!(monitor.status("f").unwrap().phi.is_none());
@@ -347,6 +351,401 @@ fn bad_configuration_is_refused() {
     let bad = PhiConfig { warn_threshold: 9.0, ..PhiConfig::default() };
     let err = Monitor::builder().detector(Detector::Phi(bad)).build().unwrap_err();
     assert!(err.to_string().contains("warn_threshold"), "{err}");
+    for (builder, field) in [
+        (Monitor::builder().timeout(Duration::ZERO), "timeout"),
+        (Monitor::builder().timeout(MAX_TIMEOUT + Duration::from_nanos(1)), "timeout"),
+        (Monitor::builder().check_interval(Duration::MAX), "check_interval"),
+        (
+            Monitor::builder().detector(Detector::Phi(PhiConfig {
+                max_samples: PhiConfig::MAX_SAMPLES + 1,
+                ..PhiConfig::default()
+            })),
+            "max_samples",
+        ),
+    ] {
+        let err = builder.build().unwrap_err().to_string();
+        assert!(err.contains(field), "{err}");
+    }
+    assert!(Monitor::builder().timeout(MAX_TIMEOUT).build().is_ok());
+}
+
+#[test]
+fn bad_session_options_are_refused_and_register_nothing() {
+    let monitor = Monitor::builder().build().unwrap();
+    let phi = |c: PhiConfig| RegisterOptions { detector: Some(Detector::Phi(c)), ..Default::default() };
+    let d = PhiConfig::default();
+    let cases = [
+        (phi(PhiConfig { threshold: f64::NAN, ..d }), "threshold", "NaN"),
+        (phi(PhiConfig { threshold: f64::INFINITY, ..d }), "threshold", "inf"),
+        (phi(PhiConfig { threshold: -1.0, ..d }), "threshold", "-1"),
+        (phi(PhiConfig { threshold: 0.0, ..d }), "threshold", "0"),
+        (phi(PhiConfig { warn_threshold: f64::NAN, ..d }), "warn_threshold", "NaN"),
+        (phi(PhiConfig { warn_threshold: -0.5, ..d }), "warn_threshold", "-0.5"),
+        (phi(PhiConfig { max_samples: 0, ..d }), "max_samples", "0"),
+        (phi(PhiConfig { max_samples: 1, ..d }), "max_samples", "1"),
+        (phi(PhiConfig { max_samples: usize::MAX, ..d }), "max_samples", &usize::MAX.to_string()),
+        (phi(PhiConfig { expected_interval: Duration::MAX, ..d }), "expected_interval", ""),
+        (RegisterOptions { timeout: Some(Duration::ZERO), ..Default::default() }, "timeout", "0ns"),
+        (RegisterOptions { timeout: Some(Duration::MAX), ..Default::default() }, "timeout", ""),
+        (RegisterOptions { max_missed_beats: Some(0), ..Default::default() }, "max_missed_beats", "0"),
+        (RegisterOptions { grace: Some(MAX_TIMEOUT * 2), ..Default::default() }, "grace", ""),
+    ];
+    for (options, field, value) in cases {
+        match monitor.register_with("s", "w", options) {
+            Err(heartbeat::Error::InvalidConfig(msg)) => {
+                assert!(msg.contains(field) && msg.contains(value), "{field} {value}: {msg}")
+            }
+            other => panic!("{options:?} gave {other:?}"),
+        }
+        assert_eq!(monitor.registered_count(), 0);
+        assert!(monitor.status("s").is_none());
+    }
+    // At the edges, accepted.
+    let fine = [
+        phi(PhiConfig { max_samples: 2, ..d }),
+        phi(PhiConfig { max_samples: PhiConfig::MAX_SAMPLES, ..d }),
+        RegisterOptions {
+            timeout: Some(MAX_TIMEOUT),
+            max_missed_beats: Some(1),
+            grace: Some(MAX_TIMEOUT),
+            ..Default::default()
+        },
+    ];
+    for options in fine {
+        monitor.register_with("s", "w", options).unwrap();
+    }
+    assert_eq!(monitor.registered_count(), 1);
+}
+
+#[test]
+fn each_session_keeps_its_own_timeout_and_misses() {
+    let clock = ManualClock::new();
+    let monitor =
+        Monitor::builder().clock(clock.clone()).check_interval(secs(1)).pause_guard(None).build().unwrap();
+    let events = monitor.events();
+    let own = |timeout, max| RegisterOptions {
+        timeout: Some(timeout),
+        max_missed_beats: max,
+        ..Default::default()
+    };
+    monitor.register_with("agent", "10s-agent", own(secs(1), None)).unwrap();
+    monitor.register_with("cron", "daily", own(secs(3600), Some(1))).unwrap();
+    monitor.register("default", "w");
+    // 1 s, then two more sweeps; one hour and no more misses.
+    assert_eq!(monitor.status("agent").unwrap().time_to_death, Some(secs(3)));
+    assert_eq!(monitor.status("cron").unwrap().time_to_death, Some(secs(3600)));
+    assert_eq!(monitor.status("default").unwrap().time_to_death, Some(secs(32)));
+    for _ in 0..4 {
+        clock.advance(secs(1));
+        monitor.sweep();
+    }
+    assert_eq!(
+        drain(&events),
+        vec![
+            warning("agent"),
+            Event::TimedOut { session_id: "agent".into(), agent_type: "10s-agent".into() },
+            Event::Removed { session_id: "agent".into(), reason: RemovalReason::TimedOut },
+        ]
+    );
+    clock.advance(secs(3596)); // t = 3600: silent exactly one hour
+    monitor.beat("default");
+    monitor.sweep();
+    assert!(drain(&events).is_empty());
+    assert!(monitor.status("cron").unwrap().is_healthy);
+    clock.advance(secs(1));
+    monitor.sweep(); // the first miss is the last
+    assert_eq!(
+        drain(&events),
+        vec![
+            warning("cron"),
+            Event::TimedOut { session_id: "cron".into(), agent_type: "daily".into() },
+            Event::Removed { session_id: "cron".into(), reason: RemovalReason::TimedOut },
+        ]
+    );
+    assert_eq!(monitor.registered_count(), 1);
+}
+
+#[test]
+fn a_failure_is_reported_at_once_and_cleared_by_the_next_beat() {
+    let clock = ManualClock::new();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let (c1, c2) = (calls.clone(), calls.clone());
+    let monitor = seed_monitor(&clock)
+        .on_failure(move |id, agent| c1.lock().push(format!("failure {id} {agent}")))
+        .on_timeout(move |id, _| c2.lock().push(format!("timeout {id}")))
+        .build()
+        .unwrap();
+    let events = monitor.events();
+    monitor.register("job", "backup");
+    monitor.register("other", "backup");
+    assert!(!monitor.fail("ghost"));
+    assert!(monitor.fail("job"));
+    assert_eq!(drain(&events), vec![Event::Failed { session_id: "job".into(), agent_type: "backup".into() }]);
+    assert_eq!(*calls.lock(), vec!["failure job backup"]);
+    let st = monitor.status("job").unwrap();
+    assert!(st.failed && !st.is_healthy && st.missed_beats == 0, "{st:?}");
+    assert_eq!(monitor.healthy_count(), 1);
+    assert!(monitor.fail("job")); // reported again, counted once
+    assert_eq!(drain(&events).len(), 1);
+    assert_eq!(monitor.healthy_count(), 1);
+    assert_eq!(
+        monitor.counts(),
+        SessionCounts { registered: 2, healthy: 1, warning: 0, failed: 1, paused: 0 }
+    );
+
+    // Failed and silent: warned and timed out as usual, counted once.
+    sweep_until(&monitor, &clock, 7); // t = 35
+    assert_eq!(drain(&events), vec![warning("job"), warning("other")]);
+    assert_eq!(monitor.healthy_count(), 0);
+    assert_eq!(
+        monitor.counts(),
+        SessionCounts { registered: 2, healthy: 0, warning: 1, failed: 1, paused: 0 }
+    );
+    assert!(monitor.beat("job"));
+    assert_eq!(drain(&events), vec![Event::Recovered { session_id: "job".into() }]);
+    let st = monitor.status("job").unwrap();
+    assert!(!st.failed && st.is_healthy, "{st:?}");
+    assert_eq!(monitor.healthy_count(), 1);
+    assert!(monitor.beat("job"));
+    assert!(drain(&events).is_empty(), "one recovery per failure");
+
+    // A failed session that is removed leaves the counts right.
+    assert!(monitor.fail("job"));
+    assert!(monitor.unregister("job"));
+    sweep_until(&monitor, &clock, 2); // "other" times out
+    assert_eq!((monitor.registered_count(), monitor.healthy_count()), (0, 0));
+    assert_eq!(monitor.counts(), SessionCounts::default());
+    assert_eq!(
+        *calls.lock(),
+        vec!["failure job backup", "failure job backup", "failure job backup", "timeout other"]
+    );
+}
+
+#[test]
+fn counts_by_state_add_up() {
+    let clock = ManualClock::new();
+    let monitor = seed_monitor(&clock).build().unwrap();
+    for i in 0..10 {
+        monitor.register(&format!("s{i}"), "w");
+    }
+    sweep_until(&monitor, &clock, 7); // all warned
+    for i in 0..4 {
+        monitor.beat(&format!("s{i}"));
+    }
+    monitor.fail("s0");
+    monitor.fail("s9");
+    monitor.pause("s1");
+    monitor.pause("s8");
+    let c = monitor.counts();
+    assert_eq!(c, SessionCounts { registered: 10, healthy: 3, warning: 5, failed: 2, paused: 2 });
+    assert_eq!(c.healthy + c.warning + c.failed, c.registered);
+    assert_eq!(monitor.healthy_count(), c.healthy);
+    assert_eq!(monitor.registered_count(), c.registered);
+}
+
+#[test]
+fn pages_of_statuses_follow_the_sorted_ids() {
+    let monitor = Monitor::builder().build().unwrap();
+    // Ids of varied lengths and bytes, in no particular order.
+    let mut ids: Vec<String> = (0..3000u64)
+        .map(|i| {
+            let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+            format!("{}-{x:x}", ["a", "B", "zz", "a.b", "_", "0"][(i % 6) as usize])
+        })
+        .collect();
+    for id in &ids {
+        monitor.register(id, "w");
+    }
+    for id in ids.iter().step_by(7) {
+        monitor.unregister(id);
+    }
+    ids = ids.into_iter().enumerate().filter(|(i, _)| i % 7 != 0).map(|(_, id)| id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), monitor.registered_count());
+
+    for limit in [1, 37, 1000, 5000] {
+        let mut walked = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = monitor.status_page(after.as_deref(), limit);
+            assert!(page.len() <= limit);
+            if page.is_empty() {
+                break;
+            }
+            after = Some(page.last().unwrap().session_id.clone());
+            walked.extend(page.into_iter().map(|s| s.session_id));
+        }
+        assert_eq!(walked, ids, "limit {limit}");
+    }
+    assert_eq!(
+        monitor.status_page(Some(&ids[10]), 3).iter().map(|s| &s.session_id).collect::<Vec<_>>(),
+        vec![&ids[11], &ids[12], &ids[13]]
+    );
+    // `after` need not be a registered id.
+    let between = format!("{}\0", ids[20]);
+    assert_eq!(monitor.status_page(Some(&between), 1)[0].session_id, ids[21]);
+    assert!(monitor.status_page(None, 0).is_empty());
+    assert!(monitor.status_page(Some(ids.last().unwrap()), 10).is_empty());
+    assert_eq!(monitor.status_page(None, usize::MAX).len(), ids.len());
+}
+
+#[test]
+fn a_snapshot_round_trips_through_json_into_a_new_monitor() {
+    let clock = ManualClock::new();
+    let monitor = seed_monitor(&clock).build().unwrap();
+    let phi = PhiConfig { threshold: 9.5, ..PhiConfig::default() };
+    monitor.register("plain", "worker");
+    monitor
+        .register_with(
+            "tuned",
+            "cron",
+            RegisterOptions {
+                timeout: Some(Duration::from_millis(86_400_500)),
+                max_missed_beats: Some(2),
+                detector: Some(Detector::Fixed), // the monitor's: not its own
+                grace: Some(secs(5)),
+            },
+        )
+        .unwrap();
+    monitor
+        .register_with(
+            "phi",
+            "agent",
+            RegisterOptions { detector: Some(Detector::Phi(phi)), ..Default::default() },
+        )
+        .unwrap();
+    monitor.register("idle", "worker");
+    monitor.pause("idle");
+    for _ in 0..7 {
+        clock.advance(secs(5));
+        assert!(monitor.beat("phi"));
+        monitor.sweep();
+    } // t = 35: "plain" warned
+    assert!(monitor.fail("phi"));
+
+    let mut saved = monitor.snapshot();
+    saved.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+    let json = serde_json::to_string_pretty(&saved).unwrap();
+    assert!(json.contains(r#""timeout_sec": 86400.5"#), "{json}");
+    assert!(json.contains(r#""kind": "phi""#) && json.contains(r#""threshold": 9.5"#), "{json}");
+    let by_id = |id: &str| saved.iter().find(|s| s.session_id == id).unwrap().clone();
+    assert_eq!(by_id("plain").missed_beats, 1);
+    assert_eq!((by_id("plain").timeout, by_id("plain").detector), (None, None));
+    assert_eq!(by_id("tuned").timeout, Some(Duration::from_millis(86_400_500)));
+    assert_eq!((by_id("tuned").max_missed_beats, by_id("tuned").detector), (Some(2), None));
+    assert_eq!(by_id("phi").detector, Some(Detector::Phi(phi)));
+    assert!(by_id("phi").failed && by_id("idle").paused);
+    let wall = heartbeat::Clock::wall(&*clock);
+    assert_eq!(by_id("plain").last_beat, wall - secs(35));
+    assert_eq!(by_id("phi").last_beat, wall);
+
+    let loaded: Vec<SessionSnapshot> = serde_json::from_str(&json).unwrap();
+    assert_eq!(loaded.len(), saved.len());
+    for (l, s) in loaded.iter().zip(&saved) {
+        // RFC 3339 text keeps microseconds.
+        let drift = s.last_beat.duration_since(l.last_beat).unwrap();
+        assert!(drift < Duration::from_micros(1), "{drift:?}");
+        assert_eq!(&SessionSnapshot { last_beat: s.last_beat, ..l.clone() }, s);
+    }
+
+    // A new monitor, after a restart.
+    clock.advance(secs(600));
+    let restarted = seed_monitor(&clock).build().unwrap();
+    let events = restarted.events();
+    assert_eq!(restarted.restore(&loaded).unwrap(), 4);
+    assert!(drain(&events).is_empty(), "restoring sends no events");
+    let plain = restarted.status("plain").unwrap();
+    assert_eq!((plain.missed_beats, plain.is_healthy, plain.seconds_since_beat), (1, false, 0.0));
+    let phi_status = restarted.status("phi").unwrap();
+    assert!(phi_status.failed && phi_status.phi.is_some(), "{phi_status:?}");
+    assert!(restarted.status("idle").unwrap().is_paused);
+    assert_eq!(
+        restarted.counts(),
+        SessionCounts { registered: 4, healthy: 2, warning: 1, failed: 1, paused: 1 }
+    );
+    let mut again = restarted.snapshot();
+    again.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+    for (a, l) in again.iter().zip(&loaded) {
+        assert_eq!(&SessionSnapshot { last_beat: l.last_beat, ..a.clone() }, l);
+    }
+    assert!(restarted.unregister("phi")); // a fresh phi window would not wait long
+    drain(&events);
+
+    // The ten minutes down are not held against them: nothing at the first
+    // sweeps; "plain" (one miss of three) misses again a timeout after the
+    // restart, and dies one sweep later.
+    sweep_until(&restarted, &clock, 6); // 30 s: silent exactly one timeout
+    assert!(drain(&events).is_empty());
+    assert_eq!(restarted.status("plain").unwrap().time_to_death, Some(secs(5)));
+    sweep_until(&restarted, &clock, 1); // 35 s: second miss
+    assert!(drain(&events).is_empty());
+    assert_eq!(restarted.status("plain").unwrap().missed_beats, 2);
+    sweep_until(&restarted, &clock, 1); // 40 s: third miss, dead
+    assert_eq!(
+        drain(&events),
+        vec![
+            Event::TimedOut { session_id: "plain".into(), agent_type: "worker".into() },
+            Event::Removed { session_id: "plain".into(), reason: RemovalReason::TimedOut },
+        ]
+    );
+}
+
+#[test]
+fn a_restored_session_that_stays_silent_times_out() {
+    let clock = ManualClock::new();
+    let monitor = seed_monitor(&clock).build().unwrap();
+    monitor.register("s", "w");
+    let saved = monitor.snapshot();
+    clock.advance(secs(3600)); // down for an hour
+    let restarted = seed_monitor(&clock).build().unwrap();
+    let events = restarted.events();
+    restarted.restore(&saved).unwrap();
+    sweep_until(&restarted, &clock, 1);
+    assert!(drain(&events).is_empty(), "not dead at the first sweep after the restart");
+    sweep_until(&restarted, &clock, 6); // 35 s: a timeout of silence since the restart
+    assert_eq!(drain(&events), vec![warning("s")]);
+    sweep_until(&restarted, &clock, 2); // 45 s: max_missed_beats (3) misses
+    assert_eq!(drain(&events).len(), 2, "timed out and removed");
+    assert_eq!(restarted.registered_count(), 0);
+}
+
+#[test]
+fn a_snapshot_with_one_bad_session_restores_none() {
+    let monitor = Monitor::builder().build().unwrap();
+    let good = SessionSnapshot {
+        session_id: "good".into(),
+        agent_type: "w".into(),
+        timeout: None,
+        max_missed_beats: None,
+        detector: None,
+        paused: false,
+        failed: false,
+        missed_beats: 0,
+        last_beat: std::time::SystemTime::now(),
+    };
+    let bad = SessionSnapshot { session_id: "bad".into(), max_missed_beats: Some(0), ..good.clone() };
+    let err = monitor.restore(&[good.clone(), bad]).unwrap_err().to_string();
+    assert!(err.contains("\"bad\"") && err.contains("max_missed_beats"), "{err}");
+    assert_eq!(monitor.registered_count(), 0);
+    assert_eq!(monitor.restore(&[good]).unwrap(), 1);
+}
+
+#[test]
+fn detectors_have_a_readable_json_form() {
+    assert_eq!(serde_json::to_string(&Detector::Fixed).unwrap(), r#"{"kind":"fixed"}"#);
+    let json = serde_json::to_value(Detector::Phi(PhiConfig::default())).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "kind": "phi", "threshold": 8.0, "warn_threshold": 4.0, "max_samples": 1000,
+            "min_std_deviation_sec": 0.1, "acceptable_pause_sec": 3.0, "expected_interval_sec": 10.0,
+        })
+    );
+    let partial: Detector = serde_json::from_str(r#"{"kind": "phi", "threshold": 12}"#).unwrap();
+    assert_eq!(partial, Detector::Phi(PhiConfig { threshold: 12.0, ..PhiConfig::default() }));
+    assert!(serde_json::from_str::<Detector>(r#"{"kind": "phi", "acceptable_pause_sec": -1}"#).is_err());
+    assert!(serde_json::from_str::<Detector>(r#"{"kind": "psychic"}"#).is_err());
 }
 
 #[test]
@@ -434,6 +833,7 @@ fn phi_always_warns_before_death_with_the_default_sweeps() {
                 Event::TimedOut { .. } => "timed out",
                 Event::Recovered { .. } => "recovered",
                 Event::Removed { .. } => "removed",
+                Event::Failed { .. } => "failed",
             }));
             if seen.contains(&"removed") {
                 break;
@@ -479,7 +879,9 @@ fn phi_with_grace_starts_counting_when_grace_ends() {
     let clock = ManualClock::new();
     let monitor = seed_monitor(&clock).detector(Detector::Phi(PhiConfig::default())).build().unwrap();
     let events = monitor.events();
-    monitor.register_with("p", "worker", RegisterOptions { grace: Some(secs(60)), ..Default::default() });
+    monitor
+        .register_with("p", "worker", RegisterOptions { grace: Some(secs(60)), ..Default::default() })
+        .unwrap();
     sweep_until(&monitor, &clock, 13); // t = 65: 5 s after grace, phi is small
     assert!(drain(&events).is_empty());
     let st = monitor.status("p").unwrap();

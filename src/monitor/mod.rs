@@ -13,6 +13,7 @@
 
 mod client;
 mod phi;
+mod snapshot;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -26,16 +27,41 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use hashbrown::{DefaultHashBuilder, HashTable};
 use parking_lot::{Mutex, MutexGuard, RwLock};
+use serde::{Deserialize, Serialize};
 
-pub use self::client::{DEFAULT_CLIENT_INTERVAL, HeartbeatClient};
+pub use self::client::{DEFAULT_CLIENT_INTERVAL, DEFAULT_REQUEST_TIMEOUT, HeartbeatClient, RemoteOptions};
 use self::phi::PhiWindow;
 pub use self::phi::{PhiConfig, phi};
+pub use self::snapshot::SessionSnapshot;
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::{Error, Result};
 use crate::state::format_timestamp;
 use crate::ticker::{Ticker, contained};
 
 const SHARDS: usize = 64;
+
+/// The longest timeout (and check interval, grace period, phi duration) a
+/// monitor accepts: 365 days. Longer ones are almost surely a unit mistake
+/// (milliseconds given as seconds), and keep deadline arithmetic far from
+/// overflow.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Whether `id` is a session id that travels everywhere unescaped (URL
+/// paths, log lines, JSON): 1 to 128 bytes of `A-Z a-z 0-9 . _ : -`.
+///
+/// The `heartbeat monitor` service and [`HeartbeatClient::remote`] accept
+/// only such ids; an in-process [`Monitor`] takes any string.
+///
+/// ```
+/// assert!(heartbeat::valid_session_id("agent-7.eu:web_1"));
+/// assert!(!heartbeat::valid_session_id(""));
+/// assert!(!heartbeat::valid_session_id("a/b"));
+/// assert!(!heartbeat::valid_session_id(&"x".repeat(129)));
+/// ```
+pub fn valid_session_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
 
 /// `last_sweep` before the first sweep: nothing to be late against.
 const NO_SWEEP_YET: u64 = u64::MAX;
@@ -47,7 +73,11 @@ thread_local! {
 }
 
 /// How a monitor decides that a silent session is in trouble, and dead.
-#[derive(Debug, Clone, Copy, PartialEq)]
+///
+/// In JSON (serde): `{"kind": "fixed"}` or `{"kind": "phi", "threshold": 8.0, ...}`
+/// with the fields of [`PhiConfig`] (missing ones take their defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Detector {
     /// The seed's rule: at each sweep, a session silent for longer than
     /// `timeout` misses a beat; the first miss warns; `max_missed_beats`
@@ -72,7 +102,7 @@ pub enum Event {
         /// The session's phi at the sweep, with the phi detector.
         phi: Option<f64>,
     },
-    /// A warned session beat again.
+    /// A warned or failed session beat again (or was resumed, or registered again).
     Recovered {
         /// The session.
         session_id: String,
@@ -80,6 +110,14 @@ pub enum Event {
     /// The session missed `max_missed_beats` beats (or crossed the phi
     /// threshold) and is declared dead. A [`Event::Removed`] follows.
     TimedOut {
+        /// The session.
+        session_id: String,
+        /// Its agent type, as registered.
+        agent_type: String,
+    },
+    /// The session reported a failure ([`Monitor::fail`]). It stays
+    /// registered, unhealthy, until its next beat (a [`Event::Recovered`]).
+    Failed {
         /// The session.
         session_id: String,
         /// Its agent type, as registered.
@@ -103,7 +141,13 @@ pub enum RemovalReason {
     Unregistered,
 }
 
-/// Options for [`Monitor::register_with`].
+/// Options for [`Monitor::register_with`]; `None` takes the monitor's
+/// setting. Checked as the builder checks its own: durations above zero and
+/// at most [`MAX_TIMEOUT`], `max_missed_beats` at least 1, a phi detector's
+/// settings as [`MonitorBuilder::detector`] wants them.
+///
+/// A session whose settings are all the monitor's costs nothing extra; one
+/// with settings of its own carries a 24-byte box.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RegisterOptions {
     /// No misses are counted for this long after registering (like Docker's
@@ -111,6 +155,29 @@ pub struct RegisterOptions {
     pub grace: Option<Duration>,
     /// A detector for this session instead of the monitor's.
     pub detector: Option<Detector>,
+    /// This session's timeout (fixed detector): a daily cron job and a
+    /// 10-second agent in one monitor.
+    pub timeout: Option<Duration>,
+    /// This session's misses before it times out (fixed detector).
+    pub max_missed_beats: Option<u32>,
+}
+
+/// How many sessions are in each state, from [`Monitor::counts`].
+///
+/// `healthy + warning + failed == registered`; `paused` overlaps them (a
+/// paused session counts no misses and is usually healthy).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionCounts {
+    /// Sessions registered.
+    pub registered: usize,
+    /// Neither failed nor missing beats.
+    pub healthy: usize,
+    /// Missed at least one beat, not failed.
+    pub warning: usize,
+    /// Reported a failure not yet cleared by a beat.
+    pub failed: usize,
+    /// Paused.
+    pub paused: usize,
 }
 
 /// One session's state, as [`Monitor::status`] reports it.
@@ -128,7 +195,9 @@ pub struct SessionStatus {
     pub missed_beats: u32,
     /// Whether it is paused.
     pub is_paused: bool,
-    /// No missed beats.
+    /// It reported a failure ([`Monitor::fail`]) and has not beaten since.
+    pub failed: bool,
+    /// No missed beats, not failed.
     pub is_healthy: bool,
     /// Its phi now, with the phi detector.
     pub phi: Option<f64>,
@@ -139,6 +208,7 @@ pub struct SessionStatus {
 
 type WarningCallback = Arc<dyn Fn(&str, u32) + Send + Sync>;
 type TimeoutCallback = Arc<dyn Fn(&str, &str) + Send + Sync>;
+type FailureCallback = TimeoutCallback;
 
 /// Configures a [`Monitor`]; get one from [`Monitor::builder`].
 #[must_use]
@@ -151,18 +221,19 @@ pub struct MonitorBuilder {
     pause_guard: Option<Option<Duration>>,
     on_warning: Option<WarningCallback>,
     on_timeout: Option<TimeoutCallback>,
+    on_failure: Option<FailureCallback>,
     clock: SharedClock,
 }
 
 impl MonitorBuilder {
     /// Silence longer than this at a sweep is a missed beat (fixed detector).
-    /// Default 30 s.
+    /// Default 30 s; above zero and at most [`MAX_TIMEOUT`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
-    /// Time between sweeps. Default 5 s.
+    /// Time between sweeps. Default 5 s; above zero and at most [`MAX_TIMEOUT`].
     pub fn check_interval(mut self, interval: Duration) -> Self {
         self.check_interval = interval;
         self
@@ -175,6 +246,9 @@ impl MonitorBuilder {
     }
 
     /// The detector for sessions registered without one. Default [`Detector::Fixed`].
+    /// A phi detector needs `0 < warn_threshold <= threshold` (finite),
+    /// `2 <= max_samples <=` [`PhiConfig::MAX_SAMPLES`] and its durations at
+    /// most [`MAX_TIMEOUT`].
     pub fn detector(mut self, detector: Detector) -> Self {
         self.detector = detector;
         self
@@ -205,6 +279,15 @@ impl MonitorBuilder {
         self
     }
 
+    /// Called as `(session_id, agent_type)` when a session reports a failure
+    /// ([`Monitor::fail`]), on the thread that called `fail`, after the
+    /// session's lock is released. Not [`on_timeout`](Self::on_timeout): the
+    /// session is not dead, and stays registered.
+    pub fn on_failure(mut self, f: impl Fn(&str, &str) + Send + Sync + 'static) -> Self {
+        self.on_failure = Some(Arc::new(f));
+        self
+    }
+
     /// The clock. Default: the system clock.
     pub fn clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
@@ -213,12 +296,9 @@ impl MonitorBuilder {
 
     /// Checks the configuration and builds the monitor (its sweeper not started).
     pub fn build(self) -> Result<Monitor> {
-        if self.check_interval.is_zero() {
-            return Err(Error::InvalidConfig("check_interval must be positive".into()));
-        }
-        if self.max_missed_beats == 0 {
-            return Err(Error::InvalidConfig("max_missed_beats must be at least 1".into()));
-        }
+        check_duration("timeout", self.timeout)?;
+        check_duration("check_interval", self.check_interval)?;
+        check_max_missed(self.max_missed_beats)?;
         if let Detector::Phi(c) = &self.detector {
             check_phi(c)?;
         }
@@ -232,6 +312,7 @@ impl MonitorBuilder {
                 pause_guard: self.pause_guard.unwrap_or(Some(self.check_interval)).map(nanos),
                 on_warning: self.on_warning,
                 on_timeout: self.on_timeout,
+                on_failure: self.on_failure,
                 shards: (0..SHARDS).map(|_| Padded(Mutex::new(Shard::default()))).collect(),
                 hasher: DefaultHashBuilder::default(),
                 agents: RwLock::new(Interner::default()),
@@ -250,20 +331,74 @@ impl MonitorBuilder {
     }
 }
 
-fn check_phi(c: &PhiConfig) -> Result<()> {
-    let ok = c.threshold.is_finite()
-        && c.threshold > 0.0
-        && c.warn_threshold.is_finite()
-        && c.warn_threshold > 0.0
-        && c.warn_threshold <= c.threshold
-        && c.max_samples >= 2;
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidConfig(format!(
-            "phi detector needs 0 < warn_threshold <= threshold (finite) and max_samples >= 2, got {c:?}"
-        )))
+/// A timeout, interval or grace: above zero, at most [`MAX_TIMEOUT`].
+fn check_duration(field: &str, d: Duration) -> Result<()> {
+    if d.is_zero() || d > MAX_TIMEOUT {
+        return Err(Error::InvalidConfig(format!(
+            "{field} must be above zero and at most {} s (365 days), got {d:?}",
+            MAX_TIMEOUT.as_secs()
+        )));
     }
+    Ok(())
+}
+
+fn check_max_missed(max: u32) -> Result<()> {
+    if max == 0 {
+        return Err(Error::InvalidConfig("max_missed_beats must be at least 1, got 0".into()));
+    }
+    Ok(())
+}
+
+fn check_phi(c: &PhiConfig) -> Result<()> {
+    let bad = |what: String| Err(Error::InvalidConfig(format!("phi detector: {what}")));
+    if !(c.threshold.is_finite() && c.threshold > 0.0) {
+        return bad(format!("threshold must be finite and above zero, got {}", c.threshold));
+    }
+    if !(c.warn_threshold.is_finite() && c.warn_threshold > 0.0 && c.warn_threshold <= c.threshold) {
+        return bad(format!(
+            "warn_threshold must be above zero and at most threshold ({}), got {}",
+            c.threshold, c.warn_threshold
+        ));
+    }
+    if !(2..=PhiConfig::MAX_SAMPLES).contains(&c.max_samples) {
+        return bad(format!(
+            "max_samples must be from 2 to {}, got {}",
+            PhiConfig::MAX_SAMPLES,
+            c.max_samples
+        ));
+    }
+    for (field, d) in [
+        ("min_std_deviation", c.min_std_deviation),
+        ("acceptable_pause", c.acceptable_pause),
+        ("expected_interval", c.expected_interval),
+    ] {
+        if d > MAX_TIMEOUT {
+            return bad(format!("{field} must be at most {} s, got {d:?}", MAX_TIMEOUT.as_secs()));
+        }
+    }
+    Ok(())
+}
+
+/// Per-session options, checked as the builder checks its own.
+fn check_options(o: &RegisterOptions) -> Result<()> {
+    if let Some(grace) = o.grace
+        && grace > MAX_TIMEOUT
+    {
+        return Err(Error::InvalidConfig(format!(
+            "grace must be at most {} s (365 days), got {grace:?}",
+            MAX_TIMEOUT.as_secs()
+        )));
+    }
+    if let Some(timeout) = o.timeout {
+        check_duration("timeout", timeout)?;
+    }
+    if let Some(max) = o.max_missed_beats {
+        check_max_missed(max)?;
+    }
+    if let Some(Detector::Phi(c)) = &o.detector {
+        check_phi(c)?;
+    }
+    Ok(())
 }
 
 /// Durations as `u64` nanoseconds, saturating (584 years).
@@ -303,6 +438,7 @@ struct Inner {
     pause_guard: Option<u64>,
     on_warning: Option<WarningCallback>,
     on_timeout: Option<TimeoutCallback>,
+    on_failure: Option<FailureCallback>,
     shards: Box<[Padded<Mutex<Shard>>]>,
     /// foldhash, randomly seeded per monitor: hashbrown's default, a few
     /// nanoseconds for a short id where SipHash takes 15.
@@ -354,6 +490,8 @@ struct Shard {
 }
 
 /// One session. Kept small: a million of them should fit in 200 MB.
+/// Settings of its own (timeout, misses, detector) live in `rules`, boxed,
+/// so a session on the monitor's settings pays one null pointer for them.
 struct Session {
     id: Box<str>,
     /// The beat (or registration, resume), ns since the monitor's epoch.
@@ -368,6 +506,36 @@ struct Session {
     live: bool,
     /// Beaten since register or resume (phi records intervals from the second beat).
     has_beaten: bool,
+    /// Reported a failure, not yet cleared by a beat.
+    failed: bool,
+    rules: Option<Box<Rules>>,
+}
+
+impl Session {
+    /// Counted in `Inner::unhealthy`.
+    fn unhealthy(&self) -> bool {
+        self.missed > 0 || self.failed
+    }
+
+    fn phi(&self) -> Option<&PhiState> {
+        self.rules.as_ref()?.phi.as_deref()
+    }
+
+    fn phi_mut(&mut self) -> Option<&mut PhiState> {
+        self.rules.as_mut()?.phi.as_deref_mut()
+    }
+}
+
+/// What a session does not take from the monitor. 24 bytes.
+struct Rules {
+    /// Its own timeout, ns; 0: the monitor's.
+    timeout: u64,
+    /// Its own max missed beats; 0: the monitor's.
+    max_missed: u32,
+    /// Its detector was its own (from [`RegisterOptions`]), not the
+    /// monitor's: snapshots say so.
+    own_detector: bool,
+    /// The phi detector's state, with the phi detector.
     phi: Option<Box<PhiState>>,
 }
 
@@ -429,6 +597,16 @@ enum Verdict {
     Missed { phi: Option<f64>, dead: bool },
 }
 
+/// State a restored session brings along into [`Inner::insert`]; the
+/// default is a fresh registration's (healthy, pause state kept).
+#[derive(Default)]
+struct Carried {
+    /// `Some`: set the pause state; `None`: keep it (a new session is not paused).
+    paused: Option<bool>,
+    failed: bool,
+    missed: u32,
+}
+
 /// A callback to run once the shard lock is released.
 enum Pending {
     Warning(String, u32),
@@ -447,6 +625,7 @@ impl Monitor {
             pause_guard: None,
             on_warning: None,
             on_timeout: None,
+            on_failure: None,
             clock: Arc::new(SystemClock),
         }
     }
@@ -463,78 +642,19 @@ impl Monitor {
     }
 
     /// Starts monitoring `session_id` (replacing any session of that id),
-    /// as beating now.
+    /// as beating now, with the monitor's settings.
     pub fn register(&self, session_id: &str, agent_type: &str) {
-        self.register_with(session_id, agent_type, RegisterOptions::default());
+        self.inner.insert(session_id, agent_type, &RegisterOptions::default(), Carried::default());
     }
 
-    /// [`register`](Self::register) with a grace period and/or a detector of its own.
-    pub fn register_with(&self, session_id: &str, agent_type: &str, options: RegisterOptions) {
-        let inner = &*self.inner;
-        let agent = inner.agents.write().acquire(agent_type);
-        let detector = options.detector.unwrap_or(inner.detector);
-        let phi = match detector {
-            Detector::Fixed => None,
-            Detector::Phi(config) => Some(Box::new(PhiState { config, window: PhiWindow::new(&config) })),
-        };
-        let now = inner.now();
-        let grace_until = options.grace.map_or(0, |g| now.saturating_add(nanos(g)));
-        let hash = inner.hasher.hash_one(session_id);
-        let mut guard = inner.shard(hash).lock();
-        let shard = &mut *guard;
-        let slot = match shard.find(hash, session_id) {
-            Some(slot) => {
-                // Registering again replaces the session; a paused one stays
-                // paused, as in the seed.
-                let s = &mut shard.sessions[slot as usize];
-                inner.recover(s, session_id);
-                inner.agents.write().release(s.agent);
-                s.generation = s.generation.wrapping_add(1);
-                slot
-            }
-            None => {
-                let session = Session {
-                    id: session_id.into(),
-                    last_beat: now,
-                    grace_until,
-                    agent,
-                    generation: 0,
-                    missed: 0,
-                    paused: false,
-                    live: true,
-                    has_beaten: false,
-                    phi: None,
-                };
-                let slot = match shard.free.pop() {
-                    Some(slot) => {
-                        let old = &mut shard.sessions[slot as usize];
-                        let generation = old.generation.wrapping_add(1);
-                        *old = Session { generation, ..session };
-                        slot
-                    }
-                    None => {
-                        shard.sessions.push(session);
-                        u32::try_from(shard.sessions.len() - 1)
-                            .expect("fewer than 4 billion sessions a shard")
-                    }
-                };
-                let sessions = &shard.sessions;
-                shard.index.insert_unique(hash, slot, |&i| inner.hasher.hash_one(&*sessions[i as usize].id));
-                inner.registered.fetch_add(1, Ordering::Relaxed);
-                slot
-            }
-        };
-        let s = &mut shard.sessions[slot as usize];
-        s.last_beat = now;
-        s.grace_until = grace_until;
-        s.agent = agent;
-        s.missed = 0;
-        s.has_beaten = false;
-        s.phi = phi;
-        let first = inner.next_look(s, now);
-        let generation = s.generation;
-        shard.push_due(first, slot, generation);
-        log::debug!("registered session {session_id} ({agent_type})");
+    /// [`register`](Self::register) with a grace period, a timeout, a
+    /// number of misses and/or a detector of its own. Invalid options (see
+    /// [`RegisterOptions`]) are an [`Error::InvalidConfig`] naming the field
+    /// and value, and register nothing.
+    pub fn register_with(&self, session_id: &str, agent_type: &str, options: RegisterOptions) -> Result<()> {
+        check_options(&options)?;
+        self.inner.insert(session_id, agent_type, &options, Carried::default());
+        Ok(())
     }
 
     /// Records a beat. `false` if the session is not registered. No
@@ -544,13 +664,14 @@ impl Monitor {
         let now = inner.now();
         let Some((mut shard, slot, _)) = inner.locate(session_id) else { return false };
         let s = &mut shard.sessions[slot as usize];
-        if let Some(p) = &mut s.phi
-            && s.has_beaten
+        let (has_beaten, last_beat) = (s.has_beaten, s.last_beat);
+        if let Some(p) = s.phi_mut()
+            && has_beaten
         {
             // Akka's rules: the first beat (after register or resume) only
             // sets the time, and an interval long enough to have been a
             // failure does not become part of the history.
-            let interval = Duration::from_nanos(now.saturating_sub(s.last_beat));
+            let interval = Duration::from_nanos(now.saturating_sub(last_beat));
             if p.window.phi(interval, &p.config) < p.config.threshold {
                 p.window.record(interval);
             }
@@ -631,12 +752,178 @@ impl Monitor {
         out
     }
 
+    /// Up to `limit` sessions' statuses, sorted by id (byte order): the
+    /// `limit` smallest ids strictly greater than `after` (all ids when
+    /// `None`). To walk every session a page at a time, pass the last id of
+    /// one page as `after` of the next.
+    ///
+    /// Costs O(n log limit) comparisons over all n sessions, one shard lock
+    /// at a time, and builds statuses only for the chosen ones. Sessions are
+    /// looked up again to build their status: one removed in between is left
+    /// out (the page is then shorter), one added in between may be missed.
+    pub fn status_page(&self, after: Option<&str>, limit: usize) -> Vec<SessionStatus> {
+        let inner = &*self.inner;
+        if limit == 0 {
+            return Vec::new();
+        }
+        // A max-heap of the smallest ids seen so far: its top is the one to
+        // drop when a smaller id comes. Ids are copied only when they enter.
+        let mut chosen: BinaryHeap<Box<str>> = BinaryHeap::with_capacity(limit.min(self.registered_count()));
+        for Padded(shard) in inner.shards.iter() {
+            // One shard lock at a time, and no other lock under it.
+            let shard = shard.lock();
+            for s in shard.sessions.iter().filter(|s| s.live) {
+                let id = &*s.id;
+                if after.is_some_and(|after| id <= after) {
+                    continue;
+                }
+                if chosen.len() < limit {
+                    chosen.push(id.into());
+                } else if let Some(mut largest) = chosen.peek_mut()
+                    && id < &**largest
+                {
+                    *largest = id.into();
+                }
+            }
+        }
+        let ids = chosen.into_sorted_vec();
+        let now = inner.now();
+        let wall = inner.clock.wall();
+        ids.iter()
+            .filter_map(|id| {
+                inner.with_session(id, |inner, s| inner.status_of(s, now, wall, &inner.agents.read()))
+            })
+            .collect()
+    }
+
+    /// How many sessions are in each state, e.g. for a metrics endpoint.
+    /// Walks every session, one shard lock at a time (a few milliseconds
+    /// for a million sessions), without building any status; the counts are
+    /// each shard's at the moment it was visited.
+    /// ([`registered_count`](Self::registered_count) and
+    /// [`healthy_count`](Self::healthy_count) are O(1).)
+    pub fn counts(&self) -> SessionCounts {
+        let mut counts = SessionCounts::default();
+        for Padded(shard) in self.inner.shards.iter() {
+            let shard = shard.lock();
+            for s in shard.sessions.iter().filter(|s| s.live) {
+                counts.registered += 1;
+                counts.paused += usize::from(s.paused);
+                if s.failed {
+                    counts.failed += 1;
+                } else if s.missed > 0 {
+                    counts.warning += 1;
+                } else {
+                    counts.healthy += 1;
+                }
+            }
+        }
+        counts
+    }
+
+    /// Reports a failure of `session_id` at once (as healthchecks.io's
+    /// `/fail`): an [`Event::Failed`] and the `on_failure` callback, for
+    /// every call. The session stays registered but unhealthy, and keeps
+    /// being swept, until its next beat (or resume, or registering again)
+    /// clears the failure with an [`Event::Recovered`]. `false` if it is not
+    /// registered.
+    pub fn fail(&self, session_id: &str) -> bool {
+        let inner = &*self.inner;
+        let agent = inner.with_session(session_id, |inner, s| {
+            if !s.failed {
+                if !s.unhealthy() {
+                    inner.unhealthy.fetch_add(1, Ordering::Relaxed);
+                }
+                s.failed = true;
+            }
+            // Lock order: the shard, then the agent names.
+            let agent = inner.agents.read().names[s.agent as usize].to_string();
+            inner.emit(Event::Failed { session_id: session_id.to_owned(), agent_type: agent.clone() });
+            agent
+        });
+        let Some(agent) = agent else { return false };
+        log::warn!("session {session_id} ({agent}) reported a failure");
+        if let Some(f) = &inner.on_failure {
+            contained("on_failure", || f(session_id, &agent));
+        }
+        true
+    }
+
+    /// Every live session, for saving across a restart
+    /// ([`restore`](Self::restore) takes it back), one shard lock at a time.
+    /// `last_beat` is wall-clock time: the clock's wall time now, less the
+    /// (monotonic) silence since the beat.
+    pub fn snapshot(&self) -> Vec<SessionSnapshot> {
+        let inner = &*self.inner;
+        let now = inner.now();
+        let wall = inner.clock.wall();
+        let mut out = Vec::with_capacity(self.registered_count());
+        for Padded(shard) in inner.shards.iter() {
+            // Lock order: the shard, then the agent names.
+            let shard = shard.lock();
+            let agents = inner.agents.read();
+            out.extend(shard.sessions.iter().filter(|s| s.live).map(|s| {
+                let rules = s.rules.as_deref();
+                let silence = Duration::from_nanos(now.saturating_sub(s.last_beat));
+                SessionSnapshot {
+                    session_id: s.id.to_string(),
+                    agent_type: agents.names[s.agent as usize].to_string(),
+                    timeout: rules.filter(|r| r.timeout != 0).map(|r| Duration::from_nanos(r.timeout)),
+                    max_missed_beats: rules.map(|r| r.max_missed).filter(|&m| m != 0),
+                    detector: rules
+                        .filter(|r| r.own_detector)
+                        .map(|r| r.phi.as_ref().map_or(Detector::Fixed, |p| Detector::Phi(p.config))),
+                    paused: s.paused,
+                    failed: s.failed,
+                    missed_beats: s.missed,
+                    last_beat: wall.checked_sub(silence).unwrap_or(wall),
+                }
+            }));
+        }
+        out
+    }
+
+    /// Registers every session of a snapshot, replacing sessions of the same
+    /// ids, and returns how many.
+    ///
+    /// All are checked first, as [`register_with`](Self::register_with)
+    /// checks its options: on the first invalid one, an
+    /// [`Error::InvalidConfig`] naming it, and none is restored.
+    ///
+    /// Restored sessions keep their settings, paused and failed flags and
+    /// missed count, and beat *now*: the time this monitor was down is not
+    /// held against them (a grace of one timeout from the restart), while a
+    /// session that really stopped beating still times out after that. Phi
+    /// sessions start a fresh window. No events are sent for restored state.
+    pub fn restore(&self, sessions: &[SessionSnapshot]) -> Result<usize> {
+        let options = |s: &SessionSnapshot| RegisterOptions {
+            grace: None,
+            detector: s.detector,
+            timeout: s.timeout,
+            max_missed_beats: s.max_missed_beats,
+        };
+        for s in sessions {
+            check_options(&options(s)).map_err(|e| match e {
+                Error::InvalidConfig(msg) => {
+                    Error::InvalidConfig(format!("snapshot of session {:?}: {msg}", s.session_id))
+                }
+                other => other,
+            })?;
+        }
+        for s in sessions {
+            let carried = Carried { paused: Some(s.paused), failed: s.failed, missed: s.missed_beats };
+            self.inner.insert(&s.session_id, &s.agent_type, &options(s), carried);
+        }
+        log::info!("restored {} sessions", sessions.len());
+        Ok(sessions.len())
+    }
+
     /// How many sessions are registered.
     pub fn registered_count(&self) -> usize {
         self.inner.registered.load(Ordering::Relaxed)
     }
 
-    /// How many sessions have no missed beats.
+    /// How many sessions have no missed beats and no failure.
     pub fn healthy_count(&self) -> usize {
         self.registered_count().saturating_sub(self.inner.unhealthy.load(Ordering::Relaxed))
     }
@@ -823,6 +1110,109 @@ impl Shard {
 }
 
 impl Inner {
+    /// A session's settings apart from the monitor's; `None` if it has none.
+    /// Allocates (before any lock is taken).
+    fn rules_for(&self, options: &RegisterOptions) -> Option<Box<Rules>> {
+        let timeout = options.timeout.map(nanos).filter(|&t| t != self.timeout).unwrap_or(0);
+        let max_missed = options.max_missed_beats.filter(|&m| m != self.max_missed).unwrap_or(0);
+        let own_detector = options.detector.is_some_and(|d| d != self.detector);
+        let phi = match options.detector.unwrap_or(self.detector) {
+            Detector::Fixed => None,
+            Detector::Phi(config) => Some(Box::new(PhiState { config, window: PhiWindow::new(&config) })),
+        };
+        (timeout != 0 || max_missed != 0 || own_detector || phi.is_some())
+            .then(|| Box::new(Rules { timeout, max_missed, own_detector, phi }))
+    }
+
+    /// Registers (or replaces) a session, beating now. `options` are valid.
+    fn insert(&self, session_id: &str, agent_type: &str, options: &RegisterOptions, carried: Carried) {
+        let agent = self.agents.write().acquire(agent_type);
+        let rules = self.rules_for(options);
+        let now = self.now();
+        let grace_until = options.grace.map_or(0, |g| now.saturating_add(nanos(g)));
+        let hash = self.hasher.hash_one(session_id);
+        let mut guard = self.shard(hash).lock();
+        let shard = &mut *guard;
+        let slot = match shard.find(hash, session_id) {
+            Some(slot) => {
+                // Registering again replaces the session; a paused one stays
+                // paused, as in the seed.
+                let s = &mut shard.sessions[slot as usize];
+                self.recover(s, session_id);
+                self.agents.write().release(s.agent);
+                s.generation = s.generation.wrapping_add(1);
+                slot
+            }
+            None => {
+                let session = Session {
+                    id: session_id.into(),
+                    last_beat: now,
+                    grace_until,
+                    agent,
+                    generation: 0,
+                    missed: 0,
+                    paused: false,
+                    live: true,
+                    has_beaten: false,
+                    failed: false,
+                    rules: None,
+                };
+                let slot = match shard.free.pop() {
+                    Some(slot) => {
+                        let old = &mut shard.sessions[slot as usize];
+                        let generation = old.generation.wrapping_add(1);
+                        *old = Session { generation, ..session };
+                        slot
+                    }
+                    None => {
+                        shard.sessions.push(session);
+                        u32::try_from(shard.sessions.len() - 1)
+                            .expect("fewer than 4 billion sessions a shard")
+                    }
+                };
+                let sessions = &shard.sessions;
+                shard.index.insert_unique(hash, slot, |&i| self.hasher.hash_one(&*sessions[i as usize].id));
+                self.registered.fetch_add(1, Ordering::Relaxed);
+                slot
+            }
+        };
+        let s = &mut shard.sessions[slot as usize];
+        s.last_beat = now;
+        s.grace_until = grace_until;
+        s.agent = agent;
+        s.has_beaten = false;
+        s.rules = rules;
+        // After `recover` above: the session is healthy and not failed here.
+        s.missed = carried.missed;
+        s.failed = carried.failed;
+        if let Some(paused) = carried.paused {
+            s.paused = paused;
+        }
+        if s.unhealthy() {
+            self.unhealthy.fetch_add(1, Ordering::Relaxed);
+        }
+        let first = self.next_look(s, now);
+        let generation = s.generation;
+        shard.push_due(first, slot, generation);
+        log::debug!("registered session {session_id} ({agent_type})");
+    }
+
+    /// The timeout that applies to `s`, ns.
+    fn timeout_of(&self, s: &Session) -> u64 {
+        match s.rules.as_ref().map_or(0, |r| r.timeout) {
+            0 => self.timeout,
+            own => own,
+        }
+    }
+
+    /// The misses that time `s` out.
+    fn max_missed_of(&self, s: &Session) -> u32 {
+        match s.rules.as_ref().map_or(0, |r| r.max_missed) {
+            0 => self.max_missed,
+            own => own,
+        }
+    }
+
     fn now(&self) -> u64 {
         nanos(self.clock.now().saturating_duration_since(self.epoch))
     }
@@ -858,11 +1248,12 @@ impl Inner {
         Some(f(self, &mut shard.sessions[slot as usize]))
     }
 
-    /// Clears a session's misses; if it had been warned, it is healthy again
-    /// and `Recovered` is sent.
+    /// Clears a session's misses and failure; if it had been warned or had
+    /// failed, it is healthy again and `Recovered` is sent.
     fn recover(&self, s: &mut Session, session_id: &str) {
-        if s.missed > 0 {
+        if s.unhealthy() {
             s.missed = 0;
+            s.failed = false;
             self.unhealthy.fetch_sub(1, Ordering::Relaxed);
             self.emit(Event::Recovered { session_id: session_id.to_owned() });
         }
@@ -873,12 +1264,14 @@ impl Inner {
             entry.remove();
         }
         let s = &mut shard.sessions[slot as usize];
-        if s.missed > 0 {
+        if s.unhealthy() {
             self.unhealthy.fetch_sub(1, Ordering::Relaxed);
         }
         s.live = false;
+        s.failed = false;
+        s.missed = 0;
         s.id = Box::default();
-        s.phi = None;
+        s.rules = None;
         self.agents.write().release(s.agent);
         s.generation = s.generation.wrapping_add(1);
         shard.free.push(slot);
@@ -893,10 +1286,10 @@ impl Inner {
 
     /// When a healthy session should next be looked at.
     fn next_look(&self, s: &Session, now: u64) -> u64 {
-        match &s.phi {
+        match s.phi() {
             // Strictly after: the seed's miss is "silent for longer than timeout".
             None => Self::silent_since(s)
-                .saturating_add(self.timeout)
+                .saturating_add(self.timeout_of(s))
                 .saturating_add(1)
                 .max(now.saturating_add(1)),
             // A phi deadline moves earlier when beats tighten the window, and
@@ -910,10 +1303,10 @@ impl Inner {
             return Verdict::Rearm(self.next_look(s, now));
         }
         let silence = now.saturating_sub(Self::silent_since(s));
-        let (missed, dead, phi) = match &s.phi {
+        let (missed, dead, phi) = match s.phi() {
             None => {
-                let missed = silence > self.timeout;
-                (missed, missed && s.missed + 1 >= self.max_missed, None)
+                let missed = silence > self.timeout_of(s);
+                (missed, missed && s.missed + 1 >= self.max_missed_of(s), None)
             }
             Some(p) => {
                 let phi = p.window.phi(Duration::from_nanos(silence), &p.config);
@@ -950,12 +1343,15 @@ impl Inner {
                     s.missed += 1;
                     let id = s.id.to_string();
                     if s.missed == 1 {
-                        self.unhealthy.fetch_add(1, Ordering::Relaxed);
+                        if !s.failed {
+                            self.unhealthy.fetch_add(1, Ordering::Relaxed);
+                        }
                         self.emit(Event::Warning { session_id: id.clone(), missed_beats: 1, phi });
                         pending.push(Pending::Warning(id.clone(), 1));
                     }
                     if !dead {
-                        log::warn!("session {id} missed a heartbeat ({}/{})", s.missed, self.max_missed);
+                        let max = self.max_missed_of(s);
+                        log::warn!("session {id} missed a heartbeat ({}/{max})", s.missed);
                         shard.push_due(now.saturating_add(1), slot, generation);
                         continue;
                     }
@@ -980,14 +1376,20 @@ impl Inner {
     ) -> SessionStatus {
         let silence = now.saturating_sub(s.last_beat);
         let judged = Duration::from_nanos(now.saturating_sub(Self::silent_since(s)));
-        let phi = s.phi.as_ref().map(|p| p.window.phi(judged, &p.config));
-        let death_at = match &s.phi {
-            None if s.missed == 0 => Self::silent_since(s)
-                .saturating_add(self.timeout)
-                .saturating_add(self.check_interval.saturating_mul(u64::from(self.max_missed - 1))),
-            None => now.saturating_add(
-                self.check_interval.saturating_mul(u64::from(self.max_missed.saturating_sub(s.missed))),
+        let phi = s.phi().map(|p| p.window.phi(judged, &p.config));
+        let (timeout, max_missed) = (self.timeout_of(s), self.max_missed_of(s));
+        // Misses still to come after the next one.
+        let after_next = u64::from(max_missed.saturating_sub(s.missed).saturating_sub(1));
+        let death_at = match s.phi() {
+            // Silent for longer than the timeout: a miss at every sweep from now.
+            None if s.missed > 0 && judged > Duration::from_nanos(timeout) => now.saturating_add(
+                self.check_interval.saturating_mul(u64::from(max_missed.saturating_sub(s.missed))),
             ),
+            // The next miss comes a timeout after the last beat (a restored
+            // session's misses may be more than zero here).
+            None => Self::silent_since(s)
+                .saturating_add(timeout)
+                .saturating_add(self.check_interval.saturating_mul(after_next)),
             Some(p) => Self::silent_since(s)
                 .saturating_add(nanos(p.window.silence_until(p.config.threshold, &p.config))),
         };
@@ -998,7 +1400,8 @@ impl Inner {
             seconds_since_beat: silence as f64 / 1e9,
             missed_beats: s.missed,
             is_paused: s.paused,
-            is_healthy: s.missed == 0,
+            failed: s.failed,
+            is_healthy: !s.unhealthy(),
             phi,
             time_to_death: (!s.paused).then(|| Duration::from_nanos(death_at.saturating_sub(now))),
         }
@@ -1037,15 +1440,12 @@ mod tests {
     #[test]
     fn stale_heap_entries_are_compacted() {
         let monitor = Monitor::builder().build().unwrap();
-        monitor.register_with("s", "w", RegisterOptions { grace: Some(Duration::MAX), ..Default::default() });
+        let grace = RegisterOptions { grace: Some(MAX_TIMEOUT), ..Default::default() };
+        monitor.register_with("s", "w", grace).unwrap();
         for _ in 0..10_000 {
             monitor.pause("s");
             monitor.resume_with_grace("s", Duration::MAX);
-            monitor.register_with(
-                "s",
-                "w",
-                RegisterOptions { grace: Some(Duration::MAX), ..Default::default() },
-            );
+            monitor.register_with("s", "w", grace).unwrap();
         }
         let total: usize = monitor.inner.shards.iter().map(|Padded(s)| s.lock().due.len()).sum();
         assert!(total <= 2 + 64, "{total} heap entries for one session");

@@ -18,6 +18,8 @@
 use std::f64::consts::LN_10;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// Coefficients of Akka's logistic approximation of the normal CDF:
 /// `e = exp(-y * (A + B * y^2))`.
 const A: f64 = 1.5976;
@@ -31,7 +33,12 @@ const B: f64 = 0.070566;
 /// 10 s (the first estimate, before any interval is known); plus our
 /// `warn_threshold` 4.0, the phi at which a session is warned about before it
 /// is declared dead.
-#[derive(Debug, Clone, Copy, PartialEq)]
+///
+/// In JSON (serde), durations are seconds with a `_sec` suffix
+/// (`min_std_deviation_sec`, `acceptable_pause_sec`, `expected_interval_sec`),
+/// and missing fields take their defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PhiConfig {
     /// phi at or above which a session is declared dead (Akka: 8.0).
     pub threshold: f64,
@@ -39,20 +46,31 @@ pub struct PhiConfig {
     /// `threshold` (4.0).
     pub warn_threshold: f64,
     /// How many inter-beat intervals the sliding window keeps (Akka: 1000).
-    /// Each costs 4 bytes per session; at least 2 are kept.
+    /// Each costs 4 bytes per session; at least 2 are kept, at most
+    /// [`PhiConfig::MAX_SAMPLES`] accepted.
     pub max_samples: usize,
     /// Floor of the standard deviation used to compute phi (Akka: 100 ms), so
     /// that a very regular peer is not declared dead by a small delay. Should
     /// be above zero, as Akka requires.
+    #[serde(rename = "min_std_deviation_sec", with = "super::snapshot::secs")]
     pub min_std_deviation: Duration,
     /// Extra silence tolerated on top of the mean interval before phi starts
     /// to rise, e.g. for garbage-collection pauses or network hiccups
     /// (Akka: 3 s). Added to the mean when phi is computed.
+    #[serde(rename = "acceptable_pause_sec", with = "super::snapshot::secs")]
     pub acceptable_pause: Duration,
     /// The interval assumed before any has been measured (Akka's
     /// `heartbeat-interval` first estimate: 10 s). Seeds the window with two
     /// samples, `expected - expected / 4` and `expected + expected / 4`.
+    #[serde(rename = "expected_interval_sec", with = "super::snapshot::secs")]
     pub expected_interval: Duration,
+}
+
+impl PhiConfig {
+    /// The largest `max_samples` a monitor accepts: 10,000 intervals, 40 KB
+    /// per session (ten times Akka's default). Longer windows adapt no better
+    /// and make a session cost more than its beats are worth.
+    pub const MAX_SAMPLES: usize = 10_000;
 }
 
 impl Default for PhiConfig {
