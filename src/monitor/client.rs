@@ -352,44 +352,38 @@ mod tests {
         assert!(opts(RemoteOptions { token: Some(String::new()), ..Default::default() }).is_err());
     }
 
-    /// A stand-in for the service: 404 to beats until the session is PUT.
+    /// A stand-in for the service on the crate's own HTTP front: 404 to
+    /// beats until the session is PUT.
     #[test]
     fn a_remote_client_registers_on_404_then_beats() {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
-        let port = server.server_addr().to_ip().unwrap().port();
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        use crate::http::{HttpConfig, HttpServer, Reply, Request, Response};
+
         let (tx, seen) = crossbeam_channel::unbounded();
-        let serving = thread::spawn({
-            let server = server.clone();
-            move || {
-                let mut registered = false;
-                while let Ok(Some(mut request)) = server.recv_timeout(Duration::from_secs(10)) {
-                    let mut body = String::new();
-                    request.as_reader().read_to_string(&mut body).unwrap();
-                    let auth = request
-                        .headers()
-                        .iter()
-                        .find(|h| h.field.equiv("Authorization"))
-                        .map(|h| h.value.to_string());
-                    let line = format!("{} {} {auth:?} {body}", request.method(), request.url());
-                    let status = match request.method() {
-                        tiny_http::Method::Put => {
-                            registered = true;
-                            201
-                        }
-                        _ if registered => 204,
-                        _ => 404,
-                    };
-                    request.respond(tiny_http::Response::empty(status)).unwrap();
-                    tx.send(line).unwrap();
+        let registered = AtomicBool::new(false);
+        let handler = move |request: &Request<'_>| -> Reply {
+            let auth = request.header("authorization").map(|h| String::from_utf8_lossy(h).into_owned());
+            let body = String::from_utf8_lossy(request.body());
+            tx.send(format!("{} {} {auth:?} {body}", request.method(), request.path())).unwrap();
+            let status = match request.method() {
+                "PUT" => {
+                    registered.store(true, Ordering::SeqCst);
+                    201
                 }
-            }
-        });
+                _ if registered.load(Ordering::SeqCst) => 204,
+                _ => 404,
+            };
+            Response::empty(status).into()
+        };
+        let config = HttpConfig { listen: "127.0.0.1:0".parse().unwrap(), ..HttpConfig::default() };
+        let server = HttpServer::start(config, Arc::new(handler)).unwrap();
         let options = RemoteOptions {
             agent_type: Some("tester".into()),
             token: Some("s3cret".into()),
             request_timeout: None,
         };
-        let url = format!("http://127.0.0.1:{port}/");
+        let url = format!("http://{}/", server.local_addr());
         let mut client =
             HeartbeatClient::remote_with(&url, "agent-7", Duration::from_millis(10), options).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -409,8 +403,7 @@ mod tests {
                 format!("POST /sessions/agent-7/beat {auth} "),
             ]
         );
-        server.unblock();
-        serving.join().unwrap();
+        server.stop();
     }
 
     #[test]
