@@ -51,6 +51,7 @@
 mod beater;
 mod clock;
 mod error;
+pub mod http;
 mod monitor;
 pub mod peer;
 pub mod process;
