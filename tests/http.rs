@@ -466,7 +466,7 @@ fn streams_arrive_in_order_and_a_client_that_does_not_read_is_dropped() {
     while lazy_sink.send(&chunk) {
         sent += chunk.len();
         assert!(sent < 256 << 20 && started.elapsed() < BOUND, "never dropped ({sent} bytes sent)");
-        if sent % (64 << 10) == 0 {
+        if sent.is_multiple_of(64 << 10) {
             // Give the loop a moment to move bytes to the socket.
             thread::sleep(Duration::from_millis(1));
         }
@@ -534,7 +534,7 @@ fn a_bind_failure_names_the_address() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let config = HttpConfig { listen: addr, ..HttpConfig::default() };
-    let err = HttpServer::start(config, handler(Sinks::default())).err().expect("the port is taken");
+    let err = HttpServer::start(config, handler(Sinks::default())).expect_err("the port is taken");
     assert!(matches!(&err, heartbeat::Error::Io(e) if e.kind() == ErrorKind::AddrInUse), "{err:?}");
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
 }

@@ -154,7 +154,8 @@ pub enum Reply {
     /// `max_stream_queue` (the client stopped reading: it is dropped and counted), or the server stops.
     ///
     /// `open` must not block: it runs on the thread that serves every
-    /// connection. Store the sink, or hand it to a thread of your own.
+    /// connection. Store the sink, or hand it to a thread of your own. To a
+    /// `HEAD` request the head alone is sent and `open` is not called.
     Stream {
         /// The stream's `Content-Type`, e.g. `text/event-stream`.
         content_type: &'static str,

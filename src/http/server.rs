@@ -722,7 +722,7 @@ impl Loop {
                 break;
             }
             self.timers.pop();
-            if !self.conns.get(&token).is_some_and(|c| c.generation == generation) {
+            if self.conns.get(&token).is_none_or(|c| c.generation != generation) {
                 continue;
             }
             let Some(mut conn) = self.conns.remove(&token) else { continue };
