@@ -32,7 +32,8 @@ fn main() {
     let arg = |i: usize, what: &str| -> String {
         args.get(i).cloned().unwrap_or_else(|| panic!("missing {what}; see the example's docs"))
     };
-    let num = |i: usize, what: &str| -> u64 { arg(i, what).parse().unwrap_or_else(|_| panic!("{what}: a number")) };
+    let num =
+        |i: usize, what: &str| -> u64 { arg(i, what).parse().unwrap_or_else(|_| panic!("{what}: a number")) };
     match arg(0, "mode").as_str() {
         "register" => register(&arg(1, "HTTP_ADDR"), num(2, "COUNT"), num(3, "THREADS")),
         "udp" => udp(

@@ -13,6 +13,9 @@
 //!   FRESH, STALE, ORPHAN, REMOTE or SKEWED, cleans up safely and watches.
 //! - **Peers over TCP:** [`peer::Hub`], a presence server speaking the
 //!   JoinMarket directory-node heartbeat, and [`peer::PeerClient`].
+//! - **An HTTP front of our own** ([`http::HttpServer`]): one mio thread for
+//!   every connection, every client-grown resource bounded; the hub's status
+//!   endpoint runs on it.
 //!
 //! ```
 //! use std::time::Duration;
@@ -51,11 +54,13 @@
 mod beater;
 mod clock;
 mod error;
+pub mod http;
 mod monitor;
 pub mod peer;
 pub mod process;
 mod random;
 mod scanner;
+pub mod service;
 mod state;
 mod sys;
 mod systemd;

@@ -495,7 +495,12 @@ fn a_failure_is_reported_at_once_and_cleared_by_the_next_beat() {
 
     // Failed and silent: warned and timed out as usual, counted once.
     sweep_until(&monitor, &clock, 7); // t = 35
-    assert_eq!(drain(&events), vec![warning("job"), warning("other")]);
+    // Events are in order per session only: the two may come either way round.
+    let warned = drain(&events);
+    assert!(
+        warned.len() == 2 && warned.contains(&warning("job")) && warned.contains(&warning("other")),
+        "{warned:?}"
+    );
     assert_eq!(monitor.healthy_count(), 0);
     assert_eq!(
         monitor.counts(),

@@ -125,7 +125,9 @@ fn parse_udp(s: &str) -> Result<UdpAddr, String> {
     if s == "off" {
         return Ok(UdpAddr(None));
     }
-    s.parse().map(|a| UdpAddr(Some(a))).map_err(|_| format!("{s:?} is not an address such as 127.0.0.1:9333, or off"))
+    s.parse()
+        .map(|a| UdpAddr(Some(a)))
+        .map_err(|_| format!("{s:?} is not an address such as 127.0.0.1:9333, or off"))
 }
 
 impl MonitorArgs {

@@ -76,7 +76,8 @@ impl Target {
                 .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
                 .next()
                 .ok_or_else(|| format!("{host:?} resolves to no address"))?;
-            let local: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+            let local: SocketAddr =
+                if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
             let socket = UdpSocket::bind(local).map_err(|e| format!("cannot open a udp socket: {e}"))?;
             let mut datagram = Vec::new();
             if let Some(token) = token {
@@ -88,7 +89,10 @@ impl Target {
             return Ok(Target::Udp { socket, addr, datagram });
         }
         if !args.url.starts_with("http://") {
-            return Err(format!("{:?} is not an http:// address (https is not supported; use --udp for udp)", args.url));
+            return Err(format!(
+                "{:?} is not an http:// address (https is not supported; use --udp for udp)",
+                args.url
+            ));
         }
         let action = if args.fail {
             "/fail"

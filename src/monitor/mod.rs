@@ -1056,8 +1056,14 @@ impl Monitor {
         self.inner.sweeper.lock().as_ref().is_some_and(|s| !s.handle.is_finished())
     }
 
-    pub(crate) fn clock(&self) -> &SharedClock {
+    /// The clock it reads time from.
+    pub fn clock(&self) -> &SharedClock {
         &self.inner.clock
+    }
+
+    /// The detector of sessions registered without one of their own.
+    pub fn detector(&self) -> Detector {
+        self.inner.detector
     }
 }
 

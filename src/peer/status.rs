@@ -1,39 +1,36 @@
-//! The hub's status endpoint: a small HTTP server ([`tiny_http`]) on a thread
-//! of its own, answering `GET /health`, `GET /status` and `GET /metrics`.
+//! The hub's status endpoint: routes on the crate's own HTTP front
+//! ([`HttpServer`]), answering `GET /health`, `GET /status` and `GET /metrics`.
 
-use std::fmt::Write as _;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::{self, JoinHandle};
-use std::time::Duration;
 
-use parking_lot::Mutex;
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 use serde_json::json;
-use tiny_http::{Header, Method, Request, Response, Server};
 
 use super::registry::{CounterSnapshot, PeerStatus};
 use super::server::Hub;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::http::metrics::{CONTENT_TYPE as PROMETHEUS, family, sample};
+use crate::http::{HttpConfig, HttpCounters, HttpServer, Request, Response};
 
-const JSON: &str = "application/json";
-/// The Prometheus text exposition format.
-const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The prefix of the HTTP front's own series on `/metrics`.
+const HTTP_PREFIX: &str = "heartbeat_hub_status";
 
-/// A running status endpoint for a [`Hub`]: one thread answering HTTP
-/// requests, read-only. Stops on [`stop`](StatusServer::stop) or drop.
+/// A running status endpoint for a [`Hub`], read-only, on an
+/// [`HttpServer`]: one event-loop thread for every client, bounded by an
+/// [`HttpConfig`] (connections, head and body sizes, read, write and idle
+/// deadlines). Stops on [`stop`](StatusServer::stop) or drop.
 ///
 /// - `GET /health`: `200 {"status": "ok", "peers": N, "nick": .., "network": ..}`
 ///   while the hub runs, `503` with `"status": "stopped"` once it does not.
 /// - `GET /status`: every peer (`nick`, `role`, `location`, `ping`,
 ///   `idle_sec`, `pong_pending`) and the hub's counters, as JSON.
-/// - `GET /metrics`: the same figures in the Prometheus text format.
+/// - `GET /metrics`: the same figures in the Prometheus text format, and the
+///   HTTP front's own (`heartbeat_hub_status_http_*`).
 ///
 /// `HEAD` is answered like `GET`; other methods on these paths get `405`,
-/// other paths `404` (JSON bodies). Request bodies are never read.
+/// other paths `404` (JSON bodies).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -47,66 +44,41 @@ const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct StatusServer {
-    local_addr: SocketAddr,
-    running: Mutex<Option<Running>>,
+    server: HttpServer,
 }
-
-struct Running {
-    server: Arc<Server>,
-    stopping: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
-    /// Disconnected when the thread ends.
-    done: crossbeam_channel::Receiver<()>,
-}
-
-/// How long `stop` waits for a request being answered: a client that does
-/// not read its response would otherwise hold the stop for ever.
-const STOP_WAIT: Duration = Duration::from_secs(2);
 
 impl StatusServer {
-    /// Binds `addr` and starts the thread that answers requests about `hub`.
-    /// A bind failure is an [`Error::Io`] naming the address.
+    /// Binds `addr` and starts answering requests about `hub`, with the
+    /// [`HttpConfig`] defaults for everything else. A bind failure is an
+    /// [`Error::Io`](crate::Error::Io) naming the address.
     pub fn start(addr: SocketAddr, hub: Arc<Hub>) -> Result<StatusServer> {
-        let server = Server::http(addr).map_err(|e| {
-            let kind = e.downcast_ref::<io::Error>().map_or(io::ErrorKind::Other, io::Error::kind);
-            Error::Io(io::Error::new(kind, format!("cannot serve status on {addr}: {e}")))
-        })?;
-        let local_addr = server.server_addr().to_ip().unwrap_or(addr);
-        let server = Arc::new(server);
-        let stopping = Arc::new(AtomicBool::new(false));
-        let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
-        let thread = {
-            let (server, stopping) = (server.clone(), stopping.clone());
-            thread::Builder::new().name("heartbeat-status".into()).spawn(move || {
-                let _done = done_tx;
-                serve(&server, &hub, &stopping, local_addr);
-            })?
+        StatusServer::start_with(HttpConfig { listen: addr, ..HttpConfig::default() }, hub)
+    }
+
+    /// [`start`](StatusServer::start) with the HTTP front's limits given:
+    /// `config.listen` is the address.
+    pub fn start_with(config: HttpConfig, hub: Arc<Hub>) -> Result<StatusServer> {
+        let counters = Arc::new(crate::http::Counters::default());
+        let handler = {
+            let counters = counters.clone();
+            move |request: &Request<'_>| {
+                route(request.method(), request.path(), &hub, &counters.snapshot()).into()
+            }
         };
-        log::info!("status endpoint on http://{local_addr}/ (health, status, metrics)");
-        Ok(StatusServer { local_addr, running: Mutex::new(Some(Running { server, stopping, thread, done })) })
+        let server = HttpServer::start_counting(config, Arc::new(handler), counters)?;
+        log::info!("status endpoint on http://{}/ (health, status, metrics)", server.local_addr());
+        Ok(StatusServer { server })
     }
 
     /// The address it listens on (the real port when started on port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.server.local_addr()
     }
 
-    /// Stops answering, joins the thread and closes the listener. A request
-    /// being answered is finished first. Idempotent.
+    /// Stops answering, closes every connection and the listener, and joins
+    /// the thread. Prompt and idempotent.
     pub fn stop(&self) {
-        let Some(running) = self.running.lock().take() else { return };
-        running.stopping.store(true, Ordering::SeqCst);
-        running.server.unblock();
-        if running.done.recv_timeout(STOP_WAIT).is_err_and(|e| e.is_timeout()) {
-            // Stuck writing to a client that does not read: leave it behind.
-            log::warn!("status thread still busy after {STOP_WAIT:?}; not waiting for it");
-            return;
-        }
-        if running.thread.join().is_err() {
-            log::error!("status thread panicked");
-        }
-        // The last reference: dropping the server closes its listener.
-        drop(running.server);
+        self.server.stop();
     }
 }
 
@@ -116,60 +88,23 @@ impl Drop for StatusServer {
     }
 }
 
-/// The thread: answers requests until `stop` unblocks it.
-fn serve(server: &Server, hub: &Hub, stopping: &AtomicBool, addr: SocketAddr) {
-    loop {
-        match server.recv() {
-            Ok(request) => respond(request, hub),
-            Err(_) if stopping.load(Ordering::SeqCst) => return,
-            // tiny_http's accept thread ends on its first error (out of
-            // file descriptors, say); nothing new will come but `stop`.
-            Err(e) => log::error!("status endpoint on {addr} stopped accepting connections: {e}"),
-        }
-    }
-}
-
-/// A response: status code, content type, body.
-type Reply = (u16, &'static str, String);
-
-fn respond(request: Request, hub: &Hub) {
-    let (code, content_type, body) = route(request.method(), request.url(), hub);
-    let mut response = Response::from_data(body).with_status_code(code);
-    if let Ok(header) = Header::from_bytes("Content-Type", content_type) {
-        response.add_header(header);
-    }
-    if code == 405
-        && let Ok(header) = Header::from_bytes("Allow", "GET, HEAD")
-    {
-        response.add_header(header);
-    }
-    // A client that went away is no concern of ours.
-    if let Err(e) = request.respond(response) {
-        log::debug!("status endpoint: cannot answer a request: {e}");
-    }
-}
-
-fn route(method: &Method, url: &str, hub: &Hub) -> Reply {
-    let path = url.split_once('?').map_or(url, |(path, _)| path);
+fn route(method: &str, path: &str, hub: &Hub, http: &HttpCounters) -> Response {
     let known = matches!(path, "/health" | "/status" | "/metrics");
     if !known {
-        return error(404, &format!("no such endpoint: {path}; try /health, /status or /metrics"));
+        return Response::error(404, &format!("no such endpoint: {path}; try /health, /status or /metrics"));
     }
-    if !matches!(method, Method::Get | Method::Head) {
-        return error(405, &format!("{path} answers GET only, not {method}"));
+    if !matches!(method, "GET" | "HEAD") {
+        return Response::error(405, &format!("{path} answers GET only, not {method}"))
+            .header("Allow", "GET, HEAD");
     }
     match path {
         "/health" => health(hub),
-        "/status" => (200, JSON, status(hub)),
-        _ => (200, PROMETHEUS, metrics(&hub.peers(), &hub.counters())),
+        "/status" => Response::new(200, "application/json", status(hub)),
+        _ => Response::new(200, PROMETHEUS, metrics(&hub.peers(), &hub.counters(), Some(http))),
     }
 }
 
-fn error(code: u16, message: &str) -> Reply {
-    (code, JSON, json!({ "error": message }).to_string())
-}
-
-fn health(hub: &Hub) -> Reply {
+fn health(hub: &Hub) -> Response {
     let running = hub.is_running();
     let body = json!({
         "status": if running { "ok" } else { "stopped" },
@@ -177,7 +112,7 @@ fn health(hub: &Hub) -> Reply {
         "nick": hub.nick(),
         "network": hub.network(),
     });
-    (if running { 200 } else { 503 }, JSON, body.to_string())
+    Response::new(if running { 200 } else { 503 }, "application/json", body.to_string())
 }
 
 /// The `/status` body, from one snapshot of the registry.
@@ -287,8 +222,9 @@ impl Serialize for Labelled<'_> {
     }
 }
 
-/// The `/metrics` body: the Prometheus text exposition format (0.0.4).
-fn metrics(peers: &[PeerStatus], c: &CounterSnapshot) -> String {
+/// The `/metrics` body: the Prometheus text exposition format (0.0.4),
+/// with the HTTP front's counters when given.
+fn metrics(peers: &[PeerStatus], c: &CounterSnapshot, http: Option<&HttpCounters>) -> String {
     let mut out = String::with_capacity(4096);
     let makers = peers.iter().filter(|p| p.role == "maker").count() as u64;
     let pending = peers.iter().filter(|p| p.pong_pending).count() as u64;
@@ -357,39 +293,20 @@ fn metrics(peers: &[PeerStatus], c: &CounterSnapshot) -> String {
     for (reason, n) in &c.dropped {
         sample(&mut out, name, Some(("reason", reason)), *n);
     }
-    out
-}
-
-/// A metric family's `# HELP` and `# TYPE` lines.
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// One sample line, `name{label="value"} n` or `name n`.
-fn sample(out: &mut String, name: &str, label: Option<(&str, &str)>, value: u64) {
-    match label {
-        Some((key, value_of_label)) => {
-            let _ = writeln!(out, "{name}{{{key}=\"{}\"}} {value}", escape_label(value_of_label));
-        }
-        None => {
-            let _ = writeln!(out, "{name} {value}");
-        }
+    if let Some(http) = http {
+        http.prometheus(&mut out, HTTP_PREFIX);
     }
-}
-
-/// A label value as the text format wants it: `\`, `"` and newlines escaped.
-fn escape_label(value: &str) -> String {
-    value.replace('\\', r"\\").replace('"', "\\\"").replace('\n', r"\n")
+    out
 }
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
+    use std::io::{self, Read, Write};
     use std::net::TcpStream;
     use std::time::{Duration, Instant};
 
     use super::*;
+    use crate::error::Error;
     use crate::peer::HubConfig;
 
     const BOUND: Duration = Duration::from_secs(10);
@@ -466,7 +383,8 @@ mod tests {
     #[test]
     fn metrics_are_prometheus_text_with_help_and_type_before_samples() {
         let peers = [peer("a", "maker", false), peer("b", "taker", true), peer("c", "taker", true)];
-        let text = metrics(&peers, &counters());
+        let http = HttpCounters { accepted: 4, open: 2, ..HttpCounters::default() };
+        let text = metrics(&peers, &counters(), Some(&http));
         assert!(text.ends_with('\n'));
         let mut typed = Vec::new();
         let mut helped = Vec::new();
@@ -510,6 +428,9 @@ mod tests {
             "# TYPE heartbeat_hub_peers gauge",
             "# TYPE heartbeat_hub_joins_total counter",
             "# HELP heartbeat_hub_evictions_total Connections the hub evicted, by reason.",
+            "heartbeat_hub_status_http_connections_accepted_total 4",
+            "heartbeat_hub_status_http_connections_open 2",
+            "# TYPE heartbeat_hub_status_http_connections_open gauge",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
@@ -519,20 +440,11 @@ mod tests {
 
     #[test]
     fn metrics_of_an_empty_hub_still_list_every_series() {
-        let text = metrics(&[], &counters());
+        let text = metrics(&[], &counters(), None);
         assert!(text.lines().any(|l| l == "heartbeat_hub_peers 0"));
         assert!(text.lines().any(|l| l == "heartbeat_hub_peers_by_role{role=\"maker\"} 0"));
         assert!(text.lines().any(|l| l == "heartbeat_hub_peers_by_role{role=\"taker\"} 0"));
         assert!(text.lines().any(|l| l == "heartbeat_hub_pong_pending 0"));
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape_label(r#"a\b"c"#), r#"a\\b\"c"#);
-        assert_eq!(escape_label("x\ny"), r"x\ny");
-        let mut out = String::new();
-        sample(&mut out, "m", Some(("k", "say \"hi\"")), 1);
-        assert_eq!(out, "m{k=\"say \\\"hi\\\"\"} 1\n");
     }
 
     fn hub() -> Arc<Hub> {

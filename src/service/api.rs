@@ -2,7 +2,6 @@
 //! wrong. Runs on the HTTP front's event-loop thread, so every handler here
 //! is short: a shard lock, a lookup, a few hundred bytes of JSON.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
@@ -10,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::Shared;
+use crate::http::metrics::{CONTENT_TYPE as PROMETHEUS, family, sample};
 use crate::http::{Handler, Reply, Request, Response};
 use crate::monitor::{Detector, PhiConfig, RegisterOptions, SessionStatus, valid_session_id};
 use crate::state::format_timestamp;
@@ -23,7 +23,6 @@ const MAX_AGENT_TYPE: usize = 128;
 /// The agent type of sessions registered without one, and by `/ping`.
 pub(crate) const DEFAULT_AGENT_TYPE: &str = "default";
 
-const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 const BAD_ID: &str = "a session id is 1 to 128 bytes of A-Z a-z 0-9 . _ : -";
 
 pub(crate) struct Api {
@@ -91,7 +90,9 @@ fn route(shared: &Arc<Shared>, request: &Request<'_>) -> Reply {
                 _ => not_allowed("GET, HEAD, POST"),
             }
         }
-        _ => Response::error(404, "no such resource: the API is /sessions, /ping, /events, /health, /metrics"),
+        _ => {
+            Response::error(404, "no such resource: the API is /sessions, /ping, /events, /health, /metrics")
+        }
     };
     reply.into()
 }
@@ -171,10 +172,18 @@ fn list(shared: &Shared, query: Option<&str>) -> Response {
             "after" => return Response::error(400, &format!("after: {BAD_ID}")),
             "limit" => match value.parse::<usize>() {
                 Ok(n) if (1..=MAX_PAGE).contains(&n) => limit = n,
-                _ => return Response::error(400, &format!("limit must be a whole number from 1 to {MAX_PAGE}")),
+                _ => {
+                    return Response::error(
+                        400,
+                        &format!("limit must be a whole number from 1 to {MAX_PAGE}"),
+                    );
+                }
             },
             _ => {
-                return Response::error(400, &format!("unknown query parameter {:?}; known: after, limit", key));
+                return Response::error(
+                    400,
+                    &format!("unknown query parameter {:?}; known: after, limit", key),
+                );
             }
         }
     }
@@ -215,7 +224,10 @@ fn seconds(field: &str, value: Option<f64>) -> Result<Option<Duration>, Response
     value
         .map(|s| {
             Duration::try_from_secs_f64(s).map_err(|_| {
-                Response::error(400, &format!("{field} must be a non-negative, finite number of seconds, not {s}"))
+                Response::error(
+                    400,
+                    &format!("{field} must be a non-negative, finite number of seconds, not {s}"),
+                )
             })
         })
         .transpose()
@@ -231,7 +243,8 @@ fn register(shared: &Shared, id: &str, body: &[u8]) -> Response {
         }
     };
     let agent_type = body.agent_type.as_deref().unwrap_or(DEFAULT_AGENT_TYPE);
-    if agent_type.is_empty() || agent_type.len() > MAX_AGENT_TYPE || agent_type.chars().any(char::is_control) {
+    if agent_type.is_empty() || agent_type.len() > MAX_AGENT_TYPE || agent_type.chars().any(char::is_control)
+    {
         return Response::error(
             400,
             &format!("agent_type must be 1 to {MAX_AGENT_TYPE} bytes without control characters"),
@@ -244,14 +257,17 @@ fn register(shared: &Shared, id: &str, body: &[u8]) -> Response {
     });
     let options = match (seconds("timeout_sec", body.timeout_sec), seconds("grace_sec", body.grace_sec)) {
         (Ok(timeout), Ok(grace)) => {
-            RegisterOptions { timeout, grace, max_missed_beats: body.max_missed, detector, ..RegisterOptions::default() }
+            RegisterOptions { timeout, grace, max_missed_beats: body.max_missed, detector }
         }
         (Err(bad), _) | (_, Err(bad)) => return bad,
     };
     let exists = shared.monitor.status(id).is_some();
     if !exists && shared.monitor.registered_count() >= shared.max_sessions {
         shared.counters.refused_full.fetch_add(1, Ordering::Relaxed);
-        return Response::error(507, &format!("the monitor holds its maximum of {} sessions", shared.max_sessions));
+        return Response::error(
+            507,
+            &format!("the monitor holds its maximum of {} sessions", shared.max_sessions),
+        );
     }
     if let Err(e) = shared.monitor.register_with(id, agent_type, options) {
         return Response::error(400, &e.to_string());
@@ -308,7 +324,10 @@ fn ping(shared: &Shared, id: &str, action: Option<&str>) -> Response {
     } else {
         if monitor.registered_count() >= shared.max_sessions {
             shared.counters.refused_full.fetch_add(1, Ordering::Relaxed);
-            return Response::error(507, &format!("the monitor holds its maximum of {} sessions", shared.max_sessions));
+            return Response::error(
+                507,
+                &format!("the monitor holds its maximum of {} sessions", shared.max_sessions),
+            );
         }
         monitor.register(id, DEFAULT_AGENT_TYPE);
         shared.counters.beats_ping.fetch_add(1, Ordering::Relaxed);
@@ -357,20 +376,39 @@ fn metrics(shared: &Shared) -> Response {
         sample(&mut out, "heartbeat_monitor_sessions", Some(("state", state)), n as u64);
     }
     family(&mut out, "heartbeat_monitor_beats_received_total", "counter", "Beats taken, by transport.");
-    for (transport, n) in [("http", get(&c.beats_http)), ("ping", get(&c.beats_ping)), ("udp", get(&c.beats_udp))] {
+    for (transport, n) in
+        [("http", get(&c.beats_http)), ("ping", get(&c.beats_ping)), ("udp", get(&c.beats_udp))]
+    {
         sample(&mut out, "heartbeat_monitor_beats_received_total", Some(("transport", transport)), n);
     }
-    family(&mut out, "heartbeat_monitor_beats_unknown_total", "counter", "Beats for sessions not registered, dropped.");
+    family(
+        &mut out,
+        "heartbeat_monitor_beats_unknown_total",
+        "counter",
+        "Beats for sessions not registered, dropped.",
+    );
     for (transport, n) in [("http", get(&c.unknown_http)), ("udp", get(&c.unknown_udp))] {
         sample(&mut out, "heartbeat_monitor_beats_unknown_total", Some(("transport", transport)), n);
     }
     family(&mut out, "heartbeat_monitor_udp_datagrams_total", "counter", "UDP datagrams received.");
     sample(&mut out, "heartbeat_monitor_udp_datagrams_total", None, get(&c.datagrams));
-    family(&mut out, "heartbeat_monitor_udp_dropped_total", "counter", "UDP datagrams dropped whole, by reason.");
-    for (reason, n) in [("malformed", get(&c.datagrams_malformed)), ("unauthorized", get(&c.datagrams_unauthorized))] {
+    family(
+        &mut out,
+        "heartbeat_monitor_udp_dropped_total",
+        "counter",
+        "UDP datagrams dropped whole, by reason.",
+    );
+    for (reason, n) in
+        [("malformed", get(&c.datagrams_malformed)), ("unauthorized", get(&c.datagrams_unauthorized))]
+    {
         sample(&mut out, "heartbeat_monitor_udp_dropped_total", Some(("reason", reason)), n);
     }
-    family(&mut out, "heartbeat_monitor_http_unauthorized_total", "counter", "HTTP requests without the token.");
+    family(
+        &mut out,
+        "heartbeat_monitor_http_unauthorized_total",
+        "counter",
+        "HTTP requests without the token.",
+    );
     sample(&mut out, "heartbeat_monitor_http_unauthorized_total", None, get(&c.unauthorized_http));
     family(
         &mut out,
@@ -399,21 +437,15 @@ fn metrics(shared: &Shared) -> Response {
     ] {
         sample(&mut out, "heartbeat_monitor_hooks_total", Some(("outcome", outcome)), n);
     }
-    family(&mut out, "heartbeat_monitor_state_saves_failed_total", "counter", "State file writes that failed.");
+    family(
+        &mut out,
+        "heartbeat_monitor_state_saves_failed_total",
+        "counter",
+        "State file writes that failed.",
+    );
     sample(&mut out, "heartbeat_monitor_state_saves_failed_total", None, get(&c.saves_failed));
     if let Some(http) = shared.http.get().and_then(std::sync::Weak::upgrade) {
         http.counters().prometheus(&mut out, "heartbeat_monitor");
     }
     Response::new(200, PROMETHEUS, out)
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn sample(out: &mut String, name: &str, label: Option<(&str, &str)>, value: u64) {
-    let _ = match label {
-        Some((key, v)) => writeln!(out, "{name}{{{key}=\"{v}\"}} {value}"),
-        None => writeln!(out, "{name} {value}"),
-    };
 }

@@ -217,7 +217,11 @@ fn run(config: &HookConfig, jobs: &Receiver<HookJob>, stop: &Receiver<()>, count
         reap(&mut running, counters);
         // With nothing running there is nothing to watch: sleep until an
         // event or the stop comes.
-        let tick = if running.is_empty() { crossbeam_channel::never() } else { crossbeam_channel::after(REAP_EVERY) };
+        let tick = if running.is_empty() {
+            crossbeam_channel::never()
+        } else {
+            crossbeam_channel::after(REAP_EVERY)
+        };
         let jobs = if running.len() < config.max_running.max(1) { jobs } else { &never };
         select! {
             recv(stop) -> _ => break,

@@ -265,10 +265,14 @@ impl MonitorService {
             }
             None => None,
         };
-        log::info!("monitor service: http://{}/ {}", http.local_addr(), match udp_addr {
-            Some(a) => format!("and udp {a}"),
-            None => "(no udp)".into(),
-        });
+        log::info!(
+            "monitor service: http://{}/ {}",
+            http.local_addr(),
+            match udp_addr {
+                Some(a) => format!("and udp {a}"),
+                None => "(no udp)".into(),
+            }
+        );
         Ok(MonitorService {
             shared,
             http,
@@ -422,7 +426,9 @@ pub(crate) fn event_json(event: &Event, at: SystemTime) -> serde_json::Value {
         Event::Warning { session_id, missed_beats, phi } => {
             json!({"event": "warning", "session_id": session_id, "missed_beats": missed_beats, "phi": phi, "time": time})
         }
-        Event::Recovered { session_id } => json!({"event": "recovered", "session_id": session_id, "time": time}),
+        Event::Recovered { session_id } => {
+            json!({"event": "recovered", "session_id": session_id, "time": time})
+        }
         Event::TimedOut { session_id, agent_type } => {
             json!({"event": "timed_out", "session_id": session_id, "agent_type": agent_type, "time": time})
         }

@@ -104,7 +104,6 @@ fn state_error(path: &Path, reason: String) -> Error {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
@@ -128,7 +127,7 @@ mod tests {
         save_state(&path, &monitor).unwrap();
 
         let sessions = load_state(&path).unwrap().unwrap();
-        let again = Monitor::builder().clock(Arc::new(ManualClock::default())).build().unwrap();
+        let again = Monitor::builder().clock(ManualClock::new()).build().unwrap();
         assert_eq!(again.restore(&sessions).unwrap(), 2);
         let b = again.status("b").unwrap();
         assert_eq!(b.agent_type, "cron");

@@ -44,7 +44,9 @@ pub(crate) struct Intake {
 impl Intake {
     /// Binds `addr` and starts the thread.
     pub(crate) fn start(addr: SocketAddr, receive_buffer: usize, shared: Arc<Shared>) -> Result<Intake> {
-        let bind_err = |e: io::Error| Error::Io(io::Error::new(e.kind(), format!("cannot take udp beats on {addr}: {e}")));
+        let bind_err = |e: io::Error| {
+            Error::Io(io::Error::new(e.kind(), format!("cannot take udp beats on {addr}: {e}")))
+        };
         let mut socket = UdpSocket::bind(addr).map_err(bind_err)?;
         grow_receive_buffer(&socket, receive_buffer);
         let local_addr = socket.local_addr()?;
