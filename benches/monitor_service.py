@@ -101,6 +101,7 @@ def main():
         udp = monitor.stdout.readline().strip().removeprefix("udp on ")
         time.sleep(0.5)
         base = rss_kib(monitor.pid)
+        print("registering...", file=sys.stderr)
         reg = json.loads(subprocess.run([LOAD, "register", http, str(args.sessions), "8"],
                                         capture_output=True, text=True, check=True).stdout)
         after = rss_kib(monitor.pid)
@@ -113,6 +114,7 @@ def main():
         time.sleep(5)
         result["idle_cpu_ticks_in_5s"] = cpu_ticks(monitor.pid) - ticks
 
+        print("udp...", file=sys.stderr)
         before_snmp, before = udp_snmp(), metrics(http)
         load = json.loads(subprocess.run(
             [LOAD, "udp", udp, str(args.sessions), str(args.udp_rate), str(args.seconds), str(args.udp_threads)],
@@ -121,9 +123,9 @@ def main():
         last = None
         while True:
             now = metrics(http)
-            if now == last:
+            if now["heartbeat_monitor_udp_datagrams_total"] == last:
                 break
-            last = now
+            last = now["heartbeat_monitor_udp_datagrams_total"]
             time.sleep(0.5)
         after_snmp = udp_snmp()
         counted = now["heartbeat_monitor_udp_datagrams_total"] - before["heartbeat_monitor_udp_datagrams_total"]
@@ -142,6 +144,7 @@ def main():
             "lost_after_delivery": load["sent"] - kernel_dropped - counted,
         }
 
+        print("http...", file=sys.stderr)
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
             f.write(WRK_SCRIPT % args.sessions)
             script = f.name
