@@ -357,6 +357,17 @@ pub fn write_state(path: &Path, state: &HeartbeatState, options: WriteOptions) -
 /// be empty or missing, which readers report as not alive, as is true of a
 /// host that just lost power. A process crash loses nothing.
 pub fn write_atomic(path: &Path, contents: &[u8], options: WriteOptions) -> Result<()> {
+    write_atomic_with(path, options, |file| file.write_all(contents))
+}
+
+/// [`write_atomic`] for contents produced by `write`, which writes them to
+/// the temporary file (buffer it: the file is not). Whatever `write` fails
+/// with is the error, and the temporary file is removed.
+pub(crate) fn write_atomic_with(
+    path: &Path,
+    options: WriteOptions,
+    write: impl FnOnce(&mut File) -> io::Result<()>,
+) -> Result<()> {
     let write_err = |source: io::Error| Error::Write { path: path.to_owned(), source };
     let name = path
         .file_name()
@@ -377,7 +388,7 @@ pub fn write_atomic(path: &Path, contents: &[u8], options: WriteOptions) -> Resu
 
     let result = (|| {
         file.set_permissions(fs::Permissions::from_mode(options.mode))?;
-        file.write_all(contents)?;
+        write(&mut file)?;
         if options.fsync {
             file.sync_all()?;
         }

@@ -69,7 +69,7 @@ fn the_seed_sequence_warning_then_timeout_then_removal_at_exact_instants() {
     assert_eq!(
         drain(&events),
         vec![
-            Event::TimedOut { session_id: "s1".into(), agent_type: "worker".into() },
+            Event::TimedOut { session_id: "s1".into(), agent_type: "worker".into(), missed_beats: 3 },
             Event::Removed { session_id: "s1".into(), reason: RemovalReason::TimedOut },
         ]
     );
@@ -443,7 +443,7 @@ fn each_session_keeps_its_own_timeout_and_misses() {
         drain(&events),
         vec![
             warning("agent"),
-            Event::TimedOut { session_id: "agent".into(), agent_type: "10s-agent".into() },
+            Event::TimedOut { session_id: "agent".into(), agent_type: "10s-agent".into(), missed_beats: 3 },
             Event::Removed { session_id: "agent".into(), reason: RemovalReason::TimedOut },
         ]
     );
@@ -458,7 +458,7 @@ fn each_session_keeps_its_own_timeout_and_misses() {
         drain(&events),
         vec![
             warning("cron"),
-            Event::TimedOut { session_id: "cron".into(), agent_type: "daily".into() },
+            Event::TimedOut { session_id: "cron".into(), agent_type: "daily".into(), missed_beats: 1 },
             Event::Removed { session_id: "cron".into(), reason: RemovalReason::TimedOut },
         ]
     );
@@ -690,7 +690,7 @@ fn a_snapshot_round_trips_through_json_into_a_new_monitor() {
     assert_eq!(
         drain(&events),
         vec![
-            Event::TimedOut { session_id: "plain".into(), agent_type: "worker".into() },
+            Event::TimedOut { session_id: "plain".into(), agent_type: "worker".into(), missed_beats: 3 },
             Event::Removed { session_id: "plain".into(), reason: RemovalReason::TimedOut },
         ]
     );
@@ -912,7 +912,7 @@ fn one_allowed_miss_still_warns_first_as_the_seed_does() {
         drain(&events),
         vec![
             warning("s"),
-            Event::TimedOut { session_id: "s".into(), agent_type: "w".into() },
+            Event::TimedOut { session_id: "s".into(), agent_type: "w".into(), missed_beats: 1 },
             Event::Removed { session_id: "s".into(), reason: RemovalReason::TimedOut },
         ]
     );

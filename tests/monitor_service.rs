@@ -243,7 +243,8 @@ fn the_timeout_hook_runs_with_the_session_in_its_environment() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("hook");
     let hook = format!(
-        "printf '%s %s %s' \"$HEARTBEAT_EVENT\" \"$HEARTBEAT_SESSION\" \"$HEARTBEAT_AGENT_TYPE\" > {0}.tmp && mv {0}.tmp {0}",
+        "printf '%s %s %s %s' \"$HEARTBEAT_EVENT\" \"$HEARTBEAT_SESSION\" \"$HEARTBEAT_AGENT_TYPE\" \
+         \"$HEARTBEAT_MISSED\" > {0}.tmp && mv {0}.tmp {0}",
         out.display()
     );
     let mut args = FAST.to_vec();
@@ -251,7 +252,7 @@ fn the_timeout_hook_runs_with_the_session_in_its_environment() {
     let service = Service::spawn(&args);
     assert_eq!(put(&service.url("/sessions/job-1"), r#"{"agent_type": "cron"}"#).0, 201);
     eventually("the timeout hook's file", || out.exists());
-    assert_eq!(std::fs::read_to_string(&out).unwrap(), "timeout job-1 cron");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "timeout job-1 cron 2");
     assert_eq!(get(&service.url("/sessions/job-1")).0, 404, "timed out and removed");
     eventually("the hook counted", || service.metric("heartbeat_monitor_hooks_total{outcome=\"run\"}") == 1);
 }

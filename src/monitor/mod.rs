@@ -114,6 +114,8 @@ pub enum Event {
         session_id: String,
         /// Its agent type, as registered.
         agent_type: String,
+        /// Missed beats counted when it was declared dead.
+        missed_beats: u32,
     },
     /// The session reported a failure ([`Monitor::fail`]). It stays
     /// registered, unhealthy, until its next beat (a [`Event::Recovered`]).
@@ -854,33 +856,54 @@ impl Monitor {
     /// `last_beat` is wall-clock time: the clock's wall time now, less the
     /// (monotonic) silence since the beat.
     pub fn snapshot(&self) -> Vec<SessionSnapshot> {
+        let mut out = Vec::with_capacity(self.registered_count());
+        let _ = self.snapshot_shards(|sessions| {
+            out.extend_from_slice(sessions);
+            Ok::<(), std::convert::Infallible>(())
+        });
+        out
+    }
+
+    /// [`snapshot`](Self::snapshot) a shard at a time, for writers that
+    /// stream: `f` gets each shard's sessions (about 1/64 of them) once that
+    /// shard's lock is released, so a slow `f` never holds up beats, and
+    /// memory holds one shard's snapshot at a time. The first error from `f`
+    /// ends the walk and is returned.
+    pub fn snapshot_shards<E>(
+        &self,
+        mut f: impl FnMut(&[SessionSnapshot]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let inner = &*self.inner;
         let now = inner.now();
         let wall = inner.clock.wall();
-        let mut out = Vec::with_capacity(self.registered_count());
+        let mut batch = Vec::new();
         for Padded(shard) in inner.shards.iter() {
-            // Lock order: the shard, then the agent names.
-            let shard = shard.lock();
-            let agents = inner.agents.read();
-            out.extend(shard.sessions.iter().filter(|s| s.live).map(|s| {
-                let rules = s.rules.as_deref();
-                let silence = Duration::from_nanos(now.saturating_sub(s.last_beat));
-                SessionSnapshot {
-                    session_id: s.id.to_string(),
-                    agent_type: agents.names[s.agent as usize].to_string(),
-                    timeout: rules.filter(|r| r.timeout != 0).map(|r| Duration::from_nanos(r.timeout)),
-                    max_missed_beats: rules.map(|r| r.max_missed).filter(|&m| m != 0),
-                    detector: rules
-                        .filter(|r| r.own_detector)
-                        .map(|r| r.phi.as_ref().map_or(Detector::Fixed, |p| Detector::Phi(p.config))),
-                    paused: s.paused,
-                    failed: s.failed,
-                    missed_beats: s.missed,
-                    last_beat: wall.checked_sub(silence).unwrap_or(wall),
-                }
-            }));
+            batch.clear();
+            {
+                // Lock order: the shard, then the agent names.
+                let shard = shard.lock();
+                let agents = inner.agents.read();
+                batch.extend(shard.sessions.iter().filter(|s| s.live).map(|s| {
+                    let rules = s.rules.as_deref();
+                    let silence = Duration::from_nanos(now.saturating_sub(s.last_beat));
+                    SessionSnapshot {
+                        session_id: s.id.to_string(),
+                        agent_type: agents.names[s.agent as usize].to_string(),
+                        timeout: rules.filter(|r| r.timeout != 0).map(|r| Duration::from_nanos(r.timeout)),
+                        max_missed_beats: rules.map(|r| r.max_missed).filter(|&m| m != 0),
+                        detector: rules
+                            .filter(|r| r.own_detector)
+                            .map(|r| r.phi.as_ref().map_or(Detector::Fixed, |p| Detector::Phi(p.config))),
+                        paused: s.paused,
+                        failed: s.failed,
+                        missed_beats: s.missed,
+                        last_beat: wall.checked_sub(silence).unwrap_or(wall),
+                    }
+                }));
+            }
+            f(&batch)?;
         }
-        out
+        Ok(())
     }
 
     /// Registers every session of a snapshot, replacing sessions of the same
@@ -1362,10 +1385,15 @@ impl Inner {
                         continue;
                     }
                     let agent = self.agents.read().names[s.agent as usize].to_string();
+                    let missed_beats = s.missed;
                     log::error!("session {id} ({agent}) timed out");
                     let hash = self.hasher.hash_one(&*s.id);
                     self.remove(shard, hash, slot);
-                    self.emit(Event::TimedOut { session_id: id.clone(), agent_type: agent.clone() });
+                    self.emit(Event::TimedOut {
+                        session_id: id.clone(),
+                        agent_type: agent.clone(),
+                        missed_beats,
+                    });
                     self.emit(Event::Removed { session_id: id.clone(), reason: RemovalReason::TimedOut });
                     pending.push(Pending::Timeout(id, agent));
                 }

@@ -35,23 +35,23 @@ pub struct SessionSnapshot {
     /// Its agent type.
     pub agent_type: String,
     /// Its own timeout (`None`: the monitor's). JSON `timeout_sec`.
-    #[serde(rename = "timeout_sec", default, with = "opt_secs")]
+    #[serde(rename = "timeout_sec", default, with = "opt_secs", skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
     /// Its own max missed beats (`None`: the monitor's).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_missed_beats: Option<u32>,
     /// Its own detector (`None`: the monitor's). A phi session's window of
     /// intervals is not saved: it starts afresh on restore.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detector: Option<Detector>,
     /// Whether it was paused.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub paused: bool,
     /// Whether it had reported a failure not yet cleared by a beat.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub failed: bool,
     /// Misses counted since its last beat.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub missed_beats: u32,
     /// Its last beat (or registration, resume), as wall-clock time.
     /// RFC 3339 text in JSON, to the microsecond.
@@ -60,6 +60,18 @@ pub struct SessionSnapshot {
 }
 
 /// A [`Duration`] as a number of seconds (`f64`).
+// Defaults are left out of the JSON: a million sessions' state file stays
+// about 100 bytes a session.
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 pub(crate) mod secs {
     use super::*;
 

@@ -402,7 +402,7 @@ fn forward_events(
                 _ => status.as_ref().map(|s| s.agent_type.clone()).unwrap_or_default(),
             };
             let missed = match &event {
-                Event::Warning { missed_beats, .. } => *missed_beats,
+                Event::Warning { missed_beats, .. } | Event::TimedOut { missed_beats, .. } => *missed_beats,
                 _ => status.as_ref().map_or(0, |s| s.missed_beats),
             };
             hooks.submit(HookJob { event: hook, session_id: id.clone(), agent_type, missed });
@@ -429,8 +429,9 @@ pub(crate) fn event_json(event: &Event, at: SystemTime) -> serde_json::Value {
         Event::Recovered { session_id } => {
             json!({"event": "recovered", "session_id": session_id, "time": time})
         }
-        Event::TimedOut { session_id, agent_type } => {
-            json!({"event": "timed_out", "session_id": session_id, "agent_type": agent_type, "time": time})
+        Event::TimedOut { session_id, agent_type, missed_beats } => {
+            json!({"event": "timed_out", "session_id": session_id, "agent_type": agent_type,
+                   "missed_beats": missed_beats, "time": time})
         }
         Event::Failed { session_id, agent_type } => {
             json!({"event": "failed", "session_id": session_id, "agent_type": agent_type, "time": time})

@@ -11,11 +11,13 @@
 use std::io;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use std::io::Write as _;
+
+use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::monitor::{Monitor, SessionSnapshot};
-use crate::state::{WriteOptions, format_timestamp, write_atomic};
+use crate::state::{WriteOptions, format_timestamp, write_atomic_with};
 
 const FORMAT: &str = "heartbeat-monitor-state";
 const VERSION: u32 = 1;
@@ -23,14 +25,6 @@ const VERSION: u32 = 1;
 /// Files larger than this are refused rather than read: about 4,000 bytes
 /// for each of a million sessions, far more than they need.
 const MAX_STATE_FILE: u64 = 4 << 30;
-
-#[derive(Serialize)]
-struct StateOut<'a> {
-    format: &'static str,
-    version: u32,
-    saved_at: String,
-    sessions: &'a [SessionSnapshot],
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,33 +36,51 @@ struct StateIn {
     sessions: Vec<SessionSnapshot>,
 }
 
-/// Writes every session of `monitor` to `path`, atomically.
+/// Writes every session of `monitor` to `path`, atomically and durably.
+///
+/// Streamed a shard at a time: the memory it takes is one shard's sessions
+/// and a write buffer, whatever the number of sessions.
 pub fn save_state(path: &Path, monitor: &Monitor) -> Result<()> {
-    let sessions = monitor.snapshot();
-    let state = StateOut {
-        format: FORMAT,
-        version: VERSION,
-        saved_at: format_timestamp(monitor.clock().wall()),
-        sessions: &sessions,
-    };
-    let bytes = serde_json::to_vec(&state).map_err(|e| state_error(path, format!("cannot encode: {e}")))?;
-    write_atomic(path, &bytes, WriteOptions { fsync: true, mode: 0o600 })
-        .map_err(|e| state_error(path, format!("cannot write: {e}")))
+    let started = std::time::Instant::now();
+    let mut count = 0usize;
+    let saved_at = format_timestamp(monitor.clock().wall());
+    write_atomic_with(path, WriteOptions { fsync: true, mode: 0o600 }, |file| {
+        let mut out = io::BufWriter::with_capacity(256 << 10, file);
+        write!(
+            out,
+            "{{\"format\":\"{FORMAT}\",\"version\":{VERSION},\"saved_at\":\"{saved_at}\",\"sessions\":["
+        )?;
+        monitor.snapshot_shards(|sessions| {
+            for session in sessions {
+                if count > 0 {
+                    out.write_all(b",\n")?;
+                }
+                serde_json::to_writer(&mut out, session)?;
+                count += 1;
+            }
+            Ok::<(), io::Error>(())
+        })?;
+        out.write_all(b"]}\n")?;
+        out.flush()
+    })
+    .map_err(|e| state_error(path, format!("cannot be written: {e}")))?;
+    log::debug!("saved {count} sessions to {} in {:?}", path.display(), started.elapsed());
+    Ok(())
 }
 
 /// Reads a state file: `None` when there is none, the sessions when it
 /// parses, and an error naming the file and the fault otherwise (unreadable,
 /// not JSON, another format or version, a bad session).
 pub fn load_state(path: &Path) -> Result<Option<Vec<SessionSnapshot>>> {
-    let bytes = match read_bounded(path) {
-        Ok(bytes) => bytes,
+    let reader = match open_bounded(path) {
+        Ok(reader) => reader,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             log::info!("no state file at {} yet: starting empty", path.display());
             return Ok(None);
         }
         Err(e) => return Err(state_error(path, format!("cannot read: {e}"))),
     };
-    let state: StateIn = serde_json::from_slice(&bytes).map_err(|e| {
+    let state: StateIn = serde_json::from_reader(reader).map_err(|e| {
         state_error(path, format!("is corrupt ({e}); fix or remove it, or start with --state-reset"))
     })?;
     if state.format != FORMAT || state.version != VERSION {
@@ -83,7 +95,9 @@ pub fn load_state(path: &Path) -> Result<Option<Vec<SessionSnapshot>>> {
     Ok(Some(state.sessions))
 }
 
-fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
+/// The file, buffered and cut at [`MAX_STATE_FILE`]: read as a stream, so
+/// that its bytes are never all in memory beside the sessions they become.
+fn open_bounded(path: &Path) -> io::Result<impl io::Read> {
     use std::io::Read;
     let file = std::fs::File::open(path)?;
     let meta = file.metadata()?;
@@ -93,9 +107,7 @@ fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
     if meta.len() > MAX_STATE_FILE {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} bytes is too large", meta.len())));
     }
-    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    file.take(MAX_STATE_FILE).read_to_end(&mut bytes)?;
-    Ok(bytes)
+    Ok(io::BufReader::with_capacity(256 << 10, file.take(MAX_STATE_FILE)))
 }
 
 fn state_error(path: &Path, reason: String) -> Error {
