@@ -9,6 +9,7 @@ Starts the release binary on loopback and measures, in order:
      SESSIONS sessions over HTTP (examples/monitor_service_load.rs, 8
      keep-alive connections), beside the library's own figure
      (examples/monitor_load.rs, the same number of sessions in-process);
+     then the time of GET /metrics and of a 1,000-session page (5 each);
   2. idle: CPU time the monitor uses over 5 s with nothing arriving;
   3. UDP: one datagram per beat at --udp-rate for --seconds, ids of the
      registered sessions in turn; sent (by the load tool), dropped by the
@@ -109,6 +110,17 @@ def main():
         result["rss_base_kib"] = base
         result["rss_after_kib"] = after
         result["service_bytes_per_session"] = round((after - base) * 1024 / args.sessions, 1)
+
+        # What a scrape and a page cost at this size (they walk every session).
+        for name, path in (("metrics", "/metrics"), ("page", "/sessions?limit=1000"),
+                           ("page_after", "/sessions?after=s0500000&limit=1000")):
+            times = []
+            for _ in range(5):
+                t = time.perf_counter()
+                with urllib.request.urlopen(f"http://{http}{path}", timeout=60) as r:
+                    r.read()
+                times.append(time.perf_counter() - t)
+            result[f"{name}_ms"] = sorted(round(x * 1000, 1) for x in times)
 
         ticks = cpu_ticks(monitor.pid)
         time.sleep(5)
