@@ -318,6 +318,18 @@ fn events_stream_in_order() {
 }
 
 #[test]
+fn streams_whose_clients_left_are_forgotten() {
+    let service = Service::spawn(&[]);
+    for _ in 0..50 {
+        drop(event_stream(&service));
+    }
+    let kept = event_stream(&service);
+    eventually("only the open stream counted", || service.metric("heartbeat_monitor_event_streams") == 1);
+    drop(kept);
+    eventually("none left", || service.metric("heartbeat_monitor_event_streams") == 0);
+}
+
+#[test]
 fn an_events_client_that_never_reads_is_dropped() {
     let service = Service::spawn(&[]);
     // Connect with a small receive buffer and never read.

@@ -355,7 +355,12 @@ fn events(shared: &Arc<Shared>) -> Reply {
         open: Box::new(move |sink| {
             // A first comment, so that a client sees the stream is open.
             if sink.send(b": heartbeat monitor events\n\n") {
-                shared.streams.lock().push(sink);
+                let mut streams = shared.streams.lock();
+                // Streams whose clients left are pruned here too, not only
+                // when an event goes out: the list never holds more than the
+                // open connections.
+                streams.retain(crate::http::StreamSink::is_open);
+                streams.push(sink);
             }
         }),
     }
@@ -437,6 +442,13 @@ fn metrics(shared: &Shared) -> Response {
     ] {
         sample(&mut out, "heartbeat_monitor_hooks_total", Some(("outcome", outcome)), n);
     }
+    let streams = {
+        let mut streams = shared.streams.lock();
+        streams.retain(crate::http::StreamSink::is_open);
+        streams.len()
+    };
+    family(&mut out, "heartbeat_monitor_event_streams", "gauge", "Open /events streams.");
+    sample(&mut out, "heartbeat_monitor_event_streams", None, streams as u64);
     family(
         &mut out,
         "heartbeat_monitor_state_saves_failed_total",
