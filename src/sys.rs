@@ -28,6 +28,25 @@ pub(crate) fn kill(pid: libc::pid_t, signal: i32) -> io::Result<()> {
     if unsafe { libc::kill(pid, signal) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+/// Whether the child `pid` has exited, without reaping it (`waitid` with
+/// `WNOWAIT`): until it is waited for, its pid, and so its process group's
+/// id, cannot be taken by another process, and the group can be signalled
+/// safely.
+pub(crate) fn exited_unreaped(pid: libc::pid_t) -> io::Result<bool> {
+    let id = libc::id_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: siginfo_t is plain data, for which all zeroes is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` outlives the call, which writes one siginfo_t into it.
+    let rc = unsafe {
+        libc::waitid(libc::P_PID, id, &raw mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: waitid filled `info`; si_pid is 0 when no child had exited.
+    Ok(unsafe { info.si_pid() } != 0)
+}
+
 /// `renameat2(a, b, RENAME_EXCHANGE)`: atomically swaps two existing paths.
 /// Fails with `EINVAL` where the file system does not support it.
 #[cfg(target_os = "linux")]

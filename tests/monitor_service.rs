@@ -225,10 +225,12 @@ fn ping_registers_on_first_use_and_reports_failures_and_starts() {
     assert_eq!((status["failed"].as_bool(), status["is_healthy"].as_bool()), (Some(true), Some(false)));
     assert_eq!(get(&service.url("/ping/backup/start")).0, 200);
     let status = json(&get(&service.url("/sessions/backup")).1);
-    assert_eq!(status["failed"], false, "a ping after a failure is a recovery");
+    assert_eq!(status["failed"], true, "a start is no recovery");
     assert!(status["run_started"].is_string(), "{status}");
     assert_eq!(get(&service.url("/ping/backup")).0, 200);
-    assert!(json(&get(&service.url("/sessions/backup")).1).get("run_started").is_none());
+    let status = json(&get(&service.url("/sessions/backup")).1);
+    assert_eq!(status["failed"], false, "a plain ping after a failure is a recovery");
+    assert!(status.get("run_started").is_none());
 
     assert_eq!(get(&service.url("/ping/bad%20id")).0, 400);
     assert_eq!(get(&service.url("/ping/x/explode")).0, 404);
@@ -236,6 +238,62 @@ fn ping_registers_on_first_use_and_reports_failures_and_starts() {
     assert_eq!(service.metric("heartbeat_monitor_events_total{kind=\"failed\"}"), 1);
     // GET, POST, HEAD, fail, start, GET: six pings.
     assert_eq!(service.metric("heartbeat_monitor_beats_received_total{transport=\"ping\"}"), 6);
+}
+
+#[test]
+fn a_ping_carries_its_settings_and_failures_do_not_pass_for_recoveries() {
+    let service = Service::spawn(&[]);
+    let daily = "/ping/nightly?timeout_sec=90000&max_missed=1&agent_type=cron";
+    assert_eq!(get(&service.url(daily)).0, 201);
+    let status = json(&get(&service.url("/sessions/nightly")).1);
+    assert_eq!((status["timeout_sec"].as_f64(), status["max_missed"].as_u64()), (Some(90_000.0), Some(1)));
+    assert_eq!(status["agent_type"], "cron");
+    assert_eq!(get(&service.url(daily)).0, 200);
+    // Other settings in the query: registered again with them.
+    assert_eq!(get(&service.url("/ping/nightly?timeout_sec=3600")).0, 200);
+    assert_eq!(json(&get(&service.url("/sessions/nightly")).1)["timeout_sec"], 3600.0);
+    for bad in [
+        "?timeout_sec=0",
+        "?timeout_sec=-1",
+        "?timeout_sec=x",
+        "?max_missed=0",
+        "?colour=red",
+        "?agent_type=a%20b",
+    ] {
+        let (code, body) = get(&service.url(&format!("/ping/nightly{bad}")));
+        assert_eq!(code, 400, "{bad}: {body}");
+    }
+
+    let mut events = event_stream(&service);
+    for path in ["/ping/nightly/fail", "/ping/nightly/fail", "/ping/nightly/start", "/ping/nightly"] {
+        assert_eq!(get(&service.url(path)).0, 200, "{path}");
+        if path.ends_with("start") {
+            assert_eq!(
+                json(&get(&service.url("/sessions/nightly")).1)["failed"],
+                true,
+                "a start is no recovery"
+            );
+        }
+    }
+    let kinds: Vec<Value> = (0..3).map(|_| next_event(&mut events)["event"].clone()).collect();
+    assert_eq!(kinds, ["failed", "failed", "recovered"]);
+}
+
+#[test]
+fn registration_errors_say_what_was_wrong_in_the_api_s_terms() {
+    let service = Service::spawn(&[]);
+    let session = service.url("/sessions/a");
+    for (body, says) in [
+        ("[]", "must be a JSON object"),
+        (r#"{"timeout_sec": 0}"#, "timeout_sec must be a number of seconds above 0 and at most 31536000"),
+        (r#"{"timeout_sec": 1e9}"#, "not 1000000000"),
+        (r#"{"max_missed": 0}"#, "max_missed must be a whole number from 1"),
+        (r#"{"grace_sec": -1}"#, "grace_sec must be a number of seconds from 0"),
+    ] {
+        let (code, text) = put(&session, body);
+        assert_eq!(code, 400, "{body}");
+        assert!(json(&text)["error"].as_str().unwrap().contains(says), "{body}: {text}");
+    }
 }
 
 #[test]
@@ -392,13 +450,13 @@ fn malformed_requests_get_their_4xx_and_others_are_served() {
     let session = service.url("/sessions/a");
     for (body, says) in [
         ("{", "bad registration body"),
-        ("[1]", "bad registration body"),
+        ("[1]", "JSON object"),
         (r#"{"timeout_sec": "ten"}"#, "bad registration body"),
         (r#"{"timeout_sec": -1}"#, "timeout_sec"),
-        (r#"{"timeout_sec": 1e300}"#, "timeout"),
-        (r#"{"timeout_sec": 0}"#, "timeout"),
+        (r#"{"timeout_sec": 1e300}"#, "timeout_sec"),
+        (r#"{"timeout_sec": 0}"#, "timeout_sec"),
         (r#"{"max_missed": 0}"#, "max_missed"),
-        (r#"{"max_missed": -3}"#, "bad registration body"),
+        (r#"{"max_missed": -3}"#, "max_missed"),
         (r#"{"detector": "magic"}"#, "bad registration body"),
         (r#"{"agent_type": ""}"#, "agent_type"),
         (r#"{"color": "red"}"#, "unknown field"),
@@ -410,7 +468,7 @@ fn malformed_requests_get_their_4xx_and_others_are_served() {
     }
     assert_eq!(get(&session).0, 404, "nothing was registered by a bad request");
     assert_eq!(get(&service.url("/sessions?limit=0")).0, 400);
-    assert_eq!(get(&service.url("/sessions?limit=10001")).0, 400);
+    assert_eq!(get(&service.url("/sessions?limit=1001")).0, 400);
     assert_eq!(get(&service.url("/sessions?page=2")).0, 400);
 }
 
@@ -657,6 +715,10 @@ fn send_beats_once_or_every_interval() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("507") && said.contains("maximum of 1"), "{said}");
 
+    for bad in [&url[..], "127.0.0.1"] {
+        let out = heartbeat().args(["send", bad, "nightly", "--udp"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+    }
     let udp = service.udp.unwrap().to_string();
     assert!(heartbeat().args(["send", &udp, "nightly", "--udp"]).status().unwrap().success());
     eventually("the udp beat", || {

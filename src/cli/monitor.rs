@@ -65,10 +65,10 @@ pub struct MonitorArgs {
     #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:9333", value_parser = parse_udp)]
     udp: UdpAddr,
     /// Seconds of silence that count as a missed beat (per session: timeout_sec).
-    #[arg(long, value_name = "S", default_value = "30", value_parser = super::parse_positive_seconds)]
+    #[arg(long, value_name = "S", default_value = "30", allow_hyphen_values = true, value_parser = super::parse_positive_seconds)]
     timeout: Duration,
     /// Seconds between sweeps.
-    #[arg(long, value_name = "S", default_value = "5", value_parser = super::parse_positive_seconds)]
+    #[arg(long, value_name = "S", default_value = "5", allow_hyphen_values = true, value_parser = super::parse_positive_seconds)]
     check_interval: Duration,
     /// Missed beats that time a session out (per session: max_missed).
     #[arg(long, value_name = "N", default_value = "3", value_parser = clap::value_parser!(u32).range(1..))]
@@ -102,7 +102,7 @@ pub struct MonitorArgs {
     #[arg(long, value_name = "CMD")]
     on_recovery: Option<String>,
     /// Seconds a hook may run before it is killed.
-    #[arg(long, value_name = "S", default_value = "30", value_parser = super::parse_positive_seconds)]
+    #[arg(long, value_name = "S", default_value = "30", allow_hyphen_values = true, value_parser = super::parse_positive_seconds)]
     hook_timeout: Duration,
     /// Keep a heartbeat file of the monitor itself (for `heartbeat check`).
     #[arg(long, value_name = "PATH")]
@@ -177,8 +177,16 @@ pub(super) fn read_token(path: &std::path::Path) -> Result<String, Error> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::InvalidConfig(format!("cannot read the token file {}: {e}", path.display())))?;
     let token = text.lines().next().unwrap_or("").trim_end_matches('\r').to_owned();
-    heartbeat::service::check_token(&token)
-        .map_err(|e| Error::InvalidConfig(format!("token file {}: {e}", path.display())))?;
+    heartbeat::service::check_token(&token).map_err(|e| match e {
+        Error::InvalidConfig(why) => Error::InvalidConfig(format!("token file {}: {why}", path.display())),
+        other => other,
+    })?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o044 != 0 {
+            log::warn!("token file {} is readable by others (chmod 600 it)", path.display());
+        }
+    }
     Ok(token)
 }
 
@@ -215,6 +223,9 @@ pub fn run(args: MonitorArgs) -> ExitCode {
     let _ = writeln!(out, "listening on http://{}", service.http_addr());
     if let Some(udp) = service.udp_addr() {
         let _ = writeln!(out, "udp on {udp}");
+    }
+    if let Some(state) = &args.state {
+        let _ = writeln!(out, "restored {} sessions from {}", service.restored(), state.display());
     }
     let _ = out.flush();
     drop(out);

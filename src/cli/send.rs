@@ -12,6 +12,9 @@ use heartbeat::valid_session_id;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+/// With --every, how often a failure that goes on is said again.
+const FAILURE_REPEAT: Duration = Duration::from_secs(600);
+
 /// Beat a session of a `heartbeat monitor`, once or every S seconds.
 ///
 /// Over HTTP the beat is `POST URL/ping/ID` (or `/ping/ID/fail`,
@@ -35,13 +38,13 @@ pub struct SendArgs {
     /// The session: 1 to 128 bytes of A-Z a-z 0-9 . _ : -
     id: String,
     /// Report a failure: the session's timeout hook runs at once.
-    #[arg(long, conflicts_with_all = ["start", "udp"])]
+    #[arg(long, conflicts_with_all = ["start", "udp", "every"])]
     fail: bool,
     /// Report that a run started.
     #[arg(long, conflicts_with = "udp")]
     start: bool,
     /// Beat every S seconds until SIGINT or SIGTERM; failures are reported and retried.
-    #[arg(long, value_name = "S", value_parser = super::parse_positive_seconds)]
+    #[arg(long, value_name = "S", allow_hyphen_values = true, value_parser = super::parse_positive_seconds)]
     every: Option<Duration>,
     /// Send a UDP datagram instead of an HTTP request.
     #[arg(long)]
@@ -50,8 +53,14 @@ pub struct SendArgs {
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
     /// Seconds to wait for the monitor's answer.
-    #[arg(long, value_name = "S", default_value = "5", value_parser = super::parse_positive_seconds)]
+    #[arg(long, value_name = "S", default_value = "5", allow_hyphen_values = true, value_parser = super::parse_positive_seconds)]
     timeout: Duration,
+}
+
+/// Why a send cannot even start: bad arguments (exit 2), or a failure (1).
+enum Bad {
+    Usage(String),
+    Run(String),
 }
 
 /// Where beats go.
@@ -61,24 +70,34 @@ enum Target {
 }
 
 impl Target {
-    fn new(args: &SendArgs) -> Result<Target, String> {
+    fn new(args: &SendArgs) -> Result<Target, Bad> {
         if !valid_session_id(&args.id) {
-            return Err(format!("{:?} is not a session id: 1 to 128 bytes of A-Z a-z 0-9 . _ : -", args.id));
+            return Err(Bad::Usage(format!(
+                "{:?} is not a session id: 1 to 128 bytes of A-Z a-z 0-9 . _ : -",
+                args.id
+            )));
         }
         let token = match &args.token_file {
-            Some(path) => Some(super::monitor::read_token(path).map_err(|e| e.to_string())?),
+            Some(path) => Some(super::monitor::read_token(path).map_err(|e| Bad::Run(e.to_string()))?),
             None => None,
         };
         if args.udp {
             let host = args.url.strip_prefix("udp://").unwrap_or(&args.url);
+            if host.contains('/') || !host.contains(':') {
+                return Err(Bad::Usage(format!(
+                    "with --udp, give HOST:PORT (such as 127.0.0.1:9333), not {:?}",
+                    args.url
+                )));
+            }
             let addr = host
                 .to_socket_addrs()
-                .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+                .map_err(|e| Bad::Run(format!("cannot resolve {host:?}: {e}")))?
                 .next()
-                .ok_or_else(|| format!("{host:?} resolves to no address"))?;
+                .ok_or_else(|| Bad::Run(format!("{host:?} resolves to no address")))?;
             let local: SocketAddr =
                 if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-            let socket = UdpSocket::bind(local).map_err(|e| format!("cannot open a udp socket: {e}"))?;
+            let socket =
+                UdpSocket::bind(local).map_err(|e| Bad::Run(format!("cannot open a udp socket: {e}")))?;
             let mut datagram = Vec::new();
             if let Some(token) = token {
                 datagram.extend_from_slice(token.as_bytes());
@@ -89,10 +108,16 @@ impl Target {
             return Ok(Target::Udp { socket, addr, datagram });
         }
         if !args.url.starts_with("http://") {
-            return Err(format!(
+            return Err(Bad::Usage(format!(
                 "{:?} is not an http:// address (https is not supported; use --udp for udp)",
                 args.url
-            ));
+            )));
+        }
+        if args.url.contains(['?', '#']) {
+            return Err(Bad::Usage(format!(
+                "{:?}: give the monitor's address without a query or fragment",
+                args.url
+            )));
         }
         let action = if args.fail {
             "/fail"
@@ -102,9 +127,14 @@ impl Target {
             ""
         };
         let url = format!("{}/ping/{}{action}", args.url.trim_end_matches('/'), args.id);
+        // Like the library's remote client: no proxy from the environment (a
+        // cron job's http_proxy must not carry loopback beats away), no redirects.
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(args.timeout))
             .http_status_as_error(false)
+            .max_redirects(0)
+            .proxy(None)
+            .user_agent(concat!("heartbeat/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
         Ok(Target::Http { agent, url, token })
@@ -132,7 +162,8 @@ impl Target {
                     .ok()
                     .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
                     .unwrap_or(body);
-                Err(format!("{url}: the monitor answered {status}: {}", super::one_line(said.trim())))
+                let hint = if status == 401 { " (give its token with --token-file)" } else { "" };
+                Err(format!("{url}: the monitor answered {status}: {}{hint}", super::one_line(said.trim())))
             }
         }
     }
@@ -141,9 +172,13 @@ impl Target {
 pub fn run(args: &SendArgs) -> ExitCode {
     let target = match Target::new(args) {
         Ok(target) => target,
-        Err(e) => {
+        Err(Bad::Usage(e)) => {
             eprintln!("heartbeat send: {e}");
-            return ExitCode::from(if e.contains("session id") || e.contains("not an http") { 2 } else { 1 });
+            return ExitCode::from(2);
+        }
+        Err(Bad::Run(e)) => {
+            eprintln!("heartbeat send: {e}");
+            return ExitCode::from(1);
         }
     };
     let Some(every) = args.every else {
@@ -171,17 +206,25 @@ pub fn run(args: &SendArgs) -> ExitCode {
         }
     });
     let mut next = Instant::now();
-    let mut failing = false;
+    // A failure is said when a streak starts and then every ten minutes,
+    // not at every tick: a monitor down for a day must not fill a log.
+    let mut failures = 0u64;
+    let mut said_at = Instant::now();
     loop {
         match target.send() {
-            Ok(()) if failing => {
-                eprintln!("heartbeat send: beating again");
-                failing = false;
+            Ok(()) if failures > 0 => {
+                eprintln!("heartbeat send: beating again after {failures} failed beats");
+                failures = 0;
             }
             Ok(()) => {}
             Err(e) => {
-                eprintln!("heartbeat send: {e}");
-                failing = true;
+                failures += 1;
+                if failures == 1 || said_at.elapsed() >= FAILURE_REPEAT {
+                    let streak =
+                        if failures > 1 { format!(" ({failures} failed in a row)") } else { String::new() };
+                    eprintln!("heartbeat send: {e}{streak}");
+                    said_at = Instant::now();
+                }
             }
         }
         // On a fixed grid; after a long stall, restart it from now.

@@ -86,7 +86,7 @@ impl Response {
         Response::new(status, JSON, serde_json::json!({ "error": message }).to_string())
     }
 
-    /// No body (`Content-Length: 0`).
+    /// No body: `Content-Length: 0`, or no length at all for a 204.
     pub fn empty(status: u16) -> Response {
         Response::new(status, PLAIN, Vec::new())
     }
@@ -108,24 +108,39 @@ impl Response {
         self.status
     }
 
-    /// The body.
+    /// The body: none at all for a 204 or 304, whatever was given.
     pub(crate) fn body(&self) -> &[u8] {
-        &self.body
+        if self.has_body() { &self.body } else { &[] }
+    }
+
+    /// Whether the status allows a body (and so a `Content-Length`).
+    fn has_body(&self) -> bool {
+        !matches!(self.status, 204 | 304)
     }
 
     /// The head, ending in the blank line: status line, our headers, then
     /// the handler's.
     pub(crate) fn encode_head(&self, keep_alive: bool, out: &mut Vec<u8>) {
         let mut head = String::with_capacity(160);
-        let _ = write!(
-            head,
-            "HTTP/1.1 {} {}\r\nServer: heartbeat\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n",
-            self.status,
-            reason(self.status),
-            self.content_type,
-            self.body.len(),
-            if keep_alive { "keep-alive" } else { "close" },
-        );
+        let connection = if keep_alive { "keep-alive" } else { "close" };
+        if self.has_body() {
+            let _ = write!(
+                head,
+                "HTTP/1.1 {} {}\r\nServer: heartbeat\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {connection}\r\n",
+                self.status,
+                reason(self.status),
+                self.content_type,
+                self.body.len(),
+            );
+        } else {
+            // RFC 9110 8.6: no Content-Length (nor a body) in a 204 or 304.
+            let _ = write!(
+                head,
+                "HTTP/1.1 {} {}\r\nServer: heartbeat\r\nConnection: {connection}\r\n",
+                self.status,
+                reason(self.status)
+            );
+        }
         for (name, value) in &self.headers {
             let _ = write!(head, "{name}: {value}\r\n");
         }

@@ -39,6 +39,8 @@ const KEEP_BUFFER: usize = 64 * 1024;
 /// Requests answered (or reads of a stream's input) per connection per turn
 /// of the loop: a busy client cannot hold the others up.
 const TURN_BUDGET: usize = 32;
+/// Connections accepted (or refused) per turn at most.
+const ACCEPT_BUDGET: usize = 256;
 /// After an error answer, how long the connection is read (and what it
 /// sends discarded) before it closes: closing with unread input would reset
 /// the connection and could destroy the answer before the client reads it.
@@ -105,6 +107,7 @@ impl HttpServer {
             timers: BinaryHeap::new(),
             again: Vec::new(),
             accept_paused_until: None,
+            accept_more: false,
             accept_failing: false,
             scratch: vec![0; READ_CHUNK],
         };
@@ -179,10 +182,8 @@ struct Conn {
     written: usize,
     /// Whether `WRITABLE` interest is registered.
     writable: bool,
-    /// Close once the output is written.
+    /// Close once the output is written (after a lingering read).
     close_after_write: bool,
-    /// ... after a lingering read: the close follows an error answer.
-    linger: bool,
     /// Lingering: what it sends is discarded until EOF or then.
     lingering_until: Option<Instant>,
     lingered: usize,
@@ -248,6 +249,8 @@ struct Loop {
     /// Connections that used their turn's budget with work left.
     again: Vec<usize>,
     accept_paused_until: Option<Instant>,
+    /// The accept budget ran out with connections left in the backlog.
+    accept_more: bool,
     /// Whether accepting fails (logged once per episode).
     accept_failing: bool,
     scratch: Vec<u8>,
@@ -284,6 +287,9 @@ impl Loop {
                 self.drive(token, now);
             }
             let now = Instant::now();
+            if std::mem::take(&mut self.accept_more) {
+                self.accept_all(now);
+            }
             if self.accept_paused_until.is_some_and(|until| now >= until) {
                 self.accept_paused_until = None;
                 // The listener is edge-triggered: what queued meanwhile
@@ -298,7 +304,7 @@ impl Loop {
     /// Until the nearest deadline or the end of an accept backoff; no
     /// timeout at all when there is neither.
     fn poll_timeout(&mut self, now: Instant) -> Option<Duration> {
-        if !self.again.is_empty() {
+        if !self.again.is_empty() || self.accept_more {
             return Some(Duration::ZERO);
         }
         while let Some(Reverse((_, token, generation))) = self.timers.peek() {
@@ -319,7 +325,9 @@ impl Loop {
         if self.accept_paused_until.is_some() {
             return;
         }
-        loop {
+        // A flood of connections (admitted or refused) must not keep the
+        // loop here: the rest waits for the next turn.
+        for _ in 0..ACCEPT_BUDGET {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
                     if self.accept_failing {
@@ -353,6 +361,7 @@ impl Loop {
                 }
             }
         }
+        self.accept_more = true;
     }
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
@@ -377,7 +386,6 @@ impl Loop {
             written: 0,
             writable: false,
             close_after_write: false,
-            linger: false,
             lingering_until: None,
             lingered: 0,
             responses: 0,
@@ -432,11 +440,10 @@ impl Loop {
             if !conn.output.is_empty() {
                 self.written(conn, now);
                 if conn.close_after_write {
-                    if !conn.linger {
-                        return Err(Close::Done);
-                    }
                     // Half-close, then read what it still sends until it
-                    // closes too.
+                    // closes too: closing with unread input would reset the
+                    // connection, and a reset can destroy the answer before
+                    // the client reads it.
                     let _ = conn.stream.shutdown(Shutdown::Write);
                     conn.lingering_until = Some(now + LINGER);
                     conn.input = Vec::new();
@@ -507,7 +514,6 @@ impl Loop {
         conn.output.clear();
         conn.written = 0;
         queue(conn, &Response::error(status, message), false, false);
-        conn.linger = true;
         conn.input = Vec::new();
     }
 

@@ -206,6 +206,12 @@ pub struct SessionStatus {
     /// How long, from now, until it would be declared dead if it stayed
     /// silent: an estimate, since sweeps run on a grid. `None` while paused.
     pub time_to_death: Option<Duration>,
+    /// The silence that counts as a missed beat for it (its own, or the
+    /// monitor's): the fixed detector's rule.
+    pub timeout: Duration,
+    /// The misses that time it out (its own, or the monitor's); phi
+    /// sessions are judged by phi instead.
+    pub max_missed_beats: u32,
 }
 
 type WarningCallback = Arc<dyn Fn(&str, u32) + Send + Sync>;
@@ -322,6 +328,7 @@ impl MonitorBuilder {
                 clock: self.clock,
                 subscribers: Mutex::new(Vec::new()),
                 has_subscribers: AtomicBool::new(false),
+                events_dropped: AtomicU64::new(0),
                 registered: AtomicUsize::new(0),
                 unhealthy: AtomicUsize::new(0),
                 last_sweep: AtomicU64::new(NO_SWEEP_YET),
@@ -452,6 +459,8 @@ struct Inner {
     /// One channel per `events()` call; pruned when its receiver is dropped.
     subscribers: Mutex<Vec<Sender<Event>>>,
     has_subscribers: AtomicBool,
+    /// Events a full bounded subscriber did not get.
+    events_dropped: AtomicU64,
     registered: AtomicUsize,
     unhealthy: AtomicUsize,
     /// When the last sweep ended (ns since epoch), for the local-pause guard.
@@ -636,7 +645,25 @@ impl Monitor {
     /// its own channel; dropping the receiver unsubscribes it. Events pile up
     /// in a receiver that is kept but not read.
     pub fn events(&self) -> Receiver<Event> {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        self.subscribe(crossbeam_channel::unbounded())
+    }
+
+    /// [`events`](Self::events) through a channel that holds at most
+    /// `capacity` events: when it is full, events for it are dropped, never
+    /// waited for, and counted ([`events_dropped`](Self::events_dropped)).
+    /// For a consumer that must not let a burst (a million sessions timing
+    /// out at once, or a client reporting failures in a loop) grow memory
+    /// without bound. A `capacity` of 0 is taken as 1.
+    pub fn events_bounded(&self, capacity: usize) -> Receiver<Event> {
+        self.subscribe(crossbeam_channel::bounded(capacity.max(1)))
+    }
+
+    /// Events dropped so far because a bounded subscriber's channel was full.
+    pub fn events_dropped(&self) -> u64 {
+        self.inner.events_dropped.load(Ordering::Relaxed)
+    }
+
+    fn subscribe(&self, (tx, rx): (Sender<Event>, Receiver<Event>)) -> Receiver<Event> {
         let mut subscribers = self.inner.subscribers.lock();
         subscribers.push(tx);
         self.inner.has_subscribers.store(true, Ordering::SeqCst);
@@ -825,19 +852,22 @@ impl Monitor {
 
     /// Reports a failure of `session_id` at once (as healthchecks.io's
     /// `/fail`): an [`Event::Failed`] and the `on_failure` callback, for
-    /// every call. The session stays registered but unhealthy, and keeps
-    /// being swept, until its next beat (or resume, or registering again)
-    /// clears the failure with an [`Event::Recovered`]. `false` if it is not
-    /// registered.
+    /// every call. A failure report is a sign of life too: the session's
+    /// silence starts again from now and its missed beats are forgotten,
+    /// but it stays unhealthy (no [`Event::Recovered`]) until its next beat
+    /// (or resume, or registering again) clears the failure. `false` if it
+    /// is not registered.
     pub fn fail(&self, session_id: &str) -> bool {
         let inner = &*self.inner;
+        let now = inner.now();
         let agent = inner.with_session(session_id, |inner, s| {
-            if !s.failed {
-                if !s.unhealthy() {
-                    inner.unhealthy.fetch_add(1, Ordering::Relaxed);
-                }
-                s.failed = true;
+            // Counted unhealthy once: it may already be, by its misses.
+            if !s.unhealthy() {
+                inner.unhealthy.fetch_add(1, Ordering::Relaxed);
             }
+            s.failed = true;
+            s.last_beat = now;
+            s.missed = 0;
             // Lock order: the shard, then the agent names.
             let agent = inner.agents.read().names[s.agent as usize].to_string();
             inner.emit(Event::Failed { session_id: session_id.to_owned(), agent_type: agent.clone() });
@@ -925,13 +955,23 @@ impl Monitor {
             timeout: s.timeout,
             max_missed_beats: s.max_missed_beats,
         };
+        let inner = &*self.inner;
         for s in sessions {
+            let named =
+                |msg: String| Error::InvalidConfig(format!("snapshot of session {:?}: {msg}", s.session_id));
             check_options(&options(s)).map_err(|e| match e {
-                Error::InvalidConfig(msg) => {
-                    Error::InvalidConfig(format!("snapshot of session {:?}: {msg}", s.session_id))
-                }
+                Error::InvalidConfig(msg) => named(msg),
                 other => other,
             })?;
+            // A fixed-detector session with as many misses as it may have
+            // would be dead already: a corrupt or hand-made snapshot.
+            let max = s.max_missed_beats.unwrap_or(inner.max_missed);
+            if matches!(s.detector.unwrap_or(inner.detector), Detector::Fixed) && s.missed_beats >= max {
+                return Err(named(format!(
+                    "missed_beats {} is not below its max_missed_beats {max}",
+                    s.missed_beats
+                )));
+            }
         }
         for s in sessions {
             let carried = Carried { paused: Some(s.paused), failed: s.failed, missed: s.missed_beats };
@@ -1259,7 +1299,14 @@ impl Inner {
             return;
         }
         let mut subscribers = self.subscribers.lock();
-        subscribers.retain(|tx| tx.send(event.clone()).is_ok());
+        subscribers.retain(|tx| match tx.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(crossbeam_channel::TrySendError::Full(_)) => {
+                self.events_dropped.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
+        });
         self.has_subscribers.store(!subscribers.is_empty(), Ordering::Relaxed);
     }
 
@@ -1335,7 +1382,7 @@ impl Inner {
         let (missed, dead, phi) = match s.phi() {
             None => {
                 let missed = silence > self.timeout_of(s);
-                (missed, missed && s.missed + 1 >= self.max_missed_of(s), None)
+                (missed, missed && s.missed.saturating_add(1) >= self.max_missed_of(s), None)
             }
             Some(p) => {
                 let phi = p.window.phi(Duration::from_nanos(silence), &p.config);
@@ -1369,7 +1416,7 @@ impl Inner {
                     // seed does with max_missed_beats = 1, and as phi does when it
                     // passes both thresholds between two sweeps): never dead
                     // without a warning first.
-                    s.missed += 1;
+                    s.missed = s.missed.saturating_add(1);
                     let id = s.id.to_string();
                     if s.missed == 1 {
                         if !s.failed {
@@ -1438,6 +1485,8 @@ impl Inner {
             is_healthy: !s.unhealthy(),
             phi,
             time_to_death: (!s.paused).then(|| Duration::from_nanos(death_at.saturating_sub(now))),
+            timeout: Duration::from_nanos(timeout),
+            max_missed_beats: max_missed,
         }
     }
 }

@@ -8,18 +8,22 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::Shared;
+use super::{MAX_AGENT_TYPE, Shared, valid_agent_type};
 use crate::http::metrics::{CONTENT_TYPE as PROMETHEUS, family, sample};
 use crate::http::{Handler, Reply, Request, Response};
-use crate::monitor::{Detector, PhiConfig, RegisterOptions, SessionStatus, valid_session_id};
+use crate::monitor::{Detector, MAX_TIMEOUT, PhiConfig, RegisterOptions, SessionStatus, valid_session_id};
 use crate::state::format_timestamp;
 
-/// `GET /sessions` answers at most this many sessions at a time.
-pub(crate) const MAX_PAGE: usize = 10_000;
+/// `GET /sessions` answers at most this many sessions at a time (a page of
+/// the longest ids and agent types is then about 450 KB).
+pub(crate) const MAX_PAGE: usize = 1_000;
 /// ... and this many when not asked.
-pub(crate) const DEFAULT_PAGE: usize = 1_000;
-/// Agent types sent to the API are at most this long.
-const MAX_AGENT_TYPE: usize = 128;
+pub(crate) const DEFAULT_PAGE: usize = 100;
+/// Walks over every session (pages, scrapes) cost one token per 10,000
+/// sessions (a scrape an eighth of that); this many tokens come back each
+/// second, and at most this many are saved up. At a million sessions that is
+/// five pages a second, about 15% of the event loop; beyond, 503.
+pub(crate) const WALK_BUDGET: f64 = 500.0;
 /// The agent type of sessions registered without one, and by `/ping`.
 pub(crate) const DEFAULT_AGENT_TYPE: &str = "default";
 
@@ -39,7 +43,11 @@ impl Handler for Api {
     fn handle(&self, request: &Request<'_>) -> Reply {
         let shared = &*self.shared;
         if shared.token.is_some() {
-            let presented = request.header("authorization").and_then(|h| h.strip_prefix(b"Bearer "));
+            // The scheme is case-insensitive (RFC 9110 11.1).
+            let presented = request
+                .header("authorization")
+                .filter(|h| h.len() > 7 && h[..7].eq_ignore_ascii_case(b"bearer "))
+                .map(|h| &h[7..]);
             if !shared.token_ok(presented) {
                 shared.counters.unauthorized_http.fetch_add(1, Ordering::Relaxed);
                 return Response::error(401, "this monitor needs Authorization: Bearer <token>")
@@ -63,11 +71,17 @@ fn route(shared: &Arc<Shared>, request: &Request<'_>) -> Reply {
     let reply = match (first, id, action, rest) {
         (Some("health"), None, None, None) if get => health(shared),
         (Some("health"), None, None, None) => not_allowed(READ),
-        (Some("metrics"), None, None, None) if get => metrics(shared),
+        (Some("metrics"), None, None, None) if get => match walk(shared, 8) {
+            Ok(()) => metrics(shared),
+            Err(busy) => busy,
+        },
         (Some("metrics"), None, None, None) => not_allowed(READ),
         (Some("events"), None, None, None) if get => return events(shared),
         (Some("events"), None, None, None) => not_allowed(READ),
-        (Some("sessions"), None, None, None) if get => list(shared, request.query()),
+        (Some("sessions"), None, None, None) if get => match walk(shared, 1) {
+            Ok(()) => list(shared, request.query()),
+            Err(busy) => busy,
+        },
         (Some("sessions"), None, None, None) => not_allowed(READ),
         (Some("sessions"), Some(id), None, None) => match (method, check_id(id)) {
             (_, Err(bad)) => bad,
@@ -86,7 +100,7 @@ fn route(shared: &Arc<Shared>, request: &Request<'_>) -> Reply {
         (Some("ping"), Some(id), action @ (None | Some("fail" | "start")), None) => {
             match (method, check_id(id)) {
                 (_, Err(bad)) => bad,
-                ("GET" | "HEAD" | "POST", Ok(id)) => ping(shared, id, action),
+                ("GET" | "HEAD" | "POST", Ok(id)) => ping(shared, id, action, request.query()),
                 _ => not_allowed("GET, HEAD, POST"),
             }
         }
@@ -99,6 +113,27 @@ fn route(shared: &Arc<Shared>, request: &Request<'_>) -> Reply {
 
 fn not_allowed(allow: &'static str) -> Response {
     Response::error(405, &format!("method not allowed here; allowed: {allow}")).header("Allow", allow)
+}
+
+/// Takes the tokens a walk over every session costs (`1 / share` of one
+/// per 10,000 sessions), or a 503 when the budget is spent.
+fn walk(shared: &Shared, share: usize) -> Result<(), Response> {
+    let cost = (shared.monitor.registered_count() / 10_000 / share).max(1) as f64;
+    let now = shared.monitor.clock().now();
+    let mut budget = shared.walks.lock();
+    let (tokens, since) = &mut *budget;
+    *tokens = (*tokens + now.saturating_duration_since(*since).as_secs_f64() * WALK_BUDGET).min(WALK_BUDGET);
+    *since = now;
+    if *tokens < cost {
+        shared.counters.walks_refused.fetch_add(1, Ordering::Relaxed);
+        return Err(Response::error(
+            503,
+            "too many session listings and scrapes (each walks every session): retry in a second",
+        )
+        .header("Retry-After", "1"));
+    }
+    *tokens -= cost;
+    Ok(())
 }
 
 fn check_id(id: &str) -> Result<&str, Response> {
@@ -131,6 +166,9 @@ struct StatusJson<'a> {
     failed: bool,
     phi: Option<f64>,
     time_to_death_sec: Option<f64>,
+    timeout_sec: f64,
+    max_missed: u32,
+    detector: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     run_started: Option<String>,
 }
@@ -148,6 +186,9 @@ fn status_json<'a>(s: &'a SessionStatus, run_started: Option<SystemTime>) -> Sta
         // JSON has no NaN or infinity: an unbounded phi is reported as null.
         phi: s.phi.filter(|p| p.is_finite()),
         time_to_death_sec: s.time_to_death.map(|d| d.as_secs_f64()),
+        timeout_sec: s.timeout.as_secs_f64(),
+        max_missed: s.max_missed_beats,
+        detector: if s.phi.is_some() { "phi" } else { "fixed" },
         run_started: run_started.map(format_timestamp),
     }
 }
@@ -202,13 +243,14 @@ fn list(shared: &Shared, query: Option<&str>) -> Response {
     )
 }
 
-/// The body of `PUT /sessions/{id}`; every field optional.
+/// A session's settings, from a `PUT` body or a ping's query; every one
+/// optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RegisterBody {
+struct Settings {
     agent_type: Option<String>,
     timeout_sec: Option<f64>,
-    max_missed: Option<u32>,
+    max_missed: Option<i64>,
     grace_sec: Option<f64>,
     detector: Option<DetectorName>,
 }
@@ -220,58 +262,136 @@ enum DetectorName {
     Phi,
 }
 
-fn seconds(field: &str, value: Option<f64>) -> Result<Option<Duration>, Response> {
-    value
-        .map(|s| {
-            Duration::try_from_secs_f64(s).map_err(|_| {
+impl Settings {
+    /// From a `PUT` body: empty, or a JSON object.
+    fn from_body(body: &[u8]) -> Result<Settings, Response> {
+        let text = body.trim_ascii();
+        if text.is_empty() {
+            return Ok(Settings::default());
+        }
+        if !text.starts_with(b"{") {
+            return Err(Response::error(
+                400,
+                r#"the registration body must be a JSON object such as {"agent_type": "worker", "timeout_sec": 60}"#,
+            ));
+        }
+        serde_json::from_slice(text).map_err(|e| Response::error(400, &format!("bad registration body: {e}")))
+    }
+
+    /// From a ping's query, `?timeout_sec=90000&max_missed=1&agent_type=cron`
+    /// (values are not percent-decoded: an agent type there uses the
+    /// characters of a session id); `None` when it sets nothing.
+    fn from_query(query: Option<&str>) -> Result<Option<Settings>, Response> {
+        let mut settings = Settings::default();
+        let mut any = false;
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = |what: &str| -> Result<f64, Response> {
+                value
+                    .parse::<f64>()
+                    .map_err(|_| Response::error(400, &format!("{what} must be a number, not {value:?}")))
+            };
+            match key {
+                "agent_type" if valid_session_id(value) => settings.agent_type = Some(value.to_owned()),
+                "agent_type" => {
+                    return Err(Response::error(
+                        400,
+                        "agent_type in a query: 1 to 128 of A-Z a-z 0-9 . _ : -",
+                    ));
+                }
+                "timeout_sec" => settings.timeout_sec = Some(number(key)?),
+                "grace_sec" => settings.grace_sec = Some(number(key)?),
+                "max_missed" => {
+                    settings.max_missed = Some(value.parse().map_err(|_| {
+                        Response::error(400, &format!("max_missed must be a whole number, not {value:?}"))
+                    })?);
+                }
+                "detector" => {
+                    settings.detector = Some(match value {
+                        "fixed" => DetectorName::Fixed,
+                        "phi" => DetectorName::Phi,
+                        _ => return Err(Response::error(400, "detector must be fixed or phi")),
+                    });
+                }
+                _ => {
+                    return Err(Response::error(
+                        400,
+                        &format!(
+                            "unknown query parameter {key:?}; known: agent_type, timeout_sec, max_missed, grace_sec, \
+                             detector"
+                        ),
+                    ));
+                }
+            }
+            any = true;
+        }
+        Ok(any.then_some(settings))
+    }
+
+    /// The agent type and options, checked with messages in the API's terms.
+    fn check(&self, shared: &Shared) -> Result<(String, RegisterOptions), Response> {
+        let agent_type = self.agent_type.clone().unwrap_or_else(|| DEFAULT_AGENT_TYPE.to_owned());
+        if !valid_agent_type(&agent_type) {
+            return Err(Response::error(
+                400,
+                &format!("agent_type must be 1 to {MAX_AGENT_TYPE} bytes without control characters"),
+            ));
+        }
+        let max_secs = MAX_TIMEOUT.as_secs();
+        let secs = |field: &str, value: Option<f64>, zero_ok: bool| -> Result<Option<Duration>, Response> {
+            let Some(v) = value else { return Ok(None) };
+            let ok = v.is_finite() && (v > 0.0 || (zero_ok && v == 0.0)) && v <= max_secs as f64;
+            if !ok {
+                let low = if zero_ok { "from 0" } else { "above 0" };
+                return Err(Response::error(
+                    400,
+                    &format!(
+                        "{field} must be a number of seconds {low} and at most {max_secs} (365 days), not {v}"
+                    ),
+                ));
+            }
+            Ok(Some(Duration::from_secs_f64(v)))
+        };
+        let timeout = secs("timeout_sec", self.timeout_sec, false)?;
+        let grace = secs("grace_sec", self.grace_sec, true)?;
+        let max_missed_beats = match self.max_missed {
+            None => None,
+            Some(n) => Some(u32::try_from(n).ok().filter(|&n| n >= 1).ok_or_else(|| {
                 Response::error(
                     400,
-                    &format!("{field} must be a non-negative, finite number of seconds, not {s}"),
+                    &format!("max_missed must be a whole number from 1 to {}, not {n}", u32::MAX),
                 )
-            })
-        })
-        .transpose()
+            })?),
+        };
+        let detector = self.detector.map(|d| match (d, shared.monitor.detector()) {
+            (DetectorName::Fixed, _) => Detector::Fixed,
+            (DetectorName::Phi, Detector::Phi(config)) => Detector::Phi(config),
+            (DetectorName::Phi, Detector::Fixed) => Detector::Phi(PhiConfig::default()),
+        });
+        Ok((agent_type, RegisterOptions { timeout, grace, max_missed_beats, detector }))
+    }
 }
 
+fn full(shared: &Shared) -> Response {
+    shared.counters.refused_full.fetch_add(1, Ordering::Relaxed);
+    Response::error(507, &format!("the monitor holds its maximum of {} sessions", shared.max_sessions))
+}
+
+/// `PUT /sessions/{id}`: registers, replacing a session of that id and its
+/// settings (what the body leaves out is the server's default).
 fn register(shared: &Shared, id: &str, body: &[u8]) -> Response {
-    let body: RegisterBody = if body.iter().all(u8::is_ascii_whitespace) {
-        RegisterBody::default()
-    } else {
-        match serde_json::from_slice(body) {
-            Ok(body) => body,
-            Err(e) => return Response::error(400, &format!("bad registration body: {e}")),
-        }
-    };
-    let agent_type = body.agent_type.as_deref().unwrap_or(DEFAULT_AGENT_TYPE);
-    if agent_type.is_empty() || agent_type.len() > MAX_AGENT_TYPE || agent_type.chars().any(char::is_control)
-    {
-        return Response::error(
-            400,
-            &format!("agent_type must be 1 to {MAX_AGENT_TYPE} bytes without control characters"),
-        );
-    }
-    let detector = body.detector.map(|d| match (d, shared.monitor.detector()) {
-        (DetectorName::Fixed, _) => Detector::Fixed,
-        (DetectorName::Phi, Detector::Phi(config)) => Detector::Phi(config),
-        (DetectorName::Phi, Detector::Fixed) => Detector::Phi(PhiConfig::default()),
-    });
-    let options = match (seconds("timeout_sec", body.timeout_sec), seconds("grace_sec", body.grace_sec)) {
-        (Ok(timeout), Ok(grace)) => {
-            RegisterOptions { timeout, grace, max_missed_beats: body.max_missed, detector }
-        }
-        (Err(bad), _) | (_, Err(bad)) => return bad,
+    let (agent_type, options) = match Settings::from_body(body).and_then(|s| s.check(shared)) {
+        Ok(checked) => checked,
+        Err(bad) => return bad,
     };
     let exists = shared.monitor.status(id).is_some();
     if !exists && shared.monitor.registered_count() >= shared.max_sessions {
-        shared.counters.refused_full.fetch_add(1, Ordering::Relaxed);
-        return Response::error(
-            507,
-            &format!("the monitor holds its maximum of {} sessions", shared.max_sessions),
-        );
+        return full(shared);
     }
-    if let Err(e) = shared.monitor.register_with(id, agent_type, options) {
+    if let Err(e) = shared.monitor.register_with(id, &agent_type, options) {
         return Response::error(400, &e.to_string());
     }
+    shared.runs.lock().remove(id);
     match shared.monitor.status(id) {
         Some(s) => Response::json(if exists { 200 } else { 201 }, &status_json(&s, None)),
         None => not_registered(id),
@@ -312,40 +432,76 @@ fn act(shared: &Shared, id: &str, action: &str) -> Response {
     if done { Response::empty(204) } else { not_registered(id) }
 }
 
+/// Whether a session's settings differ from those a ping asks for.
+fn differs(status: &SessionStatus, agent_type: &str, options: &RegisterOptions) -> bool {
+    status.agent_type != agent_type
+        || options.timeout.is_some_and(|t| t != status.timeout)
+        || options.max_missed_beats.is_some_and(|m| m != status.max_missed_beats)
+        || options.detector.is_some_and(|d| matches!(d, Detector::Phi(_)) != status.phi.is_some())
+}
+
 /// `/ping/{id}`, `/ping/{id}/fail`, `/ping/{id}/start`: the healthchecks.io
-/// habit. The session is registered with the server's defaults on first use
-/// (201), beaten after (200). Success answers have an empty body, so that a
-/// cron job's `curl -fsS` prints nothing (cron mails what a job prints).
-fn ping(shared: &Shared, id: &str, action: Option<&str>) -> Response {
+/// habit. The session is registered on first use (201), with the settings
+/// of the query (`?timeout_sec=90000&max_missed=1`) or the server's
+/// defaults, and beaten after (200); a ping whose query asks for other
+/// settings than the session has registers it again with them. Success
+/// answers have an empty body, so that a cron job's `curl -fsS` prints
+/// nothing (cron mails what a job prints).
+///
+/// `/fail` reports a failure (a sign of life that leaves the session
+/// failed); `/start` records that a run started and beats, except a failed
+/// session, which only a plain ping (or a beat) clears.
+fn ping(shared: &Shared, id: &str, action: Option<&str>, query: Option<&str>) -> Response {
     let monitor = &shared.monitor;
-    let mut created = false;
-    if monitor.beat(id) {
-        shared.counters.beats_ping.fetch_add(1, Ordering::Relaxed);
-    } else {
-        if monitor.registered_count() >= shared.max_sessions {
-            shared.counters.refused_full.fetch_add(1, Ordering::Relaxed);
-            return Response::error(
-                507,
-                &format!("the monitor holds its maximum of {} sessions", shared.max_sessions),
-            );
+    let wanted = match Settings::from_query(query) {
+        Ok(Some(settings)) => match settings.check(shared) {
+            Ok(checked) => Some(checked),
+            Err(bad) => return bad,
+        },
+        Ok(None) => None,
+        Err(bad) => return bad,
+    };
+    let current = monitor.status(id);
+    let register = match (&current, &wanted) {
+        (None, _) => true,
+        (Some(status), Some((agent_type, options))) => differs(status, agent_type, options),
+        (Some(_), None) => false,
+    };
+    if register {
+        if current.is_none() && monitor.registered_count() >= shared.max_sessions {
+            return full(shared);
         }
-        monitor.register(id, DEFAULT_AGENT_TYPE);
-        shared.counters.beats_ping.fetch_add(1, Ordering::Relaxed);
-        created = true;
+        let (agent_type, options) =
+            wanted.unwrap_or_else(|| (DEFAULT_AGENT_TYPE.to_owned(), RegisterOptions::default()));
+        if let Err(e) = monitor.register_with(id, &agent_type, options) {
+            return Response::error(400, &e.to_string());
+        }
     }
+    let failed = current.as_ref().is_some_and(|s| s.failed);
+    let took = match action {
+        Some("fail") => monitor.fail(id),
+        Some("start") if failed && !register => true,
+        _ => register || monitor.beat(id),
+    };
+    if !took {
+        // Removed between the lookup and now (a sweep timed it out).
+        return not_registered(id);
+    }
+    shared.counters.beats_ping.fetch_add(1, Ordering::Relaxed);
     match action {
-        Some("fail") => {
-            shared.runs.lock().remove(id);
-            monitor.fail(id);
-        }
         Some("start") => {
             shared.runs.lock().insert(id.into(), monitor.clock().wall());
+            // A sweep may have removed it meanwhile, its `Removed` already
+            // handled: then the entry must not stay behind.
+            if monitor.status(id).is_none() {
+                shared.runs.lock().remove(id);
+            }
         }
         _ => {
             shared.runs.lock().remove(id);
         }
     }
-    Response::empty(if created { 201 } else { 200 })
+    Response::empty(if current.is_none() { 201 } else { 200 })
 }
 
 fn events(shared: &Arc<Shared>) -> Reply {

@@ -133,6 +133,11 @@ impl Hooks {
         Ok(Hooks { config, queue: Some(tx), stop: Some(stop_tx), thread: Some(thread), counters })
     }
 
+    /// Whether the hook thread runs (or none is needed).
+    pub(crate) fn is_running(&self) -> bool {
+        self.queue.is_none() || self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// A handle that queues hooks, for the thread that sees the events;
     /// `None` when no hook is set.
     pub(crate) fn sender(&self) -> Option<HookSender> {
@@ -271,30 +276,39 @@ fn spawn(config: &HookConfig, job: &HookJob, counters: &HookCounters) -> Option<
 use std::os::fd::AsFd as _;
 use std::os::unix::process::CommandExt as _;
 
-/// Forgets hooks that ended; kills those past their deadline.
+/// Forgets hooks that ended, killing whatever they left running in their
+/// process group (a hook cannot leave a daemon behind, nor escape the limit
+/// on hooks running at once); kills those past their deadline.
 fn reap(running: &mut Vec<Running>, counters: &HookCounters) {
     let now = Instant::now();
-    running.retain_mut(|r| match r.child.try_wait() {
-        Ok(Some(status)) => {
-            if status.success() {
-                log::debug!("hook {} done", r.what);
-            } else {
-                counters.failed.fetch_add(1, Ordering::Relaxed);
-                log::warn!("hook {} failed: {status}", r.what);
+    running.retain_mut(|r| {
+        let pid = libc::pid_t::try_from(r.child.id()).unwrap_or(0);
+        match crate::sys::exited_unreaped(pid) {
+            Ok(true) => {
+                // Not reaped yet: the group's id is still ours to signal.
+                let _ = crate::sys::kill(-pid, libc::SIGKILL);
+                match r.child.wait() {
+                    Ok(status) if status.success() => log::debug!("hook {} done", r.what),
+                    Ok(status) => {
+                        counters.failed.fetch_add(1, Ordering::Relaxed);
+                        log::warn!("hook {} failed: {status}", r.what);
+                    }
+                    Err(e) => log::warn!("hook {}: cannot wait for it: {e}", r.what),
+                }
+                false
             }
-            false
-        }
-        Ok(None) if now >= r.deadline => {
-            kill_group(&mut r.child);
-            counters.timed_out.fetch_add(1, Ordering::Relaxed);
-            log::warn!("hook {} still running after its timeout: killed", r.what);
-            false
-        }
-        Ok(None) => true,
-        Err(e) => {
-            log::warn!("hook {}: cannot wait for it: {e}", r.what);
-            kill_group(&mut r.child);
-            false
+            Ok(false) if now >= r.deadline => {
+                kill_group(&mut r.child);
+                counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                log::warn!("hook {} still running after its timeout: killed", r.what);
+                false
+            }
+            Ok(false) => true,
+            Err(e) => {
+                log::warn!("hook {}: cannot wait for it: {e}", r.what);
+                kill_group(&mut r.child);
+                false
+            }
         }
     });
 }
@@ -371,6 +385,26 @@ mod tests {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .map_or(true, |s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
         }));
+        hooks.stop();
+    }
+
+    #[test]
+    fn what_a_hook_leaves_running_is_killed_when_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let config = HookConfig {
+            on_warning: Some(format!("sleep 1000 & echo $! > {}.tmp && mv {0}.tmp {0}", pid_file.display())),
+            ..HookConfig::default()
+        };
+        let mut hooks = Hooks::start(config).unwrap();
+        hooks.sender().unwrap().submit(job(HookEvent::Warning, "a"));
+        assert!(eventually(|| pid_file.exists()));
+        let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        assert!(eventually(|| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map_or(true, |s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        }));
+        assert_eq!(hooks.counters.failed.load(Ordering::Relaxed), 0);
         hooks.stop();
     }
 

@@ -38,6 +38,43 @@ use crate::ticker::Ticker;
 /// The port `heartbeat monitor` listens on by default, for HTTP and UDP.
 pub const DEFAULT_PORT: u16 = 9333;
 
+/// Events waiting for the event thread at most; more are dropped and
+/// counted (`heartbeat_monitor_events_dropped_total`).
+pub const EVENT_QUEUE: usize = 65_536;
+
+/// Agent types are at most this long (bytes), without control characters.
+pub const MAX_AGENT_TYPE: usize = 128;
+
+/// Whether `agent_type` is one the service takes.
+pub(crate) fn valid_agent_type(agent_type: &str) -> bool {
+    !agent_type.is_empty() && agent_type.len() <= MAX_AGENT_TYPE && !agent_type.chars().any(char::is_control)
+}
+
+/// What the API would refuse is refused from a state file too: bad ids or
+/// agent types, more sessions than allowed.
+fn check_restored(
+    path: &std::path::Path,
+    sessions: &[crate::monitor::SessionSnapshot],
+    max: usize,
+) -> Result<()> {
+    let bad = |why: String| Error::InvalidConfig(format!("monitor state file {} {why}", path.display()));
+    if sessions.len() > max {
+        return Err(bad(format!(
+            "holds {} sessions, more than the {max} allowed (--max-sessions)",
+            sessions.len()
+        )));
+    }
+    for s in sessions {
+        if !crate::monitor::valid_session_id(&s.session_id) {
+            return Err(bad(format!("has a bad session id {:?}", s.session_id)));
+        }
+        if !valid_agent_type(&s.agent_type) {
+            return Err(bad(format!("has a bad agent type {:?} for session {}", s.agent_type, s.session_id)));
+        }
+    }
+    Ok(())
+}
+
 /// How a [`MonitorService`] listens and what it allows.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
@@ -103,6 +140,7 @@ pub(crate) struct Counters {
     pub(crate) events_failed: AtomicU64,
     pub(crate) events_removed: AtomicU64,
     pub(crate) saves_failed: AtomicU64,
+    pub(crate) walks_refused: AtomicU64,
 }
 
 /// What the HTTP handler, the UDP thread and the event thread share.
@@ -116,6 +154,8 @@ pub(crate) struct Shared {
     pub(crate) streams: Mutex<Vec<StreamSink>>,
     /// Runs started with `/ping/{id}/start` and not yet ended by a ping.
     pub(crate) runs: Mutex<hashbrown::HashMap<Box<str>, SystemTime>>,
+    /// Tokens for walks over every session, and when they were counted.
+    pub(crate) walks: Mutex<(f64, std::time::Instant)>,
     /// The HTTP server, for its counters (weak: it owns the handler that owns this).
     pub(crate) http: OnceLock<Weak<HttpServer>>,
     /// Whether the sweeper runs: `/health` says 503 otherwise.
@@ -134,12 +174,18 @@ impl Shared {
     }
 }
 
-/// Compares two byte strings in time that depends on their lengths only.
+/// Compares the secret `a` with the presented `b`, in time that depends on
+/// `b`'s length alone.
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+    if a.is_empty() {
+        return b.is_empty();
     }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // Time depends on the presented length only, never on where they differ
+    // or on the secret's length.
+    let mut diff = u8::from(a.len() != b.len());
+    for (i, y) in b.iter().enumerate() {
+        diff |= a[i % a.len()] ^ y;
+    }
     // Keep the compiler from short-circuiting the fold.
     std::hint::black_box(diff) == 0
 }
@@ -179,6 +225,7 @@ pub struct MonitorService {
     udp: Mutex<Option<udp::Intake>>,
     udp_addr: Option<SocketAddr>,
     state_file: Option<PathBuf>,
+    restored: usize,
     running: Mutex<Option<Running>>,
 }
 
@@ -206,10 +253,12 @@ impl MonitorService {
         if config.save_interval.is_zero() {
             return Err(Error::InvalidConfig("the state save interval must be positive".into()));
         }
+        let mut restored = 0;
         if let Some(path) = config.state_file.as_deref().filter(|_| !config.state_reset)
             && let Some(sessions) = load_state(path)?
         {
-            let restored = monitor.restore(&sessions)?;
+            check_restored(path, &sessions, config.max_sessions)?;
+            restored = monitor.restore(&sessions)?;
             log::info!("restored {restored} sessions from {}", path.display());
         }
 
@@ -222,11 +271,15 @@ impl MonitorService {
             hooks: hooks.counters.clone(),
             streams: Mutex::new(Vec::new()),
             runs: Mutex::new(hashbrown::HashMap::new()),
+            walks: Mutex::new((api::WALK_BUDGET, monitor.clock().now())),
             http: OnceLock::new(),
             sweeping: std::sync::atomic::AtomicBool::new(false),
         });
-        // Subscribe before anything can happen, so no event is missed.
-        let events = monitor.events();
+        // Subscribe before anything can happen, so no event is missed; a
+        // bounded channel, so that a burst (a million sessions timing out at
+        // once, a client failing in a loop) costs dropped events, counted,
+        // and never unbounded memory.
+        let events = monitor.events_bounded(EVENT_QUEUE);
         let sweeper = monitor.start()?;
         shared.sweeping.store(true, Ordering::SeqCst);
 
@@ -279,6 +332,7 @@ impl MonitorService {
             udp: Mutex::new(udp),
             udp_addr,
             state_file: config.state_file,
+            restored,
             running: Mutex::new(Some(Running { sweeper, hooks, stop, events, saver })),
         })
     }
@@ -298,9 +352,22 @@ impl MonitorService {
         &self.shared.monitor
     }
 
-    /// Whether it runs: every thread up.
+    /// Sessions restored from the state file at start.
+    pub fn restored(&self) -> usize {
+        self.restored
+    }
+
+    /// Whether it runs: every thread of it up (HTTP, UDP, sweeper, events,
+    /// hooks, saver).
     pub fn is_running(&self) -> bool {
-        self.running.lock().is_some() && self.http.is_running() && self.shared.monitor.is_running()
+        let running = self.running.lock();
+        let Some(r) = running.as_ref() else { return false };
+        self.http.is_running()
+            && self.shared.monitor.is_running()
+            && self.udp.lock().as_ref().is_none_or(udp::Intake::is_running)
+            && !r.events.is_finished()
+            && r.saver.as_ref().is_none_or(|s| !s.is_finished())
+            && r.hooks.is_running()
     }
 
     /// Stops taking beats (HTTP and UDP), stops the sweeper (so that nobody
@@ -448,7 +515,131 @@ pub(crate) fn event_json(event: &Event, at: SystemTime) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
+    use crate::clock::ManualClock;
+
+    fn loopback() -> ServiceConfig {
+        ServiceConfig {
+            http: HttpConfig { listen: "127.0.0.1:0".parse().unwrap(), ..HttpConfig::default() },
+            udp: Some("127.0.0.1:0".parse().unwrap()),
+            ..ServiceConfig::default()
+        }
+    }
+
+    fn status_of(agent: &ureq::Agent, url: &str) -> u16 {
+        agent.get(url).call().unwrap().status().as_u16()
+    }
+
+    fn agent() -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .http_status_as_error(false)
+            .build()
+            .into()
+    }
+
+    #[test]
+    fn a_udp_flood_does_not_hold_up_the_stop() {
+        let service = MonitorService::start(Monitor::builder().build().unwrap(), loopback()).unwrap();
+        let udp = service.udp_addr().unwrap();
+        let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let senders: Vec<_> = (0..2)
+            .map(|_| {
+                let flooding = flooding.clone();
+                thread::spawn(move || {
+                    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                    let end = Instant::now() + Duration::from_secs(20);
+                    while flooding.load(Ordering::Relaxed) && Instant::now() < end {
+                        let _ = socket.send_to(b"nobody\n", udp);
+                    }
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while service.shared.counters.datagrams.load(Ordering::Relaxed) < 10_000 {
+            assert!(Instant::now() < deadline, "the flood never arrived");
+            thread::sleep(Duration::from_millis(10));
+        }
+        // The flood goes on for up to 20 s; the stop must not wait for it.
+        let started = Instant::now();
+        service.stop().unwrap();
+        let took = started.elapsed();
+        flooding.store(false, Ordering::Relaxed);
+        for s in senders {
+            s.join().unwrap();
+        }
+        assert!(took < Duration::from_secs(5), "stop took {took:?} under a flood");
+    }
+
+    #[test]
+    fn walks_over_every_session_have_a_budget() {
+        // The manual clock never moves: no token comes back.
+        let monitor = Monitor::builder().clock(ManualClock::new()).build().unwrap();
+        let service = MonitorService::start(monitor, ServiceConfig { udp: None, ..loopback() }).unwrap();
+        let agent = agent();
+        let page = format!("http://{}/sessions", service.http_addr());
+        let budget = api::WALK_BUDGET as usize;
+        for _ in 0..budget {
+            assert_eq!(status_of(&agent, &page), 200);
+        }
+        let refused = agent.get(&page).call().unwrap();
+        assert_eq!(refused.status().as_u16(), 503);
+        assert_eq!(refused.headers().get("retry-after").unwrap(), "1");
+        assert_eq!(status_of(&agent, &format!("http://{}/metrics", service.http_addr())), 503);
+        // What does not walk is not held back.
+        assert_eq!(status_of(&agent, &format!("http://{}/health", service.http_addr())), 200);
+        assert_eq!(service.shared.counters.walks_refused.load(Ordering::Relaxed), 2);
+        service.stop().unwrap();
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let config = ServiceConfig { udp: None, token: Some("t0ken".into()), ..loopback() };
+        let service = MonitorService::start(Monitor::builder().build().unwrap(), config).unwrap();
+        let url = format!("http://{}/health", service.http_addr());
+        let agent = agent();
+        for (header, code) in [
+            ("Bearer t0ken", 200),
+            ("bearer t0ken", 200),
+            ("BEARER t0ken", 200),
+            ("Bearer t0ke", 401),
+            ("Basic t0ken", 401),
+            ("Bearer", 401),
+        ] {
+            let got = agent.get(&url).header("Authorization", header).call().unwrap().status().as_u16();
+            assert_eq!(got, code, "{header}");
+        }
+        service.stop().unwrap();
+    }
+
+    #[test]
+    fn a_state_file_with_what_the_api_refuses_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let session = |id: &str, extra: &str| {
+            format!(
+                r#"{{"session_id": "{id}", "agent_type": "w", "last_beat": "2026-01-01T00:00:00Z"{extra}}}"#
+            )
+        };
+        for (sessions, says) in [
+            (session("bad id", ""), "bad session id"),
+            (session("a", r#", "missed_beats": 4294967295"#), "missed_beats"),
+            (format!("{}, {}", session("a", ""), session("b", "")), "more than the 1 allowed"),
+        ] {
+            std::fs::write(
+                &path,
+                format!(r#"{{"format": "heartbeat-monitor-state", "version": 1, "saved_at": "x", "sessions": [{sessions}]}}"#),
+            )
+            .unwrap();
+            let config =
+                ServiceConfig { udp: None, state_file: Some(path.clone()), max_sessions: 1, ..loopback() };
+            let e =
+                MonitorService::start(Monitor::builder().build().unwrap(), config).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
+    }
 
     #[test]
     fn tokens_compare_whole() {

@@ -73,7 +73,13 @@ pub fn save_state(path: &Path, monitor: &Monitor) -> Result<()> {
 /// not JSON, another format or version, a bad session).
 pub fn load_state(path: &Path) -> Result<Option<Vec<SessionSnapshot>>> {
     let reader = match open_bounded(path) {
-        Ok(reader) => reader,
+        Ok((_, 0)) => {
+            // Never written by us (we write whole files): made by `touch`
+            // while provisioning, say. Nothing to restore.
+            log::warn!("state file {} is empty: starting empty", path.display());
+            return Ok(None);
+        }
+        Ok((reader, _)) => reader,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             log::info!("no state file at {} yet: starting empty", path.display());
             return Ok(None);
@@ -97,7 +103,7 @@ pub fn load_state(path: &Path) -> Result<Option<Vec<SessionSnapshot>>> {
 
 /// The file, buffered and cut at [`MAX_STATE_FILE`]: read as a stream, so
 /// that its bytes are never all in memory beside the sessions they become.
-fn open_bounded(path: &Path) -> io::Result<impl io::Read> {
+fn open_bounded(path: &Path) -> io::Result<(impl io::Read, u64)> {
     use std::io::Read;
     let file = std::fs::File::open(path)?;
     let meta = file.metadata()?;
@@ -107,7 +113,7 @@ fn open_bounded(path: &Path) -> io::Result<impl io::Read> {
     if meta.len() > MAX_STATE_FILE {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} bytes is too large", meta.len())));
     }
-    Ok(io::BufReader::with_capacity(256 << 10, file.take(MAX_STATE_FILE)))
+    Ok((io::BufReader::with_capacity(256 << 10, file.take(MAX_STATE_FILE)), meta.len()))
 }
 
 fn state_error(path: &Path, reason: String) -> Error {
@@ -152,6 +158,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         assert!(load_state(&path).unwrap().is_none());
+        std::fs::write(&path, b"").unwrap();
+        assert!(load_state(&path).unwrap().is_none(), "an empty file is no state");
         for (bytes, says) in [
             (&b"{\"format\": \"heartbeat-monitor-state\", \"version\": 1, \"sess"[..], "corrupt"),
             (b"[]", "corrupt"),

@@ -33,6 +33,9 @@ const WAKE: Token = Token(1);
 /// then fail the id check.
 const MAX_DATAGRAM: usize = 65_536;
 
+/// Datagrams taken between two looks at the stop flag.
+const TURN_BUDGET: usize = 1024;
+
 /// The intake thread's owner.
 pub(crate) struct Intake {
     local_addr: SocketAddr,
@@ -65,6 +68,11 @@ impl Intake {
 
     pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Whether the thread still runs.
+    pub(crate) fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
     /// Stops and joins the thread. Idempotent.
@@ -102,28 +110,35 @@ fn grow_receive_buffer(socket: &UdpSocket, bytes: usize) {
 fn run(mut poll: Poll, socket: &UdpSocket, stopping: &AtomicBool, shared: &Shared) {
     let mut events = Events::with_capacity(8);
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    // Zero after a turn that used its whole budget: the socket is
+    // edge-triggered, so what is left there signals nothing new.
+    let mut timeout = None;
     loop {
-        if let Err(e) = poll.poll(&mut events, None) {
+        if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
             log::error!("udp intake: poll failed: {e}; stopping it");
             return;
         }
-        if stopping.load(Ordering::SeqCst) {
-            return;
-        }
-        // Drain: the socket is edge-triggered.
-        loop {
+        // Drain, a budget at a time: a flood must not keep a stop waiting.
+        timeout = Some(std::time::Duration::ZERO);
+        for _ in 0..TURN_BUDGET {
             match socket.recv(&mut buf) {
                 Ok(n) => take(shared, &buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    timeout = None;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // E.g. ECONNREFUSED queued by an ICMP error: nothing of ours.
                     log::debug!("udp intake: {e}");
                 }
             }
+        }
+        if stopping.load(Ordering::SeqCst) {
+            return;
         }
     }
 }
