@@ -30,7 +30,7 @@ const SERVICE_CHECK: Duration = Duration::from_secs(5);
 #[command(after_help = "\
 Examples:
   heartbeat monitor
-  curl -fsS -m 5 http://127.0.0.1:9333/ping/backup          # in a crontab: registers, then beats
+  curl -fsS -m 5 'http://127.0.0.1:9333/ping/backup?timeout_sec=90000&max_missed=1'   # a daily cron job
   heartbeat monitor --timeout 90 --on-timeout 'logger \"$HEARTBEAT_SESSION timed out\"'
   heartbeat monitor --state /var/lib/heartbeat/monitor.json --token-file /etc/heartbeat/token
 
@@ -39,8 +39,10 @@ HTTP API (JSON; errors are {\"error\": \"...\"}):
                                  max_missed, grace_sec, detector)
   POST   /sessions/ID/beat       beat (404 when not registered); also /pause, /resume, /fail
   GET    /sessions/ID            status;  GET /sessions?after=ID&limit=N  a page, by id
+                                 (100 by default, 1,000 at most)
   DELETE /sessions/ID            unregister
-  GET    /ping/ID[/fail|/start]  beat, registering on first use (201, then 200)
+  GET    /ping/ID[/fail|/start]  beat, registering on first use (201, then 200);
+                                 the query may carry settings (?timeout_sec=90000&max_missed=1)
   GET    /events                 Server-Sent Events, one JSON object per event
   GET    /health, /metrics       200 while sweeping; Prometheus text
 
