@@ -768,3 +768,26 @@ fn sigterm_saves_and_exits_zero_and_idle_uses_no_cpu() {
     let saved: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
     assert_eq!(saved["sessions"][0]["session_id"], "a");
 }
+
+#[test]
+fn the_monitor_beats_its_own_file_and_tells_systemd_it_is_ready() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let beat_file = dir.path().join("monitor.json");
+    let notify = dir.path().join("notify.sock");
+    let systemd = UnixDatagram::bind(&notify).unwrap();
+    systemd.set_read_timeout(Some(BOUND)).unwrap();
+    let mut service =
+        Service::spawn_with(&["--beat-file", beat_file.to_str().unwrap(), "--systemd"], |cmd| {
+            cmd.env("NOTIFY_SOCKET", &notify);
+        });
+    let mut message = [0u8; 256];
+    let n = systemd.recv(&mut message).unwrap();
+    assert!(String::from_utf8_lossy(&message[..n]).contains("READY=1"));
+    let state = heartbeat::read_state(&beat_file).unwrap();
+    assert_eq!(state.metadata["role"], "monitor");
+    assert_eq!(state.metadata["http"], service.http.to_string());
+    service.signal(libc::SIGTERM);
+    assert!(service.wait().success());
+    assert!(!beat_file.exists(), "removed at a clean stop");
+}
