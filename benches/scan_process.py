@@ -4,8 +4,10 @@
 In a new temporary directory, writes --files heartbeat files (default 10,000,
 ~400 bytes, as the crate writes them, naming this process so they are FRESH;
 every 10th names a dead pid, so ORPHAN). Times --runs rounds (default 7, after
-one warm-up each), interleaved, of three whole processes (stdout to a file):
-floor (benches/scan_floor.c, gcc -O2: readdir, openat + read to EOF + close),
+one warm-up each), interleaved, of these whole processes (stdout to a file):
+floor (benches/scan_floor.c, gcc -O2: readdir, openat + read to EOF + close;
+also with an fstat per file, with an fstat and a kill(pid, 0), and without
+O_NOFOLLOW, to price each),
 `heartbeat scan DIR --format json` and `heartbeat scan DIR` (table); then the
 seed's Python scan loop (re-typed below from the seed's heartbeat_scanner.py)
 in this process. Prints one JSON line: ms median/min/max, ratios, the machine.
@@ -192,7 +194,13 @@ def main() -> None:
         total = make_files(d, args.files)
         src = Path(__file__).resolve().parent / "scan_floor.c"
         subprocess.run(["gcc", "-O2", "-o", str(floor), str(src)], check=True)
+        # The floor, then the floor with each thing the scanner adds, to price
+        # them: the fstat safety check, the kill(pid, 0) liveness probe, and
+        # (priced by leaving it out) O_NOFOLLOW.
         cmds = {"floor": [str(floor), str(d)],
+                "floor+fstat": [str(floor), str(d), "f"],
+                "floor+fstat+kill": [str(floor), str(d), "fk"],
+                "floor-nofollow": [str(floor), str(d), "F"],
                 "json": [hb, "scan", str(d), "--format", "json"],
                 "table": [hb, "scan", str(d)]}
         outs = {k: tmp / f"{k}.out" for k in cmds}
@@ -211,8 +219,9 @@ def main() -> None:
         if time.time() - started > 80:  # the files were written just before `started`
             print("warning: timing took over 80 s; beats older than 90 s turn STALE", file=sys.stderr)
         # Sanity: all saw every file, with the statuses the files were made for.
-        if outs["floor"].read_text().split() != [str(args.files), str(total)]:
-            raise SystemExit(f"floor printed {outs['floor'].read_text()!r}, expected {args.files} {total}")
+        for k in ("floor", "floor+fstat", "floor+fstat+kill", "floor-nofollow"):
+            if outs[k].read_text().split() != [str(args.files), str(total)]:
+                raise SystemExit(f"{k} printed {outs[k].read_text()!r}, expected {args.files} {total}")
         statuses = {"json": Counter(json.loads(l)["status"] for l in outs["json"].read_text().splitlines()),
                     "seed": Counter(e.status.value for e in entries)}
         rows = len(outs["table"].read_text().splitlines()) - 1  # minus the header
@@ -225,6 +234,7 @@ def main() -> None:
             "ms": {k: {"median": round(med[k], 2), "min": round(min(v), 2), "max": round(max(v), 2)}
                    for k, v in ms.items()},
             "ratio": {"json/floor": round(med["json"] / med["floor"], 2),
+                      "json/floor+fstat+kill": round(med["json"] / med["floor+fstat+kill"], 2),
                       "table/json": round(med["table"] / med["json"], 2),
                       "seed/json": round(med["seed"] / med["json"], 2)},
             "statuses": statuses,

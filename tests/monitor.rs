@@ -1089,3 +1089,46 @@ fn concurrent_stops_and_starts_wait_for_the_sweeper_to_end() {
     drop(new_guard);
     assert!(!monitor.is_running());
 }
+
+#[test]
+fn touch_keeps_a_failure_and_reconfigure_changes_settings_only() {
+    let clock = ManualClock::new();
+    let monitor = seed_monitor(&clock).build().unwrap();
+    let events = monitor.events();
+    monitor.register("job", "cron");
+    assert!(monitor.fail("job"));
+    clock.advance(secs(20));
+    assert!(monitor.touch("job")); // a sign of life, still failed
+    clock.advance(secs(20));
+    monitor.sweep(); // 20 s of silence since the touch: no miss
+    let st = monitor.status("job").unwrap();
+    assert!(st.failed && st.missed_beats == 0, "{st:?}");
+    let options = RegisterOptions { timeout: Some(secs(3600)), ..Default::default() };
+    assert!(monitor.reconfigure("job", "daily", options).unwrap());
+    let st = monitor.status("job").unwrap();
+    assert_eq!((st.agent_type.as_str(), st.timeout, st.failed), ("daily", secs(3600), true));
+    assert!(!monitor.reconfigure("ghost", "x", options).unwrap());
+    let bad = RegisterOptions { max_missed_beats: Some(0), ..Default::default() };
+    assert!(monitor.reconfigure("job", "x", bad).is_err());
+    // Only the failure was an event; a touch of a healthy session is a beat.
+    assert_eq!(drain(&events), vec![Event::Failed { session_id: "job".into(), agent_type: "cron".into() }]);
+    assert!(monitor.beat("job"));
+    assert_eq!(drain(&events), vec![Event::Recovered { session_id: "job".into() }]);
+    assert!(monitor.touch("job") && !monitor.touch("ghost"));
+    assert_eq!((monitor.healthy_count(), monitor.counts().failed), (1, 0));
+}
+
+#[test]
+fn a_snapshot_restores_into_a_monitor_allowing_fewer_misses() {
+    let clock = ManualClock::new();
+    let monitor = seed_monitor(&clock).build().unwrap(); // 3 misses
+    monitor.register("a", "w");
+    sweep_until(&monitor, &clock, 7); // t = 35: a miss or more
+    let saved = monitor.snapshot();
+    assert!(saved[0].missed_beats >= 1, "{saved:?}");
+    let stricter = seed_monitor(&clock).max_missed_beats(1).build().unwrap();
+    assert_eq!(stricter.restore(&saved).unwrap(), 1, "a state file we wrote is never refused");
+    // Beating as of the restore; dead at its next miss.
+    sweep_until(&stricter, &clock, 7);
+    assert!(stricter.status("a").is_none());
+}

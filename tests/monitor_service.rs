@@ -280,6 +280,51 @@ fn a_ping_carries_its_settings_and_failures_do_not_pass_for_recoveries() {
 }
 
 #[test]
+fn settings_in_a_ping_change_settings_only() {
+    let service = Service::spawn(&[]);
+    let mut events = event_stream(&service);
+    // A query leaves out what is the server's default: here, the agent type.
+    assert_eq!(put(&service.url("/sessions/job"), r#"{"agent_type": "cron", "timeout_sec": 90000}"#).0, 201);
+    assert_eq!(get(&service.url("/ping/job?max_missed=1")).0, 200);
+    let status = json(&get(&service.url("/sessions/job")).1);
+    assert_eq!(
+        (status["agent_type"].as_str(), status["timeout_sec"].as_f64()),
+        (Some("default"), Some(30.0))
+    );
+    assert_eq!(status["max_missed"], 1);
+    // Failed, then a start or a fail with other settings: still failed, no recovery.
+    assert_eq!(get(&service.url("/ping/job/fail?timeout_sec=90000")).0, 200);
+    assert_eq!(get(&service.url("/ping/job/start?timeout_sec=3600")).0, 200);
+    let status = json(&get(&service.url("/sessions/job")).1);
+    assert_eq!((status["failed"].as_bool(), status["timeout_sec"].as_f64()), (Some(true), Some(3600.0)));
+    assert_eq!(get(&service.url("/ping/job/fail?timeout_sec=60")).0, 200);
+    assert_eq!(get(&service.url("/ping/job?timeout_sec=60")).0, 200, "the plain ping recovers it");
+    let kinds: Vec<Value> = (0..3).map(|_| next_event(&mut events)["event"].clone()).collect();
+    assert_eq!(kinds, ["failed", "failed", "recovered"]);
+}
+
+#[test]
+fn a_start_on_a_failed_session_is_a_sign_of_life() {
+    // A second of silence times it out.
+    let service = Service::spawn(&["--check-interval", "0.1", "--timeout", "1", "--max-missed", "1"]);
+    assert_eq!(get(&service.url("/ping/job/fail")).0, 201);
+    // Starts keep it alive, failed, for three timeouts.
+    for _ in 0..10 {
+        thread::sleep(Duration::from_millis(300));
+        assert_eq!(get(&service.url("/ping/job/start")).0, 200, "timed out while starting");
+    }
+    let status = json(&get(&service.url("/sessions/job")).1);
+    assert_eq!((status["failed"].as_bool(), status["missed_beats"].as_u64()), (Some(true), Some(0)));
+}
+
+#[test]
+fn dropped_events_and_refused_walks_are_in_the_metrics() {
+    let service = Service::spawn(&[]);
+    assert_eq!(service.metric("heartbeat_monitor_events_dropped_total"), 0);
+    assert_eq!(service.metric("heartbeat_monitor_walks_refused_total"), 0);
+}
+
+#[test]
 fn registration_errors_say_what_was_wrong_in_the_api_s_terms() {
     let service = Service::spawn(&[]);
     let session = service.url("/sessions/a");

@@ -616,6 +616,9 @@ struct Carried {
     paused: Option<bool>,
     failed: bool,
     missed: u32,
+    /// Replacing a warned or failed session sends no `Recovered`: only its
+    /// settings change (`reconfigure`).
+    silent: bool,
 }
 
 /// A callback to run once the shard lock is released.
@@ -868,6 +871,9 @@ impl Monitor {
             s.failed = true;
             s.last_beat = now;
             s.missed = 0;
+            // The next beat only sets the time: the gap since this report is
+            // no beat interval for phi's history.
+            s.has_beaten = false;
             // Lock order: the shard, then the agent names.
             let agent = inner.agents.read().names[s.agent as usize].to_string();
             inner.emit(Event::Failed { session_id: session_id.to_owned(), agent_type: agent.clone() });
@@ -879,6 +885,61 @@ impl Monitor {
             contained("on_failure", || f(session_id, &agent));
         }
         true
+    }
+
+    /// A beat that leaves a reported failure standing: for a session that is
+    /// not failed, exactly [`beat`](Self::beat); for a failed one, a sign of
+    /// life (its silence starts again, its misses are forgotten) that keeps
+    /// it failed and sends nothing. `false` if it is not registered.
+    pub fn touch(&self, session_id: &str) -> bool {
+        let inner = &*self.inner;
+        let now = inner.now();
+        let touched = inner.with_session(session_id, |_, s| {
+            if !s.failed {
+                return false;
+            }
+            s.last_beat = now;
+            s.missed = 0;
+            s.has_beaten = false;
+            true
+        });
+        match touched {
+            None => false,
+            Some(true) => true,
+            Some(false) => self.beat(session_id),
+        }
+    }
+
+    /// Changes a registered session's agent type and settings (validated
+    /// as [`register_with`](Self::register_with) validates them) and counts
+    /// it as beating now, keeping its paused and failed flags and its missed
+    /// beats, and sending no event. `Ok(false)` if it is not registered. A
+    /// phi session starts a new window.
+    pub fn reconfigure(&self, session_id: &str, agent_type: &str, options: RegisterOptions) -> Result<bool> {
+        check_options(&options)?;
+        let inner = &*self.inner;
+        let Some((paused, failed, missed)) =
+            inner.with_session(session_id, |_, s| (s.paused, s.failed, s.missed))
+        else {
+            return Ok(false);
+        };
+        inner.insert(
+            session_id,
+            agent_type,
+            &options,
+            Carried { paused: Some(paused), failed, missed, silent: true },
+        );
+        Ok(true)
+    }
+
+    /// The monitor's timeout, for sessions without one of their own.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_nanos(self.inner.timeout)
+    }
+
+    /// The monitor's max missed beats, for sessions without their own.
+    pub fn max_missed_beats(&self) -> u32 {
+        self.inner.max_missed
     }
 
     /// Every live session, for saving across a restart
@@ -955,7 +1016,6 @@ impl Monitor {
             timeout: s.timeout,
             max_missed_beats: s.max_missed_beats,
         };
-        let inner = &*self.inner;
         for s in sessions {
             let named =
                 |msg: String| Error::InvalidConfig(format!("snapshot of session {:?}: {msg}", s.session_id));
@@ -963,18 +1023,10 @@ impl Monitor {
                 Error::InvalidConfig(msg) => named(msg),
                 other => other,
             })?;
-            // A fixed-detector session with as many misses as it may have
-            // would be dead already: a corrupt or hand-made snapshot.
-            let max = s.max_missed_beats.unwrap_or(inner.max_missed);
-            if matches!(s.detector.unwrap_or(inner.detector), Detector::Fixed) && s.missed_beats >= max {
-                return Err(named(format!(
-                    "missed_beats {} is not below its max_missed_beats {max}",
-                    s.missed_beats
-                )));
-            }
         }
         for s in sessions {
-            let carried = Carried { paused: Some(s.paused), failed: s.failed, missed: s.missed_beats };
+            let carried =
+                Carried { paused: Some(s.paused), failed: s.failed, missed: s.missed_beats, silent: false };
             self.inner.insert(&s.session_id, &s.agent_type, &options(s), carried);
         }
         log::info!("restored {} sessions", sessions.len());
@@ -1207,7 +1259,13 @@ impl Inner {
                 // Registering again replaces the session; a paused one stays
                 // paused, as in the seed.
                 let s = &mut shard.sessions[slot as usize];
-                self.recover(s, session_id);
+                if carried.silent {
+                    if s.unhealthy() {
+                        self.unhealthy.fetch_sub(1, Ordering::Relaxed);
+                    }
+                } else {
+                    self.recover(s, session_id);
+                }
                 self.agents.write().release(s.agent);
                 s.generation = s.generation.wrapping_add(1);
                 slot

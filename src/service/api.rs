@@ -118,9 +118,12 @@ fn not_allowed(allow: &'static str) -> Response {
 /// Takes the tokens a walk over every session costs (`1 / share` of one
 /// per 10,000 sessions), or a 503 when the budget is spent.
 fn walk(shared: &Shared, share: usize) -> Result<(), Response> {
-    let cost = (shared.monitor.registered_count() / 10_000 / share).max(1) as f64;
+    // At most the whole bucket: beyond five million sessions a page costs
+    // all of it, and is still answered once a second.
+    let cost = ((shared.monitor.registered_count() / 10_000 / share).max(1) as f64).min(WALK_BUDGET);
     let now = shared.monitor.clock().now();
-    let mut budget = shared.walks.lock();
+    // Scrapes have a bucket of their own: paging cannot starve Prometheus.
+    let mut budget = if share == 1 { shared.walks.lock() } else { shared.scrapes.lock() };
     let (tokens, since) = &mut *budget;
     *tokens = (*tokens + now.saturating_duration_since(*since).as_secs_f64() * WALK_BUDGET).min(WALK_BUDGET);
     *since = now;
@@ -432,25 +435,29 @@ fn act(shared: &Shared, id: &str, action: &str) -> Response {
     if done { Response::empty(204) } else { not_registered(id) }
 }
 
-/// Whether a session's settings differ from those a ping asks for.
-fn differs(status: &SessionStatus, agent_type: &str, options: &RegisterOptions) -> bool {
+/// Whether a session's settings differ from those a ping's query asks for:
+/// what the query leaves out is the server's default, as at registration.
+fn differs(shared: &Shared, status: &SessionStatus, agent_type: &str, options: &RegisterOptions) -> bool {
+    let monitor = &shared.monitor;
+    let phi = matches!(options.detector.unwrap_or(monitor.detector()), Detector::Phi(_));
     status.agent_type != agent_type
-        || options.timeout.is_some_and(|t| t != status.timeout)
-        || options.max_missed_beats.is_some_and(|m| m != status.max_missed_beats)
-        || options.detector.is_some_and(|d| matches!(d, Detector::Phi(_)) != status.phi.is_some())
+        || options.timeout.unwrap_or(monitor.timeout()) != status.timeout
+        || options.max_missed_beats.unwrap_or(monitor.max_missed_beats()) != status.max_missed_beats
+        || phi != status.phi.is_some()
 }
 
 /// `/ping/{id}`, `/ping/{id}/fail`, `/ping/{id}/start`: the healthchecks.io
 /// habit. The session is registered on first use (201), with the settings
 /// of the query (`?timeout_sec=90000&max_missed=1`) or the server's
-/// defaults, and beaten after (200); a ping whose query asks for other
-/// settings than the session has registers it again with them. Success
-/// answers have an empty body, so that a cron job's `curl -fsS` prints
-/// nothing (cron mails what a job prints).
+/// defaults, and beaten after (200). A ping whose query asks for other
+/// settings than the session has (what it leaves out being the server's
+/// defaults) changes them, and nothing else; a ping without a query leaves
+/// them as they are. Success answers have an empty body, so that a cron
+/// job's `curl -fsS` prints nothing (cron mails what a job prints).
 ///
 /// `/fail` reports a failure (a sign of life that leaves the session
-/// failed); `/start` records that a run started and beats, except a failed
-/// session, which only a plain ping (or a beat) clears.
+/// failed); `/start` records that a run started and is a sign of life, but
+/// leaves a failed session failed: only a plain ping (or a beat) clears it.
 fn ping(shared: &Shared, id: &str, action: Option<&str>, query: Option<&str>) -> Response {
     let monitor = &shared.monitor;
     let wanted = match Settings::from_query(query) {
@@ -462,46 +469,57 @@ fn ping(shared: &Shared, id: &str, action: Option<&str>, query: Option<&str>) ->
         Err(bad) => return bad,
     };
     let current = monitor.status(id);
-    let register = match (&current, &wanted) {
-        (None, _) => true,
-        (Some(status), Some((agent_type, options))) => differs(status, agent_type, options),
-        (Some(_), None) => false,
-    };
-    if register {
-        if current.is_none() && monitor.registered_count() >= shared.max_sessions {
-            return full(shared);
+    let created = current.is_none();
+    match (&current, wanted) {
+        (None, wanted) => {
+            if monitor.registered_count() >= shared.max_sessions {
+                return full(shared);
+            }
+            let (agent_type, options) =
+                wanted.unwrap_or_else(|| (DEFAULT_AGENT_TYPE.to_owned(), RegisterOptions::default()));
+            if let Err(e) = monitor.register_with(id, &agent_type, options) {
+                return Response::error(400, &e.to_string());
+            }
         }
-        let (agent_type, options) =
-            wanted.unwrap_or_else(|| (DEFAULT_AGENT_TYPE.to_owned(), RegisterOptions::default()));
-        if let Err(e) = monitor.register_with(id, &agent_type, options) {
-            return Response::error(400, &e.to_string());
+        (Some(status), Some((agent_type, options))) if differs(shared, status, &agent_type, &options) => {
+            // New settings only: its failure, misses and pause stay.
+            if let Err(e) = monitor.reconfigure(id, &agent_type, options) {
+                return Response::error(400, &e.to_string());
+            }
         }
+        (Some(_), _) => {}
     }
-    let failed = current.as_ref().is_some_and(|s| s.failed);
     let took = match action {
         Some("fail") => monitor.fail(id),
-        Some("start") if failed && !register => true,
-        _ => register || monitor.beat(id),
+        Some("start") => monitor.touch(id),
+        _ => monitor.beat(id),
     };
     if !took {
         // Removed between the lookup and now (a sweep timed it out).
         return not_registered(id);
     }
     shared.counters.beats_ping.fetch_add(1, Ordering::Relaxed);
+    let mut runs = shared.runs.lock();
     match action {
         Some("start") => {
-            shared.runs.lock().insert(id.into(), monitor.clock().wall());
-            // A sweep may have removed it meanwhile, its `Removed` already
-            // handled: then the entry must not stay behind.
-            if monitor.status(id).is_none() {
-                shared.runs.lock().remove(id);
+            runs.insert(id.into(), monitor.clock().wall());
+            // A `Removed` the event thread never saw (dropped in a burst)
+            // would leave entries behind: prune when they outnumber sessions.
+            if runs.len() > monitor.registered_count() {
+                runs.retain(|id, _| monitor.status(id).is_some());
             }
         }
         _ => {
-            shared.runs.lock().remove(id);
+            runs.remove(id);
         }
     }
-    Response::empty(if current.is_none() { 201 } else { 200 })
+    drop(runs);
+    // A sweep may have removed it meanwhile, its `Removed` already handled:
+    // then the entry must not stay behind.
+    if action == Some("start") && monitor.status(id).is_none() {
+        shared.runs.lock().remove(id);
+    }
+    Response::empty(if created { 201 } else { 200 })
 }
 
 fn events(shared: &Arc<Shared>) -> Reply {
@@ -603,6 +621,20 @@ fn metrics(shared: &Shared) -> Response {
         streams.retain(crate::http::StreamSink::is_open);
         streams.len()
     };
+    family(
+        &mut out,
+        "heartbeat_monitor_walks_refused_total",
+        "counter",
+        "Session listings and scrapes refused (503) for want of budget.",
+    );
+    sample(&mut out, "heartbeat_monitor_walks_refused_total", None, get(&c.walks_refused));
+    family(
+        &mut out,
+        "heartbeat_monitor_events_dropped_total",
+        "counter",
+        "Events the event thread had no room for: no hook ran and no stream got them.",
+    );
+    sample(&mut out, "heartbeat_monitor_events_dropped_total", None, shared.monitor.events_dropped());
     family(&mut out, "heartbeat_monitor_event_streams", "gauge", "Open /events streams.");
     sample(&mut out, "heartbeat_monitor_event_streams", None, streams as u64);
     family(

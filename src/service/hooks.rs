@@ -305,8 +305,10 @@ fn reap(running: &mut Vec<Running>, counters: &HookCounters) {
             }
             Ok(false) => true,
             Err(e) => {
-                log::warn!("hook {}: cannot wait for it: {e}", r.what);
-                kill_group(&mut r.child);
+                // ECHILD: reaped by someone else (SIGCHLD ignored by the
+                // process, say). Its pid, and its group's, may belong to
+                // another process by now: signal nothing.
+                log::warn!("hook {}: cannot wait for it ({e}); forgetting it", r.what);
                 false
             }
         }

@@ -154,8 +154,10 @@ pub(crate) struct Shared {
     pub(crate) streams: Mutex<Vec<StreamSink>>,
     /// Runs started with `/ping/{id}/start` and not yet ended by a ping.
     pub(crate) runs: Mutex<hashbrown::HashMap<Box<str>, SystemTime>>,
-    /// Tokens for walks over every session, and when they were counted.
+    /// Tokens for walks over every session (pages; scrapes), and when they
+    /// were counted.
     pub(crate) walks: Mutex<(f64, std::time::Instant)>,
+    pub(crate) scrapes: Mutex<(f64, std::time::Instant)>,
     /// The HTTP server, for its counters (weak: it owns the handler that owns this).
     pub(crate) http: OnceLock<Weak<HttpServer>>,
     /// Whether the sweeper runs: `/health` says 503 otherwise.
@@ -163,6 +165,25 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// A bare one around `monitor`, for tests of one part.
+    #[cfg(test)]
+    pub(crate) fn for_tests(monitor: Monitor) -> Shared {
+        let now = monitor.clock().now();
+        Shared {
+            monitor,
+            max_sessions: 1_000_000,
+            token: None,
+            counters: Counters::default(),
+            hooks: Arc::default(),
+            streams: Mutex::new(Vec::new()),
+            runs: Mutex::new(hashbrown::HashMap::new()),
+            walks: Mutex::new((api::WALK_BUDGET, now)),
+            scrapes: Mutex::new((api::WALK_BUDGET, now)),
+            http: OnceLock::new(),
+            sweeping: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
     /// Whether `presented` is the token, compared in constant time for
     /// tokens of equal length. `true` when no token is set.
     pub(crate) fn token_ok(&self, presented: Option<&[u8]>) -> bool {
@@ -272,6 +293,7 @@ impl MonitorService {
             streams: Mutex::new(Vec::new()),
             runs: Mutex::new(hashbrown::HashMap::new()),
             walks: Mutex::new((api::WALK_BUDGET, monitor.clock().now())),
+            scrapes: Mutex::new((api::WALK_BUDGET, monitor.clock().now())),
             http: OnceLock::new(),
             sweeping: std::sync::atomic::AtomicBool::new(false),
         });
@@ -515,7 +537,6 @@ pub(crate) fn event_json(event: &Event, at: SystemTime) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
 
     use super::*;
     use crate::clock::ManualClock;
@@ -541,39 +562,6 @@ mod tests {
     }
 
     #[test]
-    fn a_udp_flood_does_not_hold_up_the_stop() {
-        let service = MonitorService::start(Monitor::builder().build().unwrap(), loopback()).unwrap();
-        let udp = service.udp_addr().unwrap();
-        let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let senders: Vec<_> = (0..2)
-            .map(|_| {
-                let flooding = flooding.clone();
-                thread::spawn(move || {
-                    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-                    let end = Instant::now() + Duration::from_secs(20);
-                    while flooding.load(Ordering::Relaxed) && Instant::now() < end {
-                        let _ = socket.send_to(b"nobody\n", udp);
-                    }
-                })
-            })
-            .collect();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while service.shared.counters.datagrams.load(Ordering::Relaxed) < 10_000 {
-            assert!(Instant::now() < deadline, "the flood never arrived");
-            thread::sleep(Duration::from_millis(10));
-        }
-        // The flood goes on for up to 20 s; the stop must not wait for it.
-        let started = Instant::now();
-        service.stop().unwrap();
-        let took = started.elapsed();
-        flooding.store(false, Ordering::Relaxed);
-        for s in senders {
-            s.join().unwrap();
-        }
-        assert!(took < Duration::from_secs(5), "stop took {took:?} under a flood");
-    }
-
-    #[test]
     fn walks_over_every_session_have_a_budget() {
         // The manual clock never moves: no token comes back.
         let monitor = Monitor::builder().clock(ManualClock::new()).build().unwrap();
@@ -587,7 +575,12 @@ mod tests {
         let refused = agent.get(&page).call().unwrap();
         assert_eq!(refused.status().as_u16(), 503);
         assert_eq!(refused.headers().get("retry-after").unwrap(), "1");
-        assert_eq!(status_of(&agent, &format!("http://{}/metrics", service.http_addr())), 503);
+        // Scrapes have a bucket of their own: paging does not starve them.
+        let metrics = format!("http://{}/metrics", service.http_addr());
+        for _ in 0..budget {
+            assert_eq!(status_of(&agent, &metrics), 200);
+        }
+        assert_eq!(status_of(&agent, &metrics), 503);
         // What does not walk is not held back.
         assert_eq!(status_of(&agent, &format!("http://{}/health", service.http_addr())), 200);
         assert_eq!(service.shared.counters.walks_refused.load(Ordering::Relaxed), 2);
@@ -625,7 +618,6 @@ mod tests {
         };
         for (sessions, says) in [
             (session("bad id", ""), "bad session id"),
-            (session("a", r#", "missed_beats": 4294967295"#), "missed_beats"),
             (format!("{}, {}", session("a", ""), session("b", "")), "more than the 1 allowed"),
         ] {
             std::fs::write(

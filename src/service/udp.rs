@@ -34,7 +34,7 @@ const WAKE: Token = Token(1);
 const MAX_DATAGRAM: usize = 65_536;
 
 /// Datagrams taken between two looks at the stop flag.
-const TURN_BUDGET: usize = 1024;
+pub(crate) const TURN_BUDGET: usize = 1024;
 
 /// The intake thread's owner.
 pub(crate) struct Intake {
@@ -98,7 +98,7 @@ impl Drop for Intake {
 /// Asks for a larger receive buffer, forcing it past `rmem_max` where the
 /// process may (`SO_RCVBUFFORCE`, CAP_NET_ADMIN). A burst then waits in the
 /// kernel instead of being dropped there.
-fn grow_receive_buffer(socket: &UdpSocket, bytes: usize) {
+pub(crate) fn grow_receive_buffer(socket: &UdpSocket, bytes: usize) {
     let fd = socket.as_fd();
     if crate::sys::set_socket_int(fd, libc::SO_RCVBUFFORCE, bytes).is_err()
         && let Err(e) = crate::sys::set_socket_int(fd, libc::SO_RCVBUF, bytes)
@@ -121,26 +121,40 @@ fn run(mut poll: Poll, socket: &UdpSocket, stopping: &AtomicBool, shared: &Share
             log::error!("udp intake: poll failed: {e}; stopping it");
             return;
         }
-        // Drain, a budget at a time: a flood must not keep a stop waiting.
-        timeout = Some(std::time::Duration::ZERO);
-        for _ in 0..TURN_BUDGET {
-            match socket.recv(&mut buf) {
-                Ok(n) => take(shared, &buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    timeout = None;
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // E.g. ECONNREFUSED queued by an ICMP error: nothing of ours.
-                    log::debug!("udp intake: {e}");
-                }
-            }
-        }
+        timeout = match drain_turn(socket, &mut buf, shared) {
+            Drained::All => None,
+            Drained::Budget => Some(std::time::Duration::ZERO),
+        };
+        // Between two turns: a flood must not keep a stop waiting.
         if stopping.load(Ordering::SeqCst) {
             return;
         }
     }
+}
+
+/// How a turn of reading ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Drained {
+    /// The socket had nothing more.
+    All,
+    /// The budget ran out first: more may wait.
+    Budget,
+}
+
+/// Takes at most [`TURN_BUDGET`] datagrams.
+pub(crate) fn drain_turn(socket: &UdpSocket, buf: &mut [u8], shared: &Shared) -> Drained {
+    for _ in 0..TURN_BUDGET {
+        match socket.recv(buf) {
+            Ok(n) => take(shared, &buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Drained::All,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // E.g. ECONNREFUSED queued by an ICMP error: nothing of ours.
+                log::debug!("udp intake: {e}");
+            }
+        }
+    }
+    Drained::Budget
 }
 
 /// Handles one datagram.
@@ -176,5 +190,33 @@ pub(crate) fn take(shared: &Shared, datagram: &[u8]) {
         } else {
             c.unknown_udp.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::monitor::Monitor;
+
+    #[test]
+    fn a_turn_takes_its_budget_and_no_more() {
+        let shared = Shared::for_tests(Monitor::builder().build().unwrap());
+        let socket = UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        grow_receive_buffer(&socket, 8 << 20);
+        let to = socket.local_addr().unwrap();
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let queued = TURN_BUDGET * 2 + 10;
+        for _ in 0..queued {
+            sender.send_to(b"nobody\n", to).unwrap();
+        }
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let taken = || shared.counters.datagrams.load(Ordering::Relaxed) as usize;
+        // Loopback delivers at once, into a buffer large enough for all.
+        assert_eq!(drain_turn(&socket, &mut buf, &shared), Drained::Budget);
+        assert_eq!(taken(), TURN_BUDGET);
+        assert_eq!(drain_turn(&socket, &mut buf, &shared), Drained::Budget);
+        assert_eq!(drain_turn(&socket, &mut buf, &shared), Drained::All);
+        assert_eq!(taken(), queued, "every datagram the kernel held was taken");
+        assert_eq!(shared.counters.unknown_udp.load(Ordering::Relaxed) as usize, queued);
     }
 }
