@@ -63,6 +63,36 @@ fn stop_on_signals(second: fn(i32) -> i32) -> std::io::Result<std::sync::Arc<std
     Ok(stop)
 }
 
+/// SIGINT and SIGTERM as a channel, for a main thread that waits on other
+/// things too (with `select!`): a thread of its own waits for the first
+/// signal and sends on [`rx`](Self::rx). [`close`](Self::close) ends and
+/// joins it.
+struct SignalChannel {
+    rx: crossbeam_channel::Receiver<()>,
+    handle: signal_hook::iterator::Handle,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl SignalChannel {
+    fn new() -> std::io::Result<SignalChannel> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+        let handle = signals.handle();
+        let thread = std::thread::Builder::new().name("heartbeat-signals".into()).spawn(move || {
+            if signals.forever().next().is_some() {
+                let _ = tx.try_send(());
+            }
+        })?;
+        Ok(SignalChannel { rx, handle, thread })
+    }
+
+    fn close(self) {
+        self.handle.close();
+        let _ = self.thread.join();
+    }
+}
+
 /// Parses a non-negative, finite number of seconds such as `10` or `0.5`.
 fn parse_seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;

@@ -13,8 +13,6 @@ use crossbeam_channel::select;
 use heartbeat::http::HttpConfig;
 use heartbeat::service::{HookConfig, MonitorService, ServiceConfig};
 use heartbeat::{BeatGuard, Beater, DEFAULT_INTERVAL, Detector, Error, Monitor, PhiConfig};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 
 /// How often the main thread checks that the service's threads still run.
 const SERVICE_CHECK: Duration = Duration::from_secs(5);
@@ -232,8 +230,8 @@ pub fn run(args: MonitorArgs) -> ExitCode {
     let _ = out.flush();
     drop(out);
 
-    let (signalled, signals_rx) = crossbeam_channel::bounded::<()>(1);
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+    // Signals wake the main thread through a channel: no polling of the flag.
+    let signals = match super::SignalChannel::new() {
         Ok(signals) => signals,
         Err(e) => {
             eprintln!("heartbeat monitor: cannot handle signals: {e}");
@@ -241,12 +239,6 @@ pub fn run(args: MonitorArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let signals_handle = signals.handle();
-    let signal_thread = std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
-            let _ = signalled.try_send(());
-        }
-    });
 
     let mut code = loop {
         if stop.load(Ordering::SeqCst) {
@@ -258,12 +250,11 @@ pub fn run(args: MonitorArgs) -> ExitCode {
             break ExitCode::from(1);
         }
         select! {
-            recv(signals_rx) -> _ => {}
+            recv(signals.rx) -> _ => {}
             default(SERVICE_CHECK) => {}
         }
     };
-    signals_handle.close();
-    let _ = signal_thread.join();
+    signals.close();
     if let Err(e) = service.stop() {
         eprintln!("heartbeat monitor: {e}");
         code = ExitCode::from(1);

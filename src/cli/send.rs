@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use crossbeam_channel::select;
 use heartbeat::valid_session_id;
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 
 /// With --every, how often a failure that goes on is said again.
 const FAILURE_REPEAT: Duration = Duration::from_secs(600);
@@ -191,20 +189,14 @@ pub fn run(args: &SendArgs) -> ExitCode {
         };
     };
 
-    let (signalled, signals_rx) = crossbeam_channel::bounded::<()>(1);
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+    // Signals wake the main thread through a channel: no polling of the flag.
+    let signals = match super::SignalChannel::new() {
         Ok(signals) => signals,
         Err(e) => {
             eprintln!("heartbeat send: cannot handle signals: {e}");
             return ExitCode::from(1);
         }
     };
-    let handle = signals.handle();
-    let signal_thread = std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
-            let _ = signalled.try_send(());
-        }
-    });
     let mut next = Instant::now();
     // A failure is said when a streak starts and then every ten minutes,
     // not at every tick: a monitor down for a day must not fill a log.
@@ -234,11 +226,10 @@ pub fn run(args: &SendArgs) -> ExitCode {
             next = now + every;
         }
         select! {
-            recv(signals_rx) -> _ => break,
+            recv(signals.rx) -> _ => break,
             default(next.saturating_duration_since(now)) => {}
         }
     }
-    handle.close();
-    let _ = signal_thread.join();
+    signals.close();
     ExitCode::SUCCESS
 }

@@ -13,8 +13,6 @@ use clap::Args;
 use crossbeam_channel::select;
 use heartbeat::peer::{Hub, HubConfig, HubEvent, StatusServer, SweepConfig};
 use heartbeat::{BeatGuard, Beater, DEFAULT_INTERVAL, Error};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 
 /// How often the main thread checks that the hub's threads still run. The
 /// wait between is a blocking one (signals and hub events wake it), so an
@@ -167,8 +165,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
     drop(out);
 
     // Signals wake the main thread through a channel: no polling of the flag.
-    let (signalled, signals_rx) = crossbeam_channel::bounded::<()>(1);
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+    let signals = match super::SignalChannel::new() {
         Ok(signals) => signals,
         Err(e) => {
             eprintln!("heartbeat serve: cannot handle signals: {e}");
@@ -176,12 +173,6 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let signals_handle = signals.handle();
-    let signal_thread = std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
-            let _ = signalled.try_send(());
-        }
-    });
 
     let code = loop {
         if stop.load(Ordering::SeqCst) {
@@ -193,7 +184,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
             break ExitCode::from(1);
         }
         select! {
-            recv(signals_rx) -> _ => {}
+            recv(signals.rx) -> _ => {}
             recv(events) -> event => match event {
                 Ok(event) => log_event(&event),
                 // Only if the hub were gone; keep waiting on the signals alone.
@@ -202,8 +193,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
             default(HUB_CHECK) => {}
         }
     };
-    signals_handle.close();
-    let _ = signal_thread.join();
+    signals.close();
 
     // The hub first: a status client that does not read must not keep peers connected.
     hub.stop();
