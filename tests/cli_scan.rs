@@ -2,14 +2,17 @@
 //! Every child process is killed on drop and every wait is bounded.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use heartbeat::{HeartbeatState, WriteOptions, format_timestamp, parse_timestamp, write_state};
 use serde_json::{Value, json};
+
+#[path = "support/child.rs"]
+mod child;
+use child::{Spawned, read_lines};
 
 const BOUND: Duration = Duration::from_secs(10);
 
@@ -400,7 +403,7 @@ fn scan_survives_a_closed_stdout() {
 
 /// A `scan --watch` child whose stdout lines arrive on a channel; killed on drop.
 struct Watching {
-    child: Child,
+    child: Spawned,
     lines: mpsc::Receiver<String>,
 }
 
@@ -414,17 +417,8 @@ impl Watching {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Watching { child, lines }
+        let lines = read_lines(child.stdout.take().unwrap());
+        Watching { child: Spawned(child), lines }
     }
 
     fn line(&self) -> String {
@@ -437,25 +431,11 @@ impl Watching {
     }
 
     fn signal(&self, sig: i32) {
-        heartbeat::process::send_signal(self.child.id(), sig).unwrap();
+        self.child.signal(sig);
     }
 
     fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + BOUND;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "scan --watch did not exit within {BOUND:?}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Watching {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.wait_bounded(BOUND, "scan --watch")
     }
 }
 

@@ -4,12 +4,15 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+#[path = "support/child.rs"]
+mod child;
+use child::{Spawned, read_lines};
 
 const BOUND: Duration = Duration::from_secs(10);
 
@@ -21,7 +24,7 @@ fn heartbeat() -> Command {
 
 /// A `monitor` process, killed if the test ends first, with its addresses.
 struct Service {
-    child: Child,
+    child: Spawned,
     http: SocketAddr,
     udp: Option<SocketAddr>,
 }
@@ -44,7 +47,7 @@ impl Service {
         tweak(&mut cmd);
         let mut child = cmd.spawn().unwrap();
         let lines = read_lines(child.stdout.take().unwrap());
-        let mut service = Service { child, http: "0.0.0.0:0".parse().unwrap(), udp: None };
+        let mut service = Service { child: Spawned(child), http: "0.0.0.0:0".parse().unwrap(), udp: None };
         let line = lines.recv_timeout(BOUND).expect("the listening line within the bound");
         service.http = line
             .strip_prefix("listening on http://")
@@ -63,18 +66,11 @@ impl Service {
     }
 
     fn signal(&self, sig: i32) {
-        heartbeat::process::send_signal(self.child.id(), sig).unwrap();
+        self.child.signal(sig);
     }
 
     fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + BOUND;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "monitor did not exit within {BOUND:?}");
-            thread::sleep(Duration::from_millis(10));
-        }
+        self.child.wait_bounded(BOUND, "monitor")
     }
 
     /// A metric's value, from `/metrics`.
@@ -92,26 +88,6 @@ impl Service {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         status.lines().find_map(|l| l.strip_prefix("Threads:")).unwrap().trim().parse().unwrap()
     }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn read_lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 fn agent() -> ureq::Agent {

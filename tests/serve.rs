@@ -5,13 +5,16 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use heartbeat::peer::wire::{self, Location};
 use serde_json::Value;
+
+#[path = "support/child.rs"]
+mod child;
+use child::{Spawned, read_lines};
 
 const BOUND: Duration = Duration::from_secs(10);
 
@@ -32,7 +35,7 @@ fn stderr(out: &Output) -> String {
 /// A `serve` process that is killed if the test ends before it does, with
 /// the addresses it printed.
 struct Serving {
-    child: Child,
+    child: Spawned,
     hub: SocketAddr,
     status: Option<SocketAddr>,
 }
@@ -42,7 +45,7 @@ impl Serving {
         let mut child =
             heartbeat().arg("serve").args(args).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap();
         let lines = read_lines(child.stdout.take().unwrap());
-        let mut serving = Serving { child, hub: "0.0.0.0:0".parse().unwrap(), status: None };
+        let mut serving = Serving { child: Spawned(child), hub: "0.0.0.0:0".parse().unwrap(), status: None };
         let line = lines.recv_timeout(BOUND).expect("the listening line within the bound");
         // `listening on 127.0.0.1:PORT as NICK (network NET)`
         let addr = line.strip_prefix("listening on ").and_then(|rest| rest.split(' ').next());
@@ -61,40 +64,12 @@ impl Serving {
     }
 
     fn signal(&self, sig: i32) {
-        heartbeat::process::send_signal(self.child.id(), sig).unwrap();
+        self.child.signal(sig);
     }
 
     fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + BOUND;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "serve did not exit within {BOUND:?}");
-            thread::sleep(Duration::from_millis(10));
-        }
+        self.child.wait_bounded(BOUND, "serve")
     }
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The child's stdout, line by line, on a thread (it ends at EOF).
-fn read_lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
 }
 
 /// One HTTP/1.0 request: the status code, the head and the body.
