@@ -52,6 +52,8 @@
 #![deny(unsafe_code)]
 
 mod beater;
+#[cfg(feature = "capi")]
+pub mod capi;
 mod clock;
 mod error;
 pub mod http;

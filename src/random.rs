@@ -8,15 +8,63 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
+use std::io::Read;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// The SipHash key, taken once per process image.
+static KEY: OnceLock<RandomState> = OnceLock::new();
+/// Mixed into every value; replaced when the pid changes (after `fork`).
+static SALT: AtomicU64 = AtomicU64::new(0);
+/// The pid `SALT` was drawn for; 0 before the first draw.
+static SALT_PID: AtomicU32 = AtomicU32::new(0);
+static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// An unpredictable 64-bit value.
+///
+/// A forked child inherits the key and the counter, and `RandomState::new`
+/// in it repeats its parent's (and its siblings') keys too: so each value
+/// also hashes the pid and a salt drawn afresh (from `/dev/urandom`) the
+/// first time a new pid asks. Children forked from one parent then draw
+/// different sequences, from the parent's and from each other's.
 pub(crate) fn u64() -> u64 {
-    static KEY: OnceLock<RandomState> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    u64_as(std::process::id())
+}
+
+/// [`u64`] as if the calling process had pid `pid` (tests change it).
+pub(crate) fn u64_as(pid: u32) -> u64 {
+    let salt = salt_for(pid);
     let mut h = KEY.get_or_init(RandomState::new).build_hasher();
+    h.write_u64(salt);
+    h.write_u32(pid);
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.finish()
+}
+
+/// The salt for `pid`, re-drawn when `pid` is not the one it was drawn for.
+/// Lock-free: a lock held by a parent's thread at `fork` would stay held
+/// forever in the child. Two threads re-drawing at once both store a fresh
+/// salt; values stay distinct through the pid and the counter.
+fn salt_for(pid: u32) -> u64 {
+    if SALT_PID.load(Ordering::Acquire) == pid {
+        return SALT.load(Ordering::Acquire);
+    }
+    let salt = fresh_salt(pid);
+    SALT.store(salt, Ordering::Release);
+    SALT_PID.store(pid, Ordering::Release);
+    salt
+}
+
+/// 64 bits from the operating system, falling back on the key, the pid and the time.
+fn fresh_salt(pid: u32) -> u64 {
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_ok() {
+        return u64::from_le_bytes(b);
+    }
+    let mut h = KEY.get_or_init(RandomState::new).build_hasher();
+    h.write_u32(pid);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    h.write_u128(now.as_nanos());
     h.finish()
 }
 
@@ -44,5 +92,17 @@ mod tests {
         assert!(matches!(id.as_bytes()[19], b'8' | b'9' | b'a' | b'b'));
         assert!(id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
         assert_ne!(uuid_v4(), id);
+    }
+
+    #[test]
+    fn a_new_pid_takes_a_new_salt() {
+        // What a forked child sees: the same key and counter, another pid.
+        // (Other tests draw concurrently, so only what this thread computed
+        // is asserted.)
+        let me = std::process::id();
+        let before = salt_for(me);
+        let child = me.wrapping_add(1_000_000);
+        assert_ne!(salt_for(child), before, "a new pid must draw a new salt");
+        assert_ne!(u64_as(child), u64_as(me));
     }
 }
