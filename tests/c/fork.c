@@ -92,6 +92,33 @@ int main(int argc, char **argv) {
             CHECK(strcmp(strchr(names[i] + 10, '-'), strchr(names[j] + 10, '-')) != 0);
         }
     }
+
+    /* A beater running at fork time: its thread is not in the child, whose
+     * stop is refused and whose free only forgets, without hanging. */
+    char running_path[4096];
+    snprintf(running_path, sizeof running_path, "%s/../running.json", dir);
+    o.directory = NULL;
+    o.state_file = running_path;
+    o.interval_ms = 1000;
+    hb_beater *running = NULL;
+    CHECK_OK(hb_beater_new(&o, NULL, &running));
+    CHECK_OK(hb_beater_start(running));
+    fflush(stdout);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        CHECK_ERR(hb_beater_stop(running), HB_ERR_FORKED);
+        hb_beater_free(running);
+        fflush(stdout); /* _exit does not */
+        _exit(0);
+    }
+    int status = 0;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(hb_is_alive(running_path, 60000));
+    CHECK_OK(hb_beater_stop(running));
+    hb_beater_free(running);
+
     puts("PASS");
     return 0;
 }
