@@ -118,8 +118,12 @@ fn a_c_program_beats_reads_and_gets_every_error_right() {
     let out = run(cmd, "tests/c/beater.c");
     assert!(out.lines().any(|l| l == "PASS"), "{out}");
 
-    // What the C Beater wrote, the Rust reader accepts.
-    let state = heartbeat::read_state(line_value(&out, "STATE_FILE=")).unwrap();
+    // What the C Beater wrote, the Rust reader and `heartbeat check` accept.
+    let state_file = line_value(&out, "STATE_FILE=");
+    let state = heartbeat::read_state(state_file).unwrap();
+    let mut check = Command::new(env!("CARGO_BIN_EXE_heartbeat"));
+    check.args(["check", state_file, "--max-age", "60"]);
+    run(check, "heartbeat check");
     assert_eq!(state.metadata["role"], "worker");
     assert_eq!(state.metadata["lang"], "c");
     assert_eq!(state.interval, Some(Duration::from_secs(1)));

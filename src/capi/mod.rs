@@ -22,7 +22,7 @@
 //! pub unsafe extern "C" fn hb_thing_do(thing: *const hb_thing, name: *const c_char) -> hb_result {
 //!     run(|| {
 //!         // SAFETY: the caller passes a handle from hb_thing_new and a C string or NULL.
-//!         let thing = unsafe { handle(thing, "thing") }?;
+//!         let thing = unsafe { handle(thing) }?;
 //!         let name = unsafe { c_str(name, "name") }?;
 //!         thing.inner.do_it(name)?; // crate::Error converts into a Failure
 //!         Ok(())
