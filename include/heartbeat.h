@@ -6,7 +6,7 @@
  * by hb_*_new and released by hb_*_free (NULL is a no-op); strings the
  * library returns are released with hb_string_free. No panic crosses into C.
  *
- * fork(): handles do not survive it. Make and start Beaters in the process
+ * fork(): handles do not survive it. Make and start Beaters and Monitors in the process
  * that uses them, after forking; a call on a handle made before the fork is
  * HB_ERR_FORKED in the child, and hb_*_free there only forgets it.
  *
@@ -33,13 +33,15 @@ typedef enum hb_result {
   HB_ERR_INVALID_ARGUMENT = 1,
   // The operating system refused a read, write, rename or thread.
   HB_ERR_IO = 2,
-  // The heartbeat file does not exist.
+  // The heartbeat file does not exist, or the Monitor has no session of
+  // that id.
   HB_ERR_NOT_FOUND = 3,
   // Start was called on something that is already running.
   HB_ERR_ALREADY_RUNNING = 4,
   // Start was called after a shutdown.
   HB_ERR_SHUT_DOWN = 5,
-  // A wait ended without a result (reserved for the Monitor's event poll).
+  // A wait ended without a result (the Monitor's event poll: no event
+  // within the timeout).
   HB_ERR_TIMEOUT = 6,
   // The handle was made by another process: handles do not survive fork().
   HB_ERR_FORKED = 7,
@@ -53,10 +55,67 @@ typedef enum hb_result {
   HB_ERR_CLOCK_SKEW = 10,
 } hb_result;
 
+// The kinds of hb_event.
+typedef enum hb_event_kind {
+  // A session's first missed beat (missed_beats set).
+  HB_EVENT_WARNING = 0,
+  // A warned or failed session beat again (or was resumed, or registered again).
+  HB_EVENT_RECOVERED = 1,
+  // A session was declared dead (agent_type and missed_beats set); an
+  // HB_EVENT_REMOVED follows.
+  HB_EVENT_TIMED_OUT = 2,
+  // A session reported a failure (agent_type set).
+  HB_EVENT_FAILED = 3,
+  // A session is no longer monitored (reason set).
+  HB_EVENT_REMOVED = 4,
+} hb_event_kind;
+
+// Why a session was removed (hb_event.reason).
+typedef enum hb_removal_reason {
+  // The event is not an HB_EVENT_REMOVED.
+  HB_REMOVED_NONE = 0,
+  // It timed out.
+  HB_REMOVED_TIMED_OUT = 1,
+  // hb_monitor_unregister was called.
+  HB_REMOVED_UNREGISTERED = 2,
+} hb_removal_reason;
+
+// What a scan makes of one heartbeat file.
+typedef enum hb_scan_status {
+  // Beaten within stale_after_ms by a process that is still running.
+  HB_SCAN_FRESH = 0,
+  // Not beaten within stale_after_ms, whether or not its pid lives.
+  HB_SCAN_STALE = 1,
+  // Recent, but its writer is gone: the pid is dead, was given to another
+  // process, or belongs to an earlier boot.
+  HB_SCAN_ORPHAN = 2,
+  // Recent, written on another host: judged by age alone.
+  HB_SCAN_REMOTE = 3,
+  // Dated in the future beyond the tolerated clock skew: its age is unknown.
+  HB_SCAN_SKEWED = 4,
+} hb_scan_status;
+
+// The detectors, as the values of hb_monitor_options.detector.
+typedef enum hb_detector {
+  // A session silent for longer than timeout_ms at a sweep misses a beat;
+  // the first miss warns; max_missed_beats misses time it out.
+  HB_DETECTOR_FIXED = 0,
+  // Phi accrual (hb_monitor_options.phi): phi at or above warn_threshold
+  // at a sweep counts a miss (the first warns); at or above threshold the
+  // session times out.
+  HB_DETECTOR_PHI = 1,
+} hb_detector;
+
 // A Beater: a thread that rewrites this process's heartbeat file every
 // interval. Made by hb_beater_new, released by hb_beater_free. Every
 // function taking it may be called from any thread, several at once.
 typedef struct hb_beater hb_beater;
+
+// A Monitor: sessions that must beat, a sweeper thread that warns about
+// and times out silent ones. Made by hb_monitor_new, released by
+// hb_monitor_free. Every function taking it may be called from any thread,
+// several at once.
+typedef struct hb_monitor hb_monitor;
 
 // One metadata entry: both strings are copied by hb_beater_new.
 typedef struct hb_metadata_entry {
@@ -113,6 +172,133 @@ typedef struct hb_beater_callbacks {
   // Given to every callback.
   void *user_data;
 } hb_beater_callbacks;
+
+// The phi accrual detector's settings (Akka's); hb_monitor_options_default
+// fills in the library's defaults.
+typedef struct hb_phi_config {
+  // phi at or above which a session is declared dead (default 8.0).
+  double threshold;
+  // phi at or above which a session is warned about (default 4.0), at
+  // most threshold.
+  double warn_threshold;
+  // Inter-beat intervals kept per session, 2 to 10000 (default 1000).
+  size_t max_samples;
+  // Floor of the standard deviation, in ms (default 100).
+  uint64_t min_std_deviation_ms;
+  // Silence tolerated on top of the mean interval, in ms (default 3000).
+  uint64_t acceptable_pause_ms;
+  // The interval assumed before any is measured, in ms (default 10000).
+  uint64_t expected_interval_ms;
+} hb_phi_config;
+
+// How to build a Monitor. Get the defaults from hb_monitor_options_default.
+typedef struct hb_monitor_options {
+  // Silence longer than this at a sweep is a missed beat (fixed
+  // detector), in ms: 1 to 31536000000 (365 days); default 30000.
+  uint64_t timeout_ms;
+  // Time between the sweeper's sweeps, in ms: 1 to 365 days; default 5000.
+  uint64_t check_interval_ms;
+  // Misses that time a session out, at least 1; default 3.
+  uint32_t max_missed_beats;
+  // An hb_detector value: HB_DETECTOR_FIXED (the default) or
+  // HB_DETECTOR_PHI. Any other value is HB_ERR_INVALID_ARGUMENT.
+  uint32_t detector;
+  // The phi detector's settings, used with HB_DETECTOR_PHI.
+  struct hb_phi_config phi;
+} hb_monitor_options;
+
+// Callbacks, each optional (NULL), all given the same user_data. The
+// strings they get are valid during the call only.
+//
+// on_warning and on_timeout run on the thread that sweeps: the monitor's
+// own thread (named "heartbeat-monitor") once hb_monitor_start is called,
+// or the caller of hb_monitor_sweep. on_failure runs on the thread that
+// called hb_monitor_fail. user_data is passed to those threads as is: the
+// caller promises whatever it points to may be used from there. A callback
+// may call any hb_ function, including hb_monitor_stop on its own monitor
+// (the sweeper then ends after this sweep), but must not call
+// hb_monitor_free on its own monitor.
+typedef struct hb_monitor_callbacks {
+  // A session's first missed beat, with the misses so far.
+  void (*on_warning)(const char *session_id, uint32_t missed_beats, void *user_data);
+  // A session timed out: it is declared dead and removed.
+  void (*on_timeout)(const char *session_id, const char *agent_type, void *user_data);
+  // A session reported a failure (hb_monitor_fail); it stays registered.
+  void (*on_failure)(const char *session_id, const char *agent_type, void *user_data);
+  // Given to every callback.
+  void *user_data;
+} hb_monitor_callbacks;
+
+// Per-session settings for hb_monitor_register_with: 0 in a field means
+// "the monitor's" (so a zeroed struct is plain hb_monitor_register).
+typedef struct hb_register_options {
+  // This session's timeout in ms (1 to 365 days), or 0.
+  uint64_t timeout_ms;
+  // This session's misses before it times out, or 0.
+  uint32_t max_missed_beats;
+  // No misses are counted for this long after registering, in ms (at
+  // most 365 days), or 0 for none.
+  uint64_t grace_ms;
+} hb_register_options;
+
+// One session's state, from hb_monitor_status.
+typedef struct hb_session_status {
+  // Misses counted since its last beat.
+  uint32_t missed_beats;
+  // Whether it is paused.
+  bool is_paused;
+  // No missed beats, not failed.
+  bool is_healthy;
+  // It reported a failure and has not beaten since.
+  bool failed;
+  // Seconds since its last beat (or registration, resume, failure report).
+  double seconds_since_beat;
+  // Its phi now with the phi detector; NaN with the fixed one.
+  double phi;
+  // Estimated ms until it would be declared dead if it stayed silent; -1
+  // while paused.
+  int64_t time_to_death_ms;
+  // The silence that counts as a missed beat for it, in ms.
+  uint64_t timeout_ms;
+  // The misses that time it out.
+  uint32_t max_missed_beats;
+} hb_session_status;
+
+// An event from hb_monitor_next_event. Its strings belong to it: release
+// them with hb_event_free (not hb_string_free).
+typedef struct hb_event {
+  // What happened.
+  enum hb_event_kind kind;
+  // The session.
+  char *session_id;
+  // Its agent type for HB_EVENT_TIMED_OUT and HB_EVENT_FAILED, else NULL.
+  char *agent_type;
+  // Missed beats for HB_EVENT_WARNING and HB_EVENT_TIMED_OUT, else 0.
+  uint32_t missed_beats;
+  // Why, for HB_EVENT_REMOVED; HB_REMOVED_NONE otherwise.
+  enum hb_removal_reason reason;
+  // The session's phi at the sweep for an HB_EVENT_WARNING with the phi
+  // detector; NaN otherwise.
+  double phi;
+} hb_event;
+
+// One heartbeat file as hb_scan found it. Its strings belong to the array
+// and are released by hb_scan_free.
+typedef struct hb_scan_entry {
+  // The file's path.
+  const char *path;
+  // The writer's pid, from the file (or its name when the contents are
+  // unusable). Zero or negative means no process can have it (ORPHAN).
+  int64_t pid;
+  // The verdict.
+  enum hb_scan_status status;
+  // Seconds since the last beat; NaN when it lies in the future (SKEWED).
+  double age_sec;
+  // The writer's run id, NULL if none.
+  const char *uuid;
+  // The writer's host, NULL if the file names none.
+  const char *hostname;
+} hb_scan_entry;
 
 #ifdef __cplusplus
 extern "C" {
@@ -247,6 +433,209 @@ enum hb_result hb_read_state_json(const char *path, char **out_json);
 // # Safety
 // `path` is NULL or a NUL-terminated string; so is `metadata_json`.
 enum hb_result hb_write_state(const char *path, const char *metadata_json, uint64_t interval_ms);
+
+// Fills `*out` with the defaults: timeout 30000 ms, a sweep every 5000 ms,
+// 3 missed beats, the fixed detector, and phi's defaults (8.0, 4.0, 1000
+// samples, 100 ms, 3000 ms, 10000 ms) should HB_DETECTOR_PHI be chosen.
+//
+// # Safety
+// `out` is NULL or writable.
+enum hb_result hb_monitor_options_default(struct hb_monitor_options *out);
+
+// Makes a Monitor (its sweeper not started) from `options` and `callbacks`
+// (NULL: none), in `*out`. Its event poll (hb_monitor_next_event) starts
+// now: up to 65536 undrained events are kept, later ones are dropped and
+// counted (hb_monitor_events_dropped).
+//
+// Errors: HB_ERR_INVALID_ARGUMENT (NULL, a duration out of range, 0 missed
+// beats, an unknown detector, phi settings the library rejects).
+//
+// # Safety
+// `options` is NULL or points to an hb_monitor_options; `callbacks` likewise
+// or NULL; `out` is NULL or writable.
+enum hb_result hb_monitor_new(const struct hb_monitor_options *options,
+                              const struct hb_monitor_callbacks *callbacks,
+                              struct hb_monitor **out);
+
+// Starts the sweeper thread: a sweep every check_interval_ms, the first
+// one check_interval_ms from now. Errors: HB_ERR_ALREADY_RUNNING, HB_ERR_IO
+// (no thread), HB_ERR_FORKED, HB_ERR_INVALID_ARGUMENT (NULL).
+//
+// # Safety
+// `monitor` is NULL or a live handle from hb_monitor_new.
+enum hb_result hb_monitor_start(const struct hb_monitor *monitor);
+
+// Stops the sweeper thread and waits for it; prompt, and safe when not
+// running; may be started again. From one of its own callbacks it asks
+// the sweeper to end after this sweep. Sessions stay registered.
+// Errors: HB_ERR_FORKED, HB_ERR_INVALID_ARGUMENT.
+//
+// # Safety
+// `monitor` is NULL or a live handle from hb_monitor_new.
+enum hb_result hb_monitor_stop(const struct hb_monitor *monitor);
+
+// Stops the monitor (as hb_monitor_stop) and releases it, with its
+// sessions and undrained events. NULL is a no-op. In a forked child, a
+// monitor made by the parent is only forgotten. Must not be called from
+// the monitor's own callbacks.
+//
+// # Safety
+// `monitor` is NULL or a live handle from hb_monitor_new, not used again.
+void hb_monitor_free(struct hb_monitor *monitor);
+
+// Starts monitoring `session_id` as beating now, with the monitor's
+// settings, replacing any session of that id. Any UTF-8 id.
+// Errors: HB_ERR_INVALID_ARGUMENT (NULL, not UTF-8), HB_ERR_FORKED.
+//
+// # Safety
+// `monitor` is NULL or a live handle; the strings are NULL or C strings.
+enum hb_result hb_monitor_register(const struct hb_monitor *monitor,
+                                   const char *session_id,
+                                   const char *agent_type);
+
+// hb_monitor_register with settings of the session's own (`options`; NULL
+// is all the monitor's). Errors: as hb_monitor_register, and
+// HB_ERR_INVALID_ARGUMENT for a duration out of range; nothing is
+// registered then.
+//
+// # Safety
+// As hb_monitor_register; `options` is NULL or points to an hb_register_options.
+enum hb_result hb_monitor_register_with(const struct hb_monitor *monitor,
+                                        const char *session_id,
+                                        const char *agent_type,
+                                        const struct hb_register_options *options);
+
+// Records a beat of `session_id`. Errors: HB_ERR_NOT_FOUND (not
+// registered), HB_ERR_INVALID_ARGUMENT, HB_ERR_FORKED.
+//
+// # Safety
+// `monitor` is NULL or a live handle; `session_id` NULL or a C string.
+enum hb_result hb_monitor_beat(const struct hb_monitor *monitor, const char *session_id);
+
+// Stops monitoring `session_id` (an HB_EVENT_REMOVED follows). Errors:
+// HB_ERR_NOT_FOUND, HB_ERR_INVALID_ARGUMENT, HB_ERR_FORKED.
+//
+// # Safety
+// As hb_monitor_beat.
+enum hb_result hb_monitor_unregister(const struct hb_monitor *monitor, const char *session_id);
+
+// Stops counting misses for `session_id` until hb_monitor_resume. Errors:
+// HB_ERR_NOT_FOUND, HB_ERR_INVALID_ARGUMENT, HB_ERR_FORKED.
+//
+// # Safety
+// As hb_monitor_beat.
+enum hb_result hb_monitor_pause(const struct hb_monitor *monitor, const char *session_id);
+
+// Resumes a paused session as if it beat now; a registered session that
+// is not paused is left as it is (HB_OK). Errors: HB_ERR_NOT_FOUND,
+// HB_ERR_INVALID_ARGUMENT, HB_ERR_FORKED.
+//
+// # Safety
+// As hb_monitor_beat.
+enum hb_result hb_monitor_resume(const struct hb_monitor *monitor, const char *session_id);
+
+// Reports a failure of `session_id` at once: an HB_EVENT_FAILED and the
+// on_failure callback (on this thread, before this returns). The session
+// stays registered, unhealthy until its next beat. Errors:
+// HB_ERR_NOT_FOUND, HB_ERR_INVALID_ARGUMENT, HB_ERR_FORKED.
+//
+// # Safety
+// As hb_monitor_beat.
+enum hb_result hb_monitor_fail(const struct hb_monitor *monitor, const char *session_id);
+
+// The state of `session_id`, in `*out`. Errors: HB_ERR_NOT_FOUND,
+// HB_ERR_INVALID_ARGUMENT, HB_ERR_FORKED.
+//
+// # Safety
+// As hb_monitor_beat; `out` is NULL or writable.
+enum hb_result hb_monitor_status(const struct hb_monitor *monitor,
+                                 const char *session_id,
+                                 struct hb_session_status *out);
+
+// How many sessions are registered; 0 (and a message) for a NULL handle.
+//
+// # Safety
+// `monitor` is NULL or a live handle from hb_monitor_new.
+size_t hb_monitor_registered_count(const struct hb_monitor *monitor);
+
+// How many sessions have no missed beats and no failure; 0 (and a
+// message) for a NULL handle.
+//
+// # Safety
+// `monitor` is NULL or a live handle from hb_monitor_new.
+size_t hb_monitor_healthy_count(const struct hb_monitor *monitor);
+
+// Events dropped so far because the poll subscription held 65536
+// undrained events; 0 (and a message) for a NULL handle.
+//
+// # Safety
+// `monitor` is NULL or a live handle from hb_monitor_new.
+uint64_t hb_monitor_events_dropped(const struct hb_monitor *monitor);
+
+// Runs one sweep now on the calling thread (counting misses, warning,
+// timing out; on_warning and on_timeout run here), whether or not the
+// sweeper runs. For tests and for services that sweep from their own loop.
+// Errors: HB_ERR_INVALID_ARGUMENT, HB_ERR_FORKED.
+//
+// # Safety
+// `monitor` is NULL or a live handle from hb_monitor_new.
+enum hb_result hb_monitor_sweep(const struct hb_monitor *monitor);
+
+// Waits up to `timeout_ms` (0: do not wait; at most 365 days) for the
+// monitor's next event and writes it to `*out`, to be released with
+// hb_event_free. Events come in order for each session. Any thread; with
+// several pollers, each event goes to one of them.
+//
+// Errors: HB_ERR_TIMEOUT (no event within timeout_ms; `*out` untouched),
+// HB_ERR_INVALID_ARGUMENT, HB_ERR_FORKED.
+//
+// # Safety
+// `monitor` is NULL or a live handle from hb_monitor_new; `out` is NULL or writable.
+enum hb_result hb_monitor_next_event(const struct hb_monitor *monitor,
+                                     uint64_t timeout_ms,
+                                     struct hb_event *out);
+
+// Releases the strings inside an event from hb_monitor_next_event and sets
+// them to NULL (so a second call is harmless); the struct itself is the
+// caller's. NULL is a no-op.
+//
+// # Safety
+// `event` is NULL or points to an hb_event filled by hb_monitor_next_event
+// (or whose string pointers are NULL).
+void hb_event_free(struct hb_event *event);
+
+// Scans `dir` once: every heartbeat-*.json in it, judged FRESH, STALE
+// (older than `stale_after_ms`; 0 means the default, 90000), ORPHAN,
+// REMOTE or SKEWED. The entries are written to `*out_entries` (NULL when
+// there are none) and their number to `*out_len`; release them with
+// hb_scan_free(entries, len). A missing directory is an empty scan; files
+// that cannot be judged (symlinks, unreadable) are left out. Any thread.
+//
+// Errors: HB_ERR_IO (the directory cannot be listed),
+// HB_ERR_INVALID_ARGUMENT (NULL, not UTF-8, stale_after_ms over 365 days,
+// a file path that is not UTF-8).
+//
+// # Safety
+// `dir` is NULL or a C string; the out-pointers are NULL or writable.
+enum hb_result hb_scan(const char *dir,
+                       uint64_t stale_after_ms,
+                       struct hb_scan_entry **out_entries,
+                       size_t *out_len);
+
+// Releases what hb_scan returned: `entries` and its `len` entries'
+// strings. NULL is a no-op.
+//
+// # Safety
+// `entries` is NULL or an array from hb_scan, not yet freed, with the `len` it returned.
+void hb_scan_free(struct hb_scan_entry *entries, size_t len);
+
+// Whether at least one heartbeat file in `dir` is FRESH now (a new scan,
+// as hb_scan with the same `stale_after_ms`), in `*out`. Any thread.
+// Errors: as hb_scan.
+//
+// # Safety
+// `dir` is NULL or a C string; `out` is NULL or writable.
+enum hb_result hb_scanner_is_active(const char *dir, uint64_t stale_after_ms, bool *out);
 
 #ifdef __cplusplus
 }  // extern "C"

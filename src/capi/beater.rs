@@ -6,8 +6,8 @@ use std::ptr;
 use parking_lot::Mutex;
 
 use super::{
-    Failure, Handle, c_str, check_pid, free_handle, handle, hb_result, millis, new_handle, opt_c_str,
-    out_ptr, owned_c_string, run, write_out,
+    Failure, Handle, UserData, c_str, check_pid, free_handle, handle, hb_result, millis, new_handle,
+    opt_c_str, out_ptr, owned_c_string, run, write_out,
 };
 use crate::beater::{BeatGuard, Beater, DEFAULT_INTERVAL, MAX_INTERVAL, MIN_INTERVAL};
 
@@ -71,23 +71,6 @@ pub struct hb_beater_callbacks {
     pub on_target_dead: Option<unsafe extern "C" fn(user_data: *mut c_void)>,
     /// Given to every callback.
     pub user_data: *mut c_void,
-}
-
-/// The caller's user_data, carried to the beat thread.
-#[derive(Clone, Copy)]
-struct UserData(*mut c_void);
-
-// SAFETY: the header documents that user_data is used on the beat thread and
-// that the caller promises it may be; the library never dereferences it.
-unsafe impl Send for UserData {}
-// SAFETY: as above; it is only copied and handed back to the caller's callbacks.
-unsafe impl Sync for UserData {}
-
-impl UserData {
-    /// Through a method, so closures capture the whole `Send` wrapper, not the raw field.
-    fn get(self) -> *mut c_void {
-        self.0
-    }
 }
 
 /// A Beater: a thread that rewrites this process's heartbeat file every

@@ -36,12 +36,16 @@
 
 mod beater;
 mod files;
+mod monitor;
+mod scanner;
 
 pub use beater::*;
 pub use files::*;
+pub use monitor::*;
+pub use scanner::*;
 
 use std::cell::RefCell;
-use std::ffi::{CStr, CString, c_char};
+use std::ffi::{CStr, CString, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr::NonNull;
 use std::time::Duration;
@@ -60,13 +64,15 @@ pub enum hb_result {
     HB_ERR_INVALID_ARGUMENT = 1,
     /// The operating system refused a read, write, rename or thread.
     HB_ERR_IO = 2,
-    /// The heartbeat file does not exist.
+    /// The heartbeat file does not exist, or the Monitor has no session of
+    /// that id.
     HB_ERR_NOT_FOUND = 3,
     /// Start was called on something that is already running.
     HB_ERR_ALREADY_RUNNING = 4,
     /// Start was called after a shutdown.
     HB_ERR_SHUT_DOWN = 5,
-    /// A wait ended without a result (reserved for the Monitor's event poll).
+    /// A wait ended without a result (the Monitor's event poll: no event
+    /// within the timeout).
     HB_ERR_TIMEOUT = 6,
     /// The handle was made by another process: handles do not survive fork().
     HB_ERR_FORKED = 7,
@@ -244,6 +250,30 @@ pub fn owned_c_string(s: impl Into<String>) -> *mut c_char {
     c.into_raw()
 }
 
+/// The caller's user_data, carried to the thread that runs its callbacks.
+#[derive(Clone, Copy)]
+pub struct UserData(pub *mut c_void);
+
+// SAFETY: the header documents on which thread each callback runs and that
+// the caller promises user_data may be used there; the library never
+// dereferences it.
+unsafe impl Send for UserData {}
+// SAFETY: as above; it is only copied and handed back to the caller's callbacks.
+unsafe impl Sync for UserData {}
+
+impl UserData {
+    /// Through a method, so closures capture the whole `Send` wrapper, not the raw field.
+    pub fn get(self) -> *mut c_void {
+        self.0
+    }
+}
+
+/// A string borrowed by a callback for the duration of the call (interior
+/// NULs, impossible in strings that came from C, become spaces).
+pub fn callback_c_string(s: &str) -> CString {
+    CString::new(s.replace('\0', " ")).unwrap_or_default()
+}
+
 /// A handle given to C: it knows its name (for messages) and the process that made it.
 pub trait Handle {
     /// The parameter name in messages, e.g. `beater`.
@@ -262,7 +292,7 @@ pub fn check_pid(creator: u32, what: &str) -> Result<(), Failure> {
         hb_result::HB_ERR_FORKED,
         format!(
             "this {what} was made by process {creator}, not by this one ({me}): handles do not survive \
-             fork(); make and start Beaters after forking (hb_*_free is still allowed)"
+             fork(); make and start Beaters and Monitors after forking (hb_*_free is still allowed)"
         ),
     ))
 }
