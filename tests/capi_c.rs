@@ -4,7 +4,7 @@
 //! `examples/c/` with the system `cc` (C11, `-Wall -Wextra -Werror
 //! -pedantic`), runs them with a bounded wait, and checks what they print
 //! and leave on disk. The header is also compiled as C++17. Where valgrind
-//! is installed, the C test linked against the shared library runs under it.
+//! is installed, the C tests linked against the shared library run under it.
 //!
 //! Skipped, with a message, when there is no `cc`.
 
@@ -197,25 +197,106 @@ fn the_header_compiles_as_cpp17() {
 }
 
 #[test]
+fn a_c_monitor_times_a_session_out_by_callback_and_by_poll() {
+    if !cc_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("monitor");
+    compile(&["tests/c/monitor.c"], &exe, false);
+    let out = run(Command::new(&exe), "tests/c/monitor.c");
+    assert!(out.lines().any(|l| l == "PASS"), "{out}");
+    assert!(out.contains("warnings=1 timeouts=1 failures=1"), "{out}");
+    assert!(out.contains("hb_monitor_beat(m, \"nope\") -> 3: no session \"nope\" is registered"), "{out}");
+    assert!(out.contains("hb_monitor_start(m) -> 4: heartbeat is already running"), "{out}");
+}
+
+/// A directory holding 2 ORPHAN files (the pid of a child that has been
+/// reaped) and 1 STALE one (this process, an hour ago), for tests/c/scanner.c.
+fn scan_dir(tmp: &Path) -> PathBuf {
+    use heartbeat::{HeartbeatState, WriteOptions};
+    let dir = tmp.join("beats");
+    std::fs::create_dir(&dir).unwrap();
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = i64::from(child.id());
+    child.wait().unwrap();
+    let now = std::time::SystemTime::now();
+    let base = HeartbeatState::for_current_process(now, Duration::from_secs(1), Default::default());
+    for n in 0..2 {
+        let state = HeartbeatState { pid: dead, process_start_ticks: None, boot_id: None, ..base.clone() };
+        let path = dir.join(format!("heartbeat-{dead}-orphan{n}.json"));
+        heartbeat::write_state(&path, &state, WriteOptions::default()).unwrap();
+    }
+    let old = now - Duration::from_secs(3600);
+    let stale = HeartbeatState { last_beat: old, started_at: Some(old), ..base };
+    let path = dir.join(format!("heartbeat-{}-stale.json", std::process::id()));
+    heartbeat::write_state(&path, &stale, WriteOptions::default()).unwrap();
+    dir
+}
+
+#[test]
+fn a_c_scan_counts_fresh_orphan_and_stale_files() {
+    if !cc_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = scan_dir(tmp.path());
+    let exe = tmp.path().join("scanner");
+    compile(&["tests/c/scanner.c"], &exe, false);
+    let mut cmd = Command::new(&exe);
+    cmd.arg(&dir);
+    let out = run(cmd, "tests/c/scanner.c");
+    assert!(out.lines().any(|l| l == "PASS"), "{out}");
+    assert!(out.contains("hb_scan(NULL, 0, &entries, &len) -> 1: dir is NULL"), "{out}");
+}
+
+#[test]
+fn the_readme_monitor_example_compiles_and_runs() {
+    if !cc_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("monitor-example");
+    compile(&["examples/c/monitor.c"], &exe, false);
+    let path = tmp.path().join("svc.json");
+    let mut cmd = Command::new(&exe);
+    cmd.arg(&path);
+    let out = run(cmd, "examples/c/monitor.c");
+    assert!(out.contains("worker-2 (worker) timed out"), "{out}");
+    assert!(!out.contains("worker-1 (worker) timed out"), "{out}");
+    assert!(heartbeat::read_state(&path).is_ok());
+}
+
+#[test]
 fn under_valgrind_against_the_shared_library_nothing_leaks() {
     if !cc_available() {
         return;
     }
     if !have("valgrind") {
-        eprintln!("skipped: valgrind is not installed; the C test did not run under it");
+        eprintln!("skipped: valgrind is not installed; the C tests did not run under it");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let exe = tmp.path().join("beater-shared");
-    compile(&["tests/c/beater.c"], &exe, true);
-    // Definite and indirect leaks fail the test; "possibly lost" does not:
-    // the one such block is std's handle for the C main thread
-    // (`thread::current`, made once when a Rust channel first waits there),
-    // held through a tagged thread-local pointer for the thread's life.
-    let mut cmd = Command::new("valgrind");
-    cmd.args(["--error-exitcode=1", "--leak-check=full", "--errors-for-leak-kinds=definite,indirect", "-q"])
-        .arg(&exe)
-        .arg(tmp.path());
-    let out = run(cmd, "tests/c/beater.c under valgrind");
-    assert!(out.lines().any(|l| l == "PASS"), "{out}");
+    for program in ["beater", "monitor", "scanner"] {
+        let exe = tmp.path().join(format!("{program}-shared"));
+        compile(&[&format!("tests/c/{program}.c")], &exe, true);
+        // Definite and indirect leaks fail the test; "possibly lost" does not:
+        // the one such block is std's handle for the C main thread
+        // (`thread::current`, made once when a Rust channel first waits there),
+        // held through a tagged thread-local pointer for the thread's life.
+        let mut cmd = Command::new("valgrind");
+        cmd.args(["--error-exitcode=1", "--leak-check=full", "--errors-for-leak-kinds=definite,indirect", "-q"])
+            .arg(&exe);
+        match program {
+            "beater" => {
+                cmd.arg(tmp.path());
+            }
+            "scanner" => {
+                cmd.arg(scan_dir(tmp.path()));
+            }
+            _ => {}
+        }
+        let out = run(cmd, &format!("tests/c/{program}.c under valgrind"));
+        assert!(out.lines().any(|l| l == "PASS"), "{program}: {out}");
+    }
 }
