@@ -285,8 +285,13 @@ fn under_valgrind_against_the_shared_library_nothing_leaks() {
         // (`thread::current`, made once when a Rust channel first waits there),
         // held through a tagged thread-local pointer for the thread's life.
         let mut cmd = Command::new("valgrind");
-        cmd.args(["--error-exitcode=1", "--leak-check=full", "--errors-for-leak-kinds=definite,indirect", "-q"])
-            .arg(&exe);
+        cmd.args([
+            "--error-exitcode=1",
+            "--leak-check=full",
+            "--errors-for-leak-kinds=definite,indirect",
+            "-q",
+        ])
+        .arg(&exe);
         match program {
             "beater" => {
                 cmd.arg(tmp.path());
