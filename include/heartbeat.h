@@ -156,8 +156,12 @@ typedef struct hb_beater_options {
 // two at once for one beater; hb_beater_beat calls none. user_data is
 // passed to that thread as is: the caller promises whatever it points to
 // may be used from there. A callback may call any hb_ function, including
-// hb_beater_stop on its own beater (the thread then ends after the
-// callback), but must not call hb_beater_free on its own beater.
+// hb_beater_stop on its own beater: the callbacks still due for that beat
+// (is_dead, on_target_dead) run, then the thread ends. It must not call
+// hb_beater_free on its own beater. hb_beater_stop and hb_beater_free
+// called from another thread wait for a running callback to return (do
+// not hold a lock a callback takes while calling them); once they return,
+// no callback runs or will run, and user_data may be released.
 typedef struct hb_beater_callbacks {
   // After each beat written.
   void (*on_beat)(void *user_data);
@@ -306,7 +310,8 @@ extern "C" {
 
 // The text of the last error on this thread: valid until the next `hb_`
 // call on this thread. An empty string (never NULL) when the last call
-// succeeded.
+// succeeded. Calls made while the thread or process exits (an `atexit`
+// handler, a C++ static destructor) work, but their messages are lost.
 const char *hb_last_error_message(void);
 
 // The library's version, e.g. "0.1.0": a static string, never freed.
@@ -422,9 +427,11 @@ enum hb_result hb_age_ms(const char *path, uint64_t *out_ms);
 // `path` is NULL or a NUL-terminated string; `out_json` is NULL or writable.
 enum hb_result hb_read_state_json(const char *path, char **out_json);
 
-// Writes one beat of the calling process to `path`, atomically: for a
-// process that beats from its own loop instead of a Beater. Each call
-// draws a new uuid; `metadata_json` is NULL or a JSON object; `interval_ms`
+// Writes one beat of the calling process to `path`, atomically: a one-shot
+// beat (a cron job, a script's last step). Each call is a new process run
+// to readers: a new uuid, `started_at` now; a process that beats from its
+// own loop should use a Beater (hb_beater_beat for beats on its own
+// schedule), whose uuid and start time stay. `metadata_json` is NULL or a JSON object; `interval_ms`
 // (1000 to 300000) is the interval readers are told to expect.
 //
 // Errors: HB_ERR_INVALID_ARGUMENT (also for metadata that is not a JSON
@@ -432,7 +439,9 @@ enum hb_result hb_read_state_json(const char *path, char **out_json);
 //
 // # Safety
 // `path` is NULL or a NUL-terminated string; so is `metadata_json`.
-enum hb_result hb_write_state(const char *path, const char *metadata_json, uint64_t interval_ms);
+enum hb_result hb_write_state(const char *path,
+                              const char *metadata_json,
+                              uint64_t interval_ms);
 
 // Fills `*out` with the defaults: timeout 30000 ms, a sweep every 5000 ms,
 // 3 missed beats, the fixed detector, and phi's defaults (8.0, 4.0, 1000

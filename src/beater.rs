@@ -414,7 +414,7 @@ impl Beater {
         self.inner.write_beat()
     }
 
-    fn on_beat_thread(&self) -> bool {
+    pub(crate) fn on_beat_thread(&self) -> bool {
         BEAT_THREAD_OF.with(Cell::get) == Arc::as_ptr(&self.inner) as usize
     }
 }

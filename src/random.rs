@@ -1,4 +1,4 @@
-//! Unpredictable numbers without `unsafe` or a dependency.
+//! Unpredictable numbers without a dependency (and no `unsafe` here).
 //!
 //! The standard library keys each `RandomState` with 128 bits from the
 //! operating system's random source; SipHash under a secret key is a
@@ -18,6 +18,8 @@ static KEY: OnceLock<RandomState> = OnceLock::new();
 static SALT: AtomicU64 = AtomicU64::new(0);
 /// The pid `SALT` was drawn for; 0 before the first draw.
 static SALT_PID: AtomicU32 = AtomicU32::new(0);
+/// The fork generation (`crate::sys::fork_generation`) `SALT` was drawn in.
+static SALT_FORKS: AtomicU64 = AtomicU64::new(0);
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// An unpredictable 64-bit value.
@@ -33,7 +35,7 @@ pub(crate) fn u64() -> u64 {
 
 /// [`u64`] as if the calling process had pid `pid` (tests change it).
 pub(crate) fn u64_as(pid: u32) -> u64 {
-    let salt = salt_for(pid);
+    let salt = salt_for(pid, crate::sys::fork_generation());
     let mut h = KEY.get_or_init(RandomState::new).build_hasher();
     h.write_u64(salt);
     h.write_u32(pid);
@@ -45,12 +47,16 @@ pub(crate) fn u64_as(pid: u32) -> u64 {
 /// Lock-free: a lock held by a parent's thread at `fork` would stay held
 /// forever in the child. Two threads re-drawing at once both store a fresh
 /// salt; values stay distinct through the pid and the counter.
-fn salt_for(pid: u32) -> u64 {
-    if SALT_PID.load(Ordering::Acquire) == pid {
+///
+/// The fork generation is compared too: a grandchild that got its exited
+/// grandparent's pid back still draws afresh.
+fn salt_for(pid: u32, forks: u64) -> u64 {
+    if SALT_PID.load(Ordering::Acquire) == pid && SALT_FORKS.load(Ordering::Acquire) == forks {
         return SALT.load(Ordering::Acquire);
     }
     let salt = fresh_salt(pid);
     SALT.store(salt, Ordering::Release);
+    SALT_FORKS.store(forks, Ordering::Release);
     SALT_PID.store(pid, Ordering::Release);
     salt
 }
@@ -100,9 +106,19 @@ mod tests {
         // (Other tests draw concurrently, so only what this thread computed
         // is asserted.)
         let me = std::process::id();
-        let before = salt_for(me);
+        let forks = crate::sys::fork_generation();
+        let before = salt_for(me, forks);
         let child = me.wrapping_add(1_000_000);
-        assert_ne!(salt_for(child), before, "a new pid must draw a new salt");
+        assert_ne!(salt_for(child, forks), before, "a new pid must draw a new salt");
         assert_ne!(u64_as(child), u64_as(me));
+    }
+
+    #[test]
+    fn a_new_fork_generation_takes_a_new_salt_even_with_the_same_pid() {
+        // A grandchild that got its grandparent's pid back.
+        let me = std::process::id();
+        let forks = crate::sys::fork_generation();
+        let before = salt_for(me, forks);
+        assert_ne!(salt_for(me, forks + 1), before, "a new fork generation must draw a new salt");
     }
 }

@@ -21,6 +21,32 @@ pub(crate) fn gethostname() -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..len]).into_owned())
 }
 
+/// Forks this process has gone through, as its child: 0 in the first
+/// process image, +1 in the child after each `fork()` (a `pthread_atfork`
+/// child handler, registered by the first call here). A pid alone cannot
+/// tell a forked child from its parent when the parent exited and the
+/// child's child got the parent's pid back; the pid and this count together
+/// can, for every fork after the first call.
+pub(crate) fn fork_generation() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static FORKS: AtomicU64 = AtomicU64::new(0);
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    extern "C" fn in_child() {
+        // Async-signal-safe: one atomic add.
+        FORKS.fetch_add(1, Ordering::SeqCst);
+    }
+    REGISTER.call_once(|| {
+        // SAFETY: pthread_atfork takes function pointers that live for the
+        // whole program (`in_child` is a plain function); it has no other
+        // memory effects.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+        if rc != 0 {
+            log::warn!("pthread_atfork failed ({rc}): forks are told apart by pid alone");
+        }
+    });
+    FORKS.load(Ordering::SeqCst)
+}
+
 /// `kill(2)`: `Ok` if delivered (or, for signal 0, if the process exists and
 /// may be signalled).
 pub(crate) fn kill(pid: libc::pid_t, signal: i32) -> io::Result<()> {

@@ -117,6 +117,8 @@ fn a_c_program_beats_reads_and_gets_every_error_right() {
     cmd.arg(tmp.path());
     let out = run(cmd, "tests/c/beater.c");
     assert!(out.lines().any(|l| l == "PASS"), "{out}");
+    // Freed from an atexit handler, after the main thread's storage is gone.
+    assert!(out.lines().any(|l| l == "freed at exit"), "{out}");
 
     // What the C Beater wrote, the Rust reader and `heartbeat check` accept.
     let state_file = line_value(&out, "STATE_FILE=");

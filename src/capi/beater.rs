@@ -6,7 +6,7 @@ use std::ptr;
 use parking_lot::Mutex;
 
 use super::{
-    Failure, Handle, UserData, c_str, check_pid, free_handle, handle, hb_result, millis, new_handle,
+    Creator, Failure, Handle, UserData, c_str, check_pid, free_handle, handle, hb_result, millis, new_handle,
     opt_c_str, out_ptr, owned_c_string, run, write_out,
 };
 use crate::beater::{BeatGuard, Beater, DEFAULT_INTERVAL, MAX_INTERVAL, MIN_INTERVAL};
@@ -54,8 +54,12 @@ pub struct hb_beater_options {
 /// two at once for one beater; hb_beater_beat calls none. user_data is
 /// passed to that thread as is: the caller promises whatever it points to
 /// may be used from there. A callback may call any hb_ function, including
-/// hb_beater_stop on its own beater (the thread then ends after the
-/// callback), but must not call hb_beater_free on its own beater.
+/// hb_beater_stop on its own beater: the callbacks still due for that beat
+/// (is_dead, on_target_dead) run, then the thread ends. It must not call
+/// hb_beater_free on its own beater. hb_beater_stop and hb_beater_free
+/// called from another thread wait for a running callback to return (do
+/// not hold a lock a callback takes while calling them); once they return,
+/// no callback runs or will run, and user_data may be released.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct hb_beater_callbacks {
@@ -77,7 +81,7 @@ pub struct hb_beater_callbacks {
 /// interval. Made by hb_beater_new, released by hb_beater_free. Every
 /// function taking it may be called from any thread, several at once.
 pub struct hb_beater {
-    pid: u32,
+    creator: Creator,
     beater: Beater,
     /// The guard of the running thread: start stores it, stop and free drop it.
     guard: Mutex<Option<BeatGuard>>,
@@ -87,8 +91,8 @@ pub struct hb_beater {
 
 impl Handle for hb_beater {
     const NAME: &'static str = "beater";
-    fn creator_pid(&self) -> u32 {
-        self.pid
+    fn creator(&self) -> Creator {
+        self.creator
     }
 }
 
@@ -160,6 +164,14 @@ pub unsafe extern "C" fn hb_beater_new(
             if o.metadata.is_null() {
                 return Err(Failure::invalid("options.metadata is NULL but options.metadata_len is not 0"));
             }
+            // A length no array can have (a -1 cast to size_t, say) is
+            // refused before it reaches from_raw_parts.
+            if o.metadata_len > isize::MAX as usize / std::mem::size_of::<hb_metadata_entry>() {
+                return Err(Failure::invalid(format!(
+                    "options.metadata_len {} is too large",
+                    o.metadata_len
+                )));
+            }
             // SAFETY: the caller promises metadata points to metadata_len entries.
             let entries = unsafe { std::slice::from_raw_parts(o.metadata, o.metadata_len) };
             for (i, e) in entries.iter().enumerate() {
@@ -198,7 +210,7 @@ pub unsafe extern "C" fn hb_beater_new(
         }
         let beater = b.build()?;
         let h = new_handle(hb_beater {
-            pid: std::process::id(),
+            creator: Creator::current(),
             beater,
             guard: Mutex::new(None),
             starting: Mutex::new(()),
@@ -221,6 +233,11 @@ pub unsafe extern "C" fn hb_beater_start(beater: *const hb_beater) -> hb_result 
     run(|| {
         // SAFETY: the caller passes a live handle or NULL.
         let h = unsafe { handle(beater) }?;
+        // From its own callback: it runs, and `starting` may be held by a
+        // thread waiting for this callback to end.
+        if h.beater.on_beat_thread() {
+            return Err(crate::Error::AlreadyRunning.into());
+        }
         let _one_at_a_time = h.starting.lock();
         if h.beater.is_running() {
             return Err(crate::Error::AlreadyRunning.into());
@@ -324,7 +341,7 @@ pub unsafe extern "C" fn hb_beater_free(beater: *mut hb_beater) {
     let _ = super::catch(|| {
         // SAFETY: forwarded from the caller.
         if let Some(h) = unsafe { beater.as_ref() }
-            && check_pid(h.pid, "beater").is_ok()
+            && check_pid(h.creator, "beater").is_ok()
         {
             h.beater.stop();
         }

@@ -88,9 +88,11 @@ pub unsafe extern "C" fn hb_read_state_json(path: *const c_char, out_json: *mut 
     })
 }
 
-/// Writes one beat of the calling process to `path`, atomically: for a
-/// process that beats from its own loop instead of a Beater. Each call
-/// draws a new uuid; `metadata_json` is NULL or a JSON object; `interval_ms`
+/// Writes one beat of the calling process to `path`, atomically: a one-shot
+/// beat (a cron job, a script's last step). Each call is a new process run
+/// to readers: a new uuid, `started_at` now; a process that beats from its
+/// own loop should use a Beater (hb_beater_beat for beats on its own
+/// schedule), whose uuid and start time stay. `metadata_json` is NULL or a JSON object; `interval_ms`
 /// (1000 to 300000) is the interval readers are told to expect.
 ///
 /// Errors: HB_ERR_INVALID_ARGUMENT (also for metadata that is not a JSON

@@ -132,13 +132,21 @@ thread_local! {
 }
 
 /// Sets this thread's last error message (interior NULs become spaces).
+///
+/// Thread-locals are reached with `try_with` everywhere: after this thread's
+/// are destroyed (an `atexit` handler, a C++ static's destructor, a pthread
+/// key destructor calling in), the message is lost, never a panic into C.
 pub fn set_last_error(message: &str) {
     let c = CString::new(message.replace('\0', " ")).unwrap_or_default();
-    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+    let _ = LAST_ERROR.try_with(|e| {
+        if let Ok(mut e) = e.try_borrow_mut() {
+            *e = c;
+        }
+    });
 }
 
 fn clear_last_error() {
-    LAST_ERROR.with(|e| {
+    let _ = LAST_ERROR.try_with(|e| {
         if let Ok(mut e) = e.try_borrow_mut()
             && !e.is_empty()
         {
@@ -274,20 +282,37 @@ pub fn callback_c_string(s: &str) -> CString {
     CString::new(s.replace('\0', " ")).unwrap_or_default()
 }
 
+/// The process image that made a handle: its pid and how many forks it
+/// came through ([`crate::sys::fork_generation`]), so that a child whose pid
+/// happens to be its exited parent's is still told apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Creator {
+    pid: u32,
+    forks: u64,
+}
+
+impl Creator {
+    /// This process image.
+    pub fn current() -> Creator {
+        Creator { pid: std::process::id(), forks: crate::sys::fork_generation() }
+    }
+}
+
 /// A handle given to C: it knows its name (for messages) and the process that made it.
 pub trait Handle {
     /// The parameter name in messages, e.g. `beater`.
     const NAME: &'static str;
-    /// The pid of the process that made the handle.
-    fn creator_pid(&self) -> u32;
+    /// The process image that made the handle.
+    fn creator(&self) -> Creator;
 }
 
-/// Fails with `HB_ERR_FORKED` when `creator` is not this process.
-pub fn check_pid(creator: u32, what: &str) -> Result<(), Failure> {
-    let me = std::process::id();
+/// Fails with `HB_ERR_FORKED` when `creator` is not this process image.
+pub fn check_pid(creator: Creator, what: &str) -> Result<(), Failure> {
+    let me = Creator::current();
     if creator == me {
         return Ok(());
     }
+    let (creator, me) = (creator.pid, me.pid);
     Err(Failure::new(
         hb_result::HB_ERR_FORKED,
         format!(
@@ -309,7 +334,7 @@ pub fn new_handle<T: Handle>(value: T) -> *mut T {
 pub unsafe fn handle<'a, T: Handle>(ptr: *const T) -> Result<&'a T, Failure> {
     // SAFETY: the caller promises a live handle or NULL.
     let h = unsafe { ptr.as_ref() }.ok_or_else(|| Failure::invalid(format!("{} is NULL", T::NAME)))?;
-    check_pid(h.creator_pid(), T::NAME)?;
+    check_pid(h.creator(), T::NAME)?;
     Ok(h)
 }
 
@@ -324,7 +349,7 @@ pub unsafe fn free_handle<T: Handle>(ptr: *mut T) {
         return;
     }
     // SAFETY: a live handle from new_handle (the caller's promise).
-    let mine = unsafe { &*ptr }.creator_pid() == std::process::id();
+    let mine = unsafe { &*ptr }.creator() == Creator::current();
     if mine {
         // SAFETY: made by Box::into_raw in new_handle and released only here.
         drop(unsafe { Box::from_raw(ptr) });
@@ -333,13 +358,17 @@ pub unsafe fn free_handle<T: Handle>(ptr: *mut T) {
 
 /// The text of the last error on this thread: valid until the next `hb_`
 /// call on this thread. An empty string (never NULL) when the last call
-/// succeeded.
+/// succeeded. Calls made while the thread or process exits (an `atexit`
+/// handler, a C++ static destructor) work, but their messages are lost.
 #[unsafe(no_mangle)]
 pub extern "C" fn hb_last_error_message() -> *const c_char {
-    LAST_ERROR.with(|e| match e.try_borrow() {
-        Ok(e) => e.as_ptr(),
-        Err(_) => c"".as_ptr(),
-    })
+    LAST_ERROR
+        .try_with(|e| match e.try_borrow() {
+            Ok(e) => e.as_ptr(),
+            Err(_) => c"".as_ptr(),
+        })
+        // This thread's storage is gone (the process or thread is exiting).
+        .unwrap_or(c"error message unavailable: this thread is exiting".as_ptr())
 }
 
 /// The library's version, e.g. "0.1.0": a static string, never freed.
@@ -403,7 +432,9 @@ mod tests {
         assert!(e.message.starts_with("path is not valid UTF-8"), "{}", e.message);
         let e = millis(5, "interval_ms", Duration::from_secs(1), Duration::from_secs(2)).unwrap_err();
         assert_eq!(e.message, "interval_ms = 5 ms is out of range [1000, 2000] ms");
-        let e = check_pid(std::process::id() + 1, "beater").unwrap_err();
+        let e = check_pid(Creator { pid: std::process::id() + 1, forks: 0 }, "beater").unwrap_err();
+        let same_pid_later_fork = Creator { forks: Creator::current().forks + 1, ..Creator::current() };
+        assert!(check_pid(same_pid_later_fork, "beater").is_err(), "a later fork with the same pid");
         assert_eq!(e.code, hb_result::HB_ERR_FORKED);
     }
 

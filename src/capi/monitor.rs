@@ -8,8 +8,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use parking_lot::Mutex;
 
 use super::{
-    Failure, Handle, UserData, c_str, callback_c_string, catch, check_pid, free_handle, handle, hb_result,
-    millis, new_handle, out_ptr, owned_c_string, run, to_millis, write_out,
+    Creator, Failure, Handle, UserData, c_str, callback_c_string, catch, check_pid, free_handle, handle,
+    hb_result, millis, new_handle, out_ptr, owned_c_string, run, to_millis, write_out,
 };
 use crate::monitor::{
     Detector, Event, MAX_TIMEOUT, Monitor, MonitorGuard, PhiConfig, RegisterOptions, RemovalReason,
@@ -192,7 +192,7 @@ pub struct hb_event {
 /// hb_monitor_free. Every function taking it may be called from any thread,
 /// several at once.
 pub struct hb_monitor {
-    pid: u32,
+    creator: Creator,
     monitor: Monitor,
     /// The poll subscription, bounded at EVENT_CAPACITY.
     events: Receiver<Event>,
@@ -204,8 +204,8 @@ pub struct hb_monitor {
 
 impl Handle for hb_monitor {
     const NAME: &'static str = "monitor";
-    fn creator_pid(&self) -> u32 {
-        self.pid
+    fn creator(&self) -> Creator {
+        self.creator
     }
 }
 
@@ -321,7 +321,7 @@ pub unsafe extern "C" fn hb_monitor_new(
         let monitor = b.build()?;
         let events = monitor.events_bounded(EVENT_CAPACITY);
         let h = new_handle(hb_monitor {
-            pid: std::process::id(),
+            creator: Creator::current(),
             monitor,
             events,
             guard: Mutex::new(None),
@@ -391,7 +391,7 @@ pub unsafe extern "C" fn hb_monitor_free(monitor: *mut hb_monitor) {
     let _ = catch(|| {
         // SAFETY: forwarded from the caller.
         if let Some(h) = unsafe { monitor.as_ref() }
-            && check_pid(h.pid, "monitor").is_ok()
+            && check_pid(h.creator, "monitor").is_ok()
         {
             h.monitor.stop();
         }

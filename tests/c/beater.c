@@ -244,6 +244,42 @@ static void test_errors(const char *dir) {
     CHECK(hb_last_error_message() != NULL);
 }
 
+/* Freed by an atexit handler, after this thread's Rust storage is gone: the
+ * calls must work (their messages are lost), never abort the process. */
+static hb_beater *at_exit_beater = NULL;
+
+static void free_at_exit(void) {
+    hb_beater_free(at_exit_beater);
+    CHECK(!hb_is_alive(NULL, 1000));
+    CHECK(hb_last_error_message() != NULL);
+    puts("freed at exit");
+}
+
+static void test_free_at_exit(const char *dir) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/at-exit.json", dir);
+    hb_beater_options o;
+    CHECK_OK(hb_beater_options_default(&o));
+    o.state_file = path;
+    o.interval_ms = 1000;
+    CHECK_OK(hb_beater_new(&o, NULL, &at_exit_beater));
+    CHECK_OK(hb_beater_start(at_exit_beater));
+    CHECK(atexit(free_at_exit) == 0);
+}
+
+/* A length no array can have is refused, not read. */
+static void test_huge_metadata_len(void) {
+    hb_metadata_entry meta[] = {{"role", "worker"}};
+    hb_beater_options o;
+    CHECK_OK(hb_beater_options_default(&o));
+    o.state_file = "/tmp/never-written.json";
+    o.metadata = meta;
+    o.metadata_len = (size_t)-1;
+    hb_beater *b = NULL;
+    CHECK_ERR(hb_beater_new(&o, NULL, &b), HB_ERR_INVALID_ARGUMENT);
+    CHECK(b == NULL);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s DIR\n", argv[0]);
@@ -255,6 +291,8 @@ int main(int argc, char **argv) {
     test_beater(argv[1]);
     test_missed_beats(argv[1]);
     test_stop_from_callback(argv[1]);
+    test_huge_metadata_len();
+    test_free_at_exit(argv[1]);
     puts("PASS");
     return 0;
 }
