@@ -283,7 +283,7 @@ pub fn callback_c_string(s: &str) -> CString {
 }
 
 /// The process image that made a handle: its pid and how many forks it
-/// came through ([`crate::sys::fork_generation`]), so that a child whose pid
+/// came through (counted by a `pthread_atfork` child handler), so that a child whose pid
 /// happens to be its exited parent's is still told apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Creator {
