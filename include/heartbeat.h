@@ -108,13 +108,17 @@ typedef enum hb_detector {
 
 // A Beater: a thread that rewrites this process's heartbeat file every
 // interval. Made by hb_beater_new, released by hb_beater_free. Every
-// function taking it may be called from any thread, several at once.
+// function taking it may be called from any thread, several at once,
+// except hb_beater_free: it must be the last call, made once every other
+// call on this beater has returned, in every thread.
 typedef struct hb_beater hb_beater;
 
 // A Monitor: sessions that must beat, a sweeper thread that warns about
 // and times out silent ones. Made by hb_monitor_new, released by
 // hb_monitor_free. Every function taking it may be called from any thread,
-// several at once.
+// several at once, except hb_monitor_free: it must be the last call, made
+// once every other call on this monitor (a poll, a sweep, a fail) has
+// returned, in every thread.
 typedef struct hb_monitor hb_monitor;
 
 // One metadata entry: both strings are copied by hb_beater_new.
@@ -209,6 +213,11 @@ typedef struct hb_monitor_options {
   uint32_t detector;
   // The phi detector's settings, used with HB_DETECTOR_PHI.
   struct hb_phi_config phi;
+  // Undrained events hb_monitor_next_event can hold, at most 1048576
+  // (the queue's slots are allocated at hb_monitor_new); default 1024.
+  // 0: no poll (a monitor used with callbacks only keeps no events, and
+  // hb_monitor_next_event is HB_ERR_INVALID_ARGUMENT).
+  size_t event_capacity;
 } hb_monitor_options;
 
 // Callbacks, each optional (NULL), all given the same user_data. The
@@ -217,8 +226,9 @@ typedef struct hb_monitor_options {
 // on_warning and on_timeout run on the thread that sweeps: the monitor's
 // own thread (named "heartbeat-monitor") once hb_monitor_start is called,
 // or the caller of hb_monitor_sweep. on_failure runs on the thread that
-// called hb_monitor_fail. user_data is passed to those threads as is: the
-// caller promises whatever it points to may be used from there. A callback
+// called hb_monitor_fail. So callbacks of one monitor may run on several
+// threads at once: user_data is passed to them all as is, and the caller
+// promises whatever it points to may be used from all of them at once. A callback
 // may call any hb_ function, including hb_monitor_stop on its own monitor
 // (the sweeper then ends after this sweep), but must not call
 // hb_monitor_free on its own monitor.
@@ -592,8 +602,11 @@ enum hb_result hb_monitor_sweep(const struct hb_monitor *monitor);
 
 // Waits up to `timeout_ms` (0: do not wait; at most 365 days) for the
 // monitor's next event and writes it to `*out`, to be released with
-// hb_event_free. Events come in order for each session. Any thread; with
-// several pollers, each event goes to one of them.
+// hb_event_free. Events are queued in order for each session; with several
+// pollers each event goes to one of them, so no one poller sees a
+// session's whole sequence. Any thread. When the queue is full
+// (`event_capacity`), the newest events are the ones dropped and counted
+// (hb_monitor_events_dropped): drain it.
 //
 // Errors: HB_ERR_TIMEOUT (no event within timeout_ms; `*out` untouched),
 // HB_ERR_INVALID_ARGUMENT, HB_ERR_FORKED.
@@ -621,8 +634,9 @@ void hb_event_free(struct hb_event *event);
 // that cannot be judged (symlinks, unreadable) are left out. Any thread.
 //
 // Errors: HB_ERR_IO (the directory cannot be listed),
-// HB_ERR_INVALID_ARGUMENT (NULL, not UTF-8, stale_after_ms over 365 days,
-// a file path that is not UTF-8).
+// HB_ERR_INVALID_ARGUMENT (NULL, not UTF-8, stale_after_ms over 365 days).
+// A file's `path` is its bytes, as the file system has them: not always
+// UTF-8.
 //
 // # Safety
 // `dir` is NULL or a C string; the out-pointers are NULL or writable.
@@ -632,7 +646,9 @@ enum hb_result hb_scan(const char *dir,
                        size_t *out_len);
 
 // Releases what hb_scan returned: `entries` and its `len` entries'
-// strings. NULL is a no-op.
+// strings. NULL is a no-op. An array hb_scan did not return, one already
+// released, or a `len` other than the one it returned is refused (nothing
+// freed; the message says why), never undefined behaviour.
 //
 // # Safety
 // `entries` is NULL or an array from hb_scan, not yet freed, with the `len` it returned.

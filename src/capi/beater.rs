@@ -79,7 +79,9 @@ pub struct hb_beater_callbacks {
 
 /// A Beater: a thread that rewrites this process's heartbeat file every
 /// interval. Made by hb_beater_new, released by hb_beater_free. Every
-/// function taking it may be called from any thread, several at once.
+/// function taking it may be called from any thread, several at once,
+/// except hb_beater_free: it must be the last call, made once every other
+/// call on this beater has returned, in every thread.
 pub struct hb_beater {
     creator: Creator,
     beater: Beater,

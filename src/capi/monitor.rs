@@ -15,9 +15,13 @@ use crate::monitor::{
     Detector, Event, MAX_TIMEOUT, Monitor, MonitorGuard, PhiConfig, RegisterOptions, RemovalReason,
 };
 
-/// How many undrained events the poll subscription of each monitor holds;
-/// beyond that, events are dropped and counted (hb_monitor_events_dropped).
-pub const EVENT_CAPACITY: usize = 65536;
+/// The default of hb_monitor_options.event_capacity: how many undrained
+/// events the poll holds; beyond that, events are dropped and counted
+/// (hb_monitor_events_dropped).
+pub const EVENT_CAPACITY: usize = 1024;
+
+/// The most events a poll may be asked to hold.
+const MAX_EVENT_CAPACITY: usize = 1 << 20;
 
 /// The detectors, as the values of hb_monitor_options.detector.
 #[repr(C)]
@@ -68,6 +72,11 @@ pub struct hb_monitor_options {
     pub detector: u32,
     /// The phi detector's settings, used with HB_DETECTOR_PHI.
     pub phi: hb_phi_config,
+    /// Undrained events hb_monitor_next_event can hold, at most 1048576
+    /// (the queue's slots are allocated at hb_monitor_new); default 1024.
+    /// 0: no poll (a monitor used with callbacks only keeps no events, and
+    /// hb_monitor_next_event is HB_ERR_INVALID_ARGUMENT).
+    pub event_capacity: usize,
 }
 
 /// Callbacks, each optional (NULL), all given the same user_data. The
@@ -76,8 +85,9 @@ pub struct hb_monitor_options {
 /// on_warning and on_timeout run on the thread that sweeps: the monitor's
 /// own thread (named "heartbeat-monitor") once hb_monitor_start is called,
 /// or the caller of hb_monitor_sweep. on_failure runs on the thread that
-/// called hb_monitor_fail. user_data is passed to those threads as is: the
-/// caller promises whatever it points to may be used from there. A callback
+/// called hb_monitor_fail. So callbacks of one monitor may run on several
+/// threads at once: user_data is passed to them all as is, and the caller
+/// promises whatever it points to may be used from all of them at once. A callback
 /// may call any hb_ function, including hb_monitor_stop on its own monitor
 /// (the sweeper then ends after this sweep), but must not call
 /// hb_monitor_free on its own monitor.
@@ -190,12 +200,15 @@ pub struct hb_event {
 /// A Monitor: sessions that must beat, a sweeper thread that warns about
 /// and times out silent ones. Made by hb_monitor_new, released by
 /// hb_monitor_free. Every function taking it may be called from any thread,
-/// several at once.
+/// several at once, except hb_monitor_free: it must be the last call, made
+/// once every other call on this monitor (a poll, a sweep, a fail) has
+/// returned, in every thread.
 pub struct hb_monitor {
     creator: Creator,
     monitor: Monitor,
-    /// The poll subscription, bounded at EVENT_CAPACITY.
-    events: Receiver<Event>,
+    /// The poll subscription, bounded at the options' event_capacity; none
+    /// when that was 0.
+    events: Option<Receiver<Event>>,
     /// The guard of the running sweeper: start stores it, stop and free drop it.
     guard: Mutex<Option<MonitorGuard>>,
     /// Serializes start (check, reap, start, store).
@@ -233,6 +246,7 @@ pub unsafe extern "C" fn hb_monitor_options_default(out: *mut hb_monitor_options
                 acceptable_pause_ms: to_millis(phi.acceptable_pause),
                 expected_interval_ms: to_millis(phi.expected_interval),
             },
+            event_capacity: EVENT_CAPACITY,
         };
         // SAFETY: checked non-NULL; the caller promises it is writable.
         unsafe { write_out(out, defaults) };
@@ -318,8 +332,14 @@ pub unsafe extern "C" fn hb_monitor_new(
                 });
             }
         }
+        if o.event_capacity > MAX_EVENT_CAPACITY {
+            return Err(Failure::invalid(format!(
+                "options.event_capacity {} is over {MAX_EVENT_CAPACITY}",
+                o.event_capacity
+            )));
+        }
         let monitor = b.build()?;
-        let events = monitor.events_bounded(EVENT_CAPACITY);
+        let events = (o.event_capacity > 0).then(|| monitor.events_bounded(o.event_capacity));
         let h = new_handle(hb_monitor {
             creator: Creator::current(),
             monitor,
@@ -713,8 +733,11 @@ fn to_c_event(e: Event) -> hb_event {
 
 /// Waits up to `timeout_ms` (0: do not wait; at most 365 days) for the
 /// monitor's next event and writes it to `*out`, to be released with
-/// hb_event_free. Events come in order for each session. Any thread; with
-/// several pollers, each event goes to one of them.
+/// hb_event_free. Events are queued in order for each session; with several
+/// pollers each event goes to one of them, so no one poller sees a
+/// session's whole sequence. Any thread. When the queue is full
+/// (`event_capacity`), the newest events are the ones dropped and counted
+/// (hb_monitor_events_dropped): drain it.
 ///
 /// Errors: HB_ERR_TIMEOUT (no event within timeout_ms; `*out` untouched),
 /// HB_ERR_INVALID_ARGUMENT, HB_ERR_FORKED.
@@ -733,12 +756,15 @@ pub unsafe extern "C" fn hb_monitor_next_event(
         let out = out_ptr(out, "out")?;
         let wait = millis(timeout_ms, "timeout_ms", Duration::ZERO, MAX_TIMEOUT)?;
         let none = || Failure::new(hb_result::HB_ERR_TIMEOUT, format!("no event within {timeout_ms} ms"));
+        let events = h.events.as_ref().ok_or_else(|| {
+            Failure::invalid("this monitor was made with event_capacity 0: it has no events to poll")
+        })?;
         let event = if wait.is_zero() {
-            h.events.try_recv().map_err(|e| match e {
+            events.try_recv().map_err(|e| match e {
                 TryRecvError::Empty | TryRecvError::Disconnected => none(),
             })?
         } else {
-            h.events.recv_timeout(wait).map_err(|e| match e {
+            events.recv_timeout(wait).map_err(|e| match e {
                 RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected => none(),
             })?
         };

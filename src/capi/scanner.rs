@@ -57,6 +57,11 @@ pub struct hb_scan_entry {
     pub hostname: *const c_char,
 }
 
+/// Arrays hb_scan returned and hb_scan_free has not released, with their
+/// lengths: a mismatched length or a second free is refused.
+static LIVE_SCANS: parking_lot::Mutex<Option<hashbrown::HashMap<usize, usize>>> =
+    parking_lot::Mutex::new(None);
+
 /// The stale threshold: 0 means the library's default.
 fn stale_after(ms: u64) -> Result<Duration, Failure> {
     match ms {
@@ -75,11 +80,14 @@ fn opt_owned(s: Option<String>) -> *const c_char {
 }
 
 fn to_c_entry(e: ScanEntry) -> Result<hb_scan_entry, Failure> {
-    let path = e.path.into_os_string().into_string().map_err(|p| {
-        Failure::invalid(format!("a heartbeat file's path is not UTF-8: {}", p.to_string_lossy()))
-    })?;
+    // A path is bytes to C, as to the kernel: a name that is not UTF-8 (any
+    // user who can write to a shared directory can make one) is passed as
+    // it is, never a reason to fail the whole scan. It cannot hold a NUL.
+    use std::os::unix::ffi::OsStringExt;
+    let path = CString::new(e.path.into_os_string().into_vec())
+        .map_err(|_| Failure::invalid("a heartbeat file's path holds a NUL byte"))?;
     Ok(hb_scan_entry {
-        path: owned_c_string(path).cast_const(),
+        path: path.into_raw().cast_const(),
         pid: e.pid,
         status: e.status.into(),
         age_sec: e.age.map_or(f64::NAN, |a| a.as_secs_f64()),
@@ -109,8 +117,9 @@ unsafe fn free_entry(e: &hb_scan_entry) {
 /// that cannot be judged (symlinks, unreadable) are left out. Any thread.
 ///
 /// Errors: HB_ERR_IO (the directory cannot be listed),
-/// HB_ERR_INVALID_ARGUMENT (NULL, not UTF-8, stale_after_ms over 365 days,
-/// a file path that is not UTF-8).
+/// HB_ERR_INVALID_ARGUMENT (NULL, not UTF-8, stale_after_ms over 365 days).
+/// A file's `path` is its bytes, as the file system has them: not always
+/// UTF-8.
 ///
 /// # Safety
 /// `dir` is NULL or a C string; the out-pointers are NULL or writable.
@@ -144,6 +153,9 @@ pub unsafe extern "C" fn hb_scan(
         } else {
             Box::into_raw(entries.into_boxed_slice()).cast::<hb_scan_entry>()
         };
+        if !array.is_null() {
+            LIVE_SCANS.lock().get_or_insert_with(hashbrown::HashMap::new).insert(array as usize, len);
+        }
         // SAFETY: checked non-NULL; the caller promises they are writable.
         unsafe {
             write_out(out_entries, array);
@@ -154,7 +166,9 @@ pub unsafe extern "C" fn hb_scan(
 }
 
 /// Releases what hb_scan returned: `entries` and its `len` entries'
-/// strings. NULL is a no-op.
+/// strings. NULL is a no-op. An array hb_scan did not return, one already
+/// released, or a `len` other than the one it returned is refused (nothing
+/// freed; the message says why), never undefined behaviour.
 ///
 /// # Safety
 /// `entries` is NULL or an array from hb_scan, not yet freed, with the `len` it returned.
@@ -164,7 +178,25 @@ pub unsafe extern "C" fn hb_scan_free(entries: *mut hb_scan_entry, len: usize) {
         return;
     }
     let _ = catch(|| {
-        // SAFETY: made by Box::into_raw of a boxed slice of `len` entries in hb_scan.
+        // The length hb_scan returned, not the caller's: a wrong `len`, or
+        // an array freed twice or not from hb_scan, is refused, never freed.
+        let known = {
+            let mut live = LIVE_SCANS.lock();
+            let live = live.get_or_insert_with(hashbrown::HashMap::new);
+            // Removed only when the length matches: a wrong one leaves the
+            // array for the right call.
+            match live.get(&(entries as usize)) {
+                Some(&known) if known == len => live.remove(&(entries as usize)),
+                _ => None,
+            }
+        };
+        let Some(len) = known else {
+            return Err(Failure::invalid(format!(
+                "hb_scan_free: {entries:p} with len {len} is not an array hb_scan returned and not yet freed"
+            )));
+        };
+        // SAFETY: made by Box::into_raw of a boxed slice of `len` entries in
+        // hb_scan, and not freed before (it was still in LIVE_SCANS).
         let array = unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(entries, len)) };
         // SAFETY: each entry's strings are freed once, here.
         array.iter().for_each(|e| unsafe { free_entry(e) });
@@ -213,6 +245,40 @@ mod tests {
             assert_eq!(hb_scanner_is_active(path.as_ptr(), 1000, &mut active), hb_result::HB_OK);
             assert!(!active);
             assert_eq!(hb_scan(ptr::null(), 0, &mut entries, &mut len), hb_result::HB_ERR_INVALID_ARGUMENT);
+        }
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_is_passed_as_bytes_and_frees_are_checked() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!("heartbeat-{}-", std::process::id()).into_bytes();
+        let name = [&name[..], b"\xff.json"].concat();
+        let file = dir.path().join(std::ffi::OsStr::from_bytes(&name));
+        let state = crate::HeartbeatState::for_current_process(
+            std::time::SystemTime::now(),
+            Duration::from_secs(10),
+            serde_json::Map::new(),
+        );
+        crate::write_state(&file, &state, crate::WriteOptions::default()).unwrap();
+        let path = std::ffi::CString::new(dir.path().to_str().unwrap()).unwrap();
+        let (mut entries, mut len) = (ptr::null_mut(), 0usize);
+        // SAFETY: valid arguments; entries are read within the len returned
+        // and freed once.
+        unsafe {
+            assert_eq!(hb_scan(path.as_ptr(), 0, &mut entries, &mut len), hb_result::HB_OK);
+            assert_eq!(len, 1);
+            let got = std::ffi::CStr::from_ptr((*entries).path).to_bytes();
+            assert_eq!(got, file.as_os_str().as_bytes(), "the path's bytes, as they are");
+            // A wrong length is refused and frees nothing; the right one frees.
+            hb_scan_free(entries, len + 1);
+            assert!(!std::ffi::CStr::from_ptr(crate::capi::hb_last_error_message()).is_empty());
+            assert_eq!(std::ffi::CStr::from_ptr((*entries).path).to_bytes(), got, "still there");
+            hb_scan_free(entries, len);
+            assert!(std::ffi::CStr::from_ptr(crate::capi::hb_last_error_message()).is_empty());
+            // A second free is refused, not undefined.
+            hb_scan_free(entries, len);
+            assert!(!std::ffi::CStr::from_ptr(crate::capi::hb_last_error_message()).is_empty());
         }
     }
 }

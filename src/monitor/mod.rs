@@ -385,6 +385,14 @@ fn check_phi(c: &PhiConfig) -> Result<()> {
             return bad(format!("{field} must be at most {} s, got {d:?}", MAX_TIMEOUT.as_secs()));
         }
     }
+    // Zero for both leaves no spread and no estimate: phi is infinite at
+    // once, and every session dies at its first sweep.
+    for (field, d) in [("min_std_deviation", c.min_std_deviation), ("expected_interval", c.expected_interval)]
+    {
+        if d.is_zero() {
+            return bad(format!("{field} must be above zero (Akka requires it too)"));
+        }
+    }
     Ok(())
 }
 

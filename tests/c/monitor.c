@@ -62,9 +62,28 @@ static void test_options(void) {
     CHECK(o.detector == HB_DETECTOR_FIXED);
     CHECK(o.phi.threshold == 8.0 && o.phi.warn_threshold == 4.0 && o.phi.max_samples == 1000);
     CHECK(o.phi.acceptable_pause_ms == 3000 && o.phi.expected_interval_ms == 10000);
+    CHECK(o.event_capacity == 1024);
     CHECK_ERR(hb_monitor_options_default(NULL), HB_ERR_INVALID_ARGUMENT);
 
     hb_monitor *m = NULL;
+    /* Callbacks only: no poll, and polling says so. */
+    hb_monitor_options no_poll = o;
+    no_poll.event_capacity = 0;
+    CHECK_OK(hb_monitor_new(&no_poll, NULL, &m));
+    hb_event ev;
+    CHECK_ERR(hb_monitor_next_event(m, 0, &ev), HB_ERR_INVALID_ARGUMENT);
+    hb_monitor_free(m);
+    m = NULL;
+    no_poll.event_capacity = (size_t)1 << 21;
+    CHECK_ERR(hb_monitor_new(&no_poll, NULL, &m), HB_ERR_INVALID_ARGUMENT);
+    CHECK(m == NULL);
+    /* Phi with no spread and no estimate would kill every session at once. */
+    hb_monitor_options zero_phi = o;
+    zero_phi.detector = HB_DETECTOR_PHI;
+    zero_phi.phi.min_std_deviation_ms = 0;
+    zero_phi.phi.expected_interval_ms = 0;
+    CHECK_ERR(hb_monitor_new(&zero_phi, NULL, &m), HB_ERR_INVALID_ARGUMENT);
+
     CHECK_ERR(hb_monitor_new(NULL, NULL, &m), HB_ERR_INVALID_ARGUMENT);
     CHECK_ERR(hb_monitor_new(&o, NULL, NULL), HB_ERR_INVALID_ARGUMENT);
     hb_monitor_options bad = o;
