@@ -66,15 +66,20 @@ pub(crate) fn contained<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => Some(r),
         Err(panic) => {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("(non-string panic)");
-            log::error!("heartbeat {what} callback panicked: {msg}");
+            log::error!("heartbeat {what} callback panicked: {}", panic_message(&*panic));
             None
         }
     }
+}
+
+/// The message a panic was raised with (`panic!("...")` payloads are a
+/// `&str` or a `String`), or a placeholder for any other payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(non-string panic)")
 }
 
 #[cfg(test)]

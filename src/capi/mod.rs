@@ -164,11 +164,7 @@ pub fn catch<T>(body: impl FnOnce() -> Result<T, Failure>) -> Result<T, hb_resul
         Ok(Ok(value)) => return Ok(value),
         Ok(Err(failure)) => failure,
         Err(payload) => {
-            let what = payload
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("(no message)");
+            let what = crate::ticker::panic_message(&*payload);
             let failure = Failure::new(hb_result::HB_ERR_PANIC, format!("heartbeat panicked: {what}"));
             // A payload whose drop panics again must not unwind into C.
             let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));

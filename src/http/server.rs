@@ -583,8 +583,9 @@ impl Loop {
             peer: conn.peer,
         };
         Counters::add(&self.shared.counters.requests);
-        let reply = catch_unwind(AssertUnwindSafe(|| self.handler.handle(&view))).unwrap_or_else(|_| {
-            log::error!("http: the handler panicked on {method} {path} from {}", conn.peer);
+        let reply = catch_unwind(AssertUnwindSafe(|| self.handler.handle(&view))).unwrap_or_else(|panic| {
+            let why = crate::ticker::panic_message(&*panic);
+            log::error!("http: the handler panicked on {method} {path} from {}: {why}", conn.peer);
             Response::error(500, "the handler panicked; see the server's log").into()
         });
         Outcome::Handled { consumed: total, keep_alive, head: method == "HEAD", reply }
