@@ -9,13 +9,11 @@ use std::time::{Duration, Instant, SystemTime};
 use heartbeat::format_timestamp;
 use serde_json::Value;
 
-const BOUND: Duration = Duration::from_secs(10);
+#[path = "support/child.rs"]
+mod child;
+use child::heartbeat;
 
-fn heartbeat() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_heartbeat"));
-    cmd.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_PID").env_remove("RUST_LOG");
-    cmd
-}
+const BOUND: Duration = Duration::from_secs(10);
 
 fn run(args: &[&str]) -> Output {
     heartbeat().args(args).output().unwrap()

@@ -12,15 +12,9 @@ use serde_json::Value;
 
 #[path = "support/child.rs"]
 mod child;
-use child::{Spawned, read_lines};
+use child::{Spawned, heartbeat, read_lines};
 
 const BOUND: Duration = Duration::from_secs(10);
-
-fn heartbeat() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_heartbeat"));
-    cmd.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_PID").env_remove("RUST_LOG");
-    cmd
-}
 
 /// A `monitor` process, killed if the test ends first, with its addresses.
 struct Service {

@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, ExitStatus, Output, Stdio};
+use std::process::{ExitStatus, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -14,15 +14,9 @@ use serde_json::Value;
 
 #[path = "support/child.rs"]
 mod child;
-use child::{Spawned, read_lines};
+use child::{Spawned, heartbeat, read_lines};
 
 const BOUND: Duration = Duration::from_secs(10);
-
-fn heartbeat() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_heartbeat"));
-    cmd.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_PID").env_remove("RUST_LOG");
-    cmd
-}
 
 fn run(args: &[&str]) -> Output {
     heartbeat().args(args).output().unwrap()

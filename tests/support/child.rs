@@ -5,10 +5,18 @@
 
 use std::io::{BufRead, BufReader};
 use std::ops::{Deref, DerefMut};
-use std::process::{Child, ChildStdout, ExitStatus};
+use std::process::{Child, ChildStdout, Command, ExitStatus};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// The binary, with the environment that would change what it does
+/// (systemd's notify socket and watchdog, the log filter) removed.
+pub fn heartbeat() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_heartbeat"));
+    cmd.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_PID").env_remove("RUST_LOG");
+    cmd
+}
 
 /// A child process, killed and reaped on drop.
 pub struct Spawned(pub Child);
