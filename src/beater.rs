@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::{Error, Result};
-use crate::state::{HeartbeatState, WriteOptions, write_atomic};
+use crate::state::{HeartbeatState, MAX_STATE_BYTES, WriteOptions, write_atomic};
 use crate::systemd::Notifier;
 use crate::ticker::{Ticker, contained};
 
@@ -67,7 +67,16 @@ pub struct BeaterBuilder {
     remove_on_stop: Option<bool>,
     write: WriteOptions,
     systemd: bool,
+    lock: FileLock,
     clock: SharedClock,
+}
+
+/// Whether a beater locks its heartbeat file against other beaters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileLock {
+    None,
+    Exclusive,
+    TakeOver,
 }
 
 impl BeaterBuilder {
@@ -86,9 +95,53 @@ impl BeaterBuilder {
         self
     }
 
-    /// Time between beats; default 10 s, clamped to [1 s, 300 s].
+    /// Time between beats; default 10 s, clamped to [1 s, 300 s]
+    /// ([`effective_interval`](Self::effective_interval) says what a given
+    /// interval becomes, and a clamped one is logged as a warning).
     pub fn interval(mut self, interval: Duration) -> Self {
         self.interval = interval;
+        self
+    }
+
+    /// The interval the beater will use: the one asked for, clamped into
+    /// [[`MIN_INTERVAL`], [`MAX_INTERVAL`]]. Different from what was asked
+    /// for exactly when it was clamped; [`Beater::interval`] says the same
+    /// once built.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let builder = heartbeat::Beater::builder().interval(Duration::from_millis(100));
+    /// assert_eq!(builder.effective_interval(), Duration::from_secs(1));
+    /// ```
+    pub fn effective_interval(&self) -> Duration {
+        clamp_interval(self.interval)
+    }
+
+    /// Hold an advisory lock (`flock` on `<file>.lock`, beside the state
+    /// file) for the beater's lifetime, so that a second beater on the same
+    /// file is refused at [`build`](BeaterBuilder::build) with
+    /// [`Error::Locked`], which names the holder's pid. The kernel releases
+    /// the lock when its holder exits, crash included, so there is never a
+    /// stale lock; a clean drop also removes the lock file. Default off. Only
+    /// for an explicit [`state_file`](Self::state_file): directory mode names
+    /// its file after the process and needs none.
+    pub fn exclusive(mut self, exclusive: bool) -> Self {
+        self.lock = if exclusive { FileLock::Exclusive } else { FileLock::None };
+        self
+    }
+
+    /// Like [`exclusive`](Self::exclusive), but take the file over from a
+    /// beater that holds it: this one gets a new lock file, and the old
+    /// beater notices at its next beat, stops writing the file (each beat
+    /// then fails with [`Error::TakenOver`]) and leaves it in place when it
+    /// stops.
+    /// `take_over(false)` leaves a plain [`exclusive`](Self::exclusive) lock.
+    pub fn take_over(mut self, take_over: bool) -> Self {
+        self.lock = match (take_over, self.lock) {
+            (true, _) => FileLock::TakeOver,
+            (false, FileLock::TakeOver) => FileLock::Exclusive,
+            (false, lock) => lock,
+        };
         self
     }
 
@@ -174,6 +227,13 @@ impl BeaterBuilder {
             );
         }
         let state = HeartbeatState::for_current_process(self.clock.wall(), interval, self.metadata);
+        let size = state.to_json().len();
+        if size as u64 > MAX_STATE_BYTES - TIMESTAMP_ROOM {
+            return Err(Error::InvalidConfig(format!(
+                "the heartbeat file would be {size} bytes, more than readers accept ({MAX_STATE_BYTES}): \
+                 the metadata is too large"
+            )));
+        }
         let (path, remove_default) = match &self.location {
             Location::Nowhere => (None, false),
             Location::File(p) => {
@@ -189,6 +249,12 @@ impl BeaterBuilder {
                 let uuid = state.uuid.as_deref().expect("for_current_process sets a uuid");
                 (Some(dir.join(format!("heartbeat-{}-{uuid}.json", state.pid))), true)
             }
+        };
+        let lock = match (&path, &self.location, self.lock) {
+            (Some(path), Location::File(_), FileLock::Exclusive | FileLock::TakeOver) => {
+                Some(LockFile::acquire(path, self.lock == FileLock::TakeOver)?)
+            }
+            _ => None,
         };
         let notifier = if self.systemd {
             Notifier::from_env().map_err(|e| Error::InvalidConfig(format!("systemd notification: {e}")))?
@@ -207,7 +273,7 @@ impl BeaterBuilder {
                 target: self.target,
                 on_target_dead: self.on_target_dead,
                 clock: self.clock,
-                writer: Mutex::new(Writer { state, buf: Vec::with_capacity(512), notifier }),
+                writer: Mutex::new(Writer { state, buf: Vec::with_capacity(512), notifier, lock }),
                 worker: Mutex::new(None),
                 stop_requested: AtomicBool::new(false),
                 shutdown: AtomicBool::new(false),
@@ -270,6 +336,104 @@ struct Writer {
     state: HeartbeatState,
     buf: Vec<u8>,
     notifier: Option<Notifier>,
+    /// The advisory lock, when the beater holds one; dropped with the beater.
+    lock: Option<LockFile>,
+}
+
+/// Room kept below [`MAX_STATE_BYTES`] when metadata is checked at build:
+/// the timestamps, pid and host name that change between beats.
+const TIMESTAMP_ROOM: u64 = 1024;
+
+/// An advisory lock on `<file>.lock`: `flock`, so it belongs to this open
+/// file (two beaters in one process exclude each other too) and the kernel
+/// drops it when the process dies.
+struct LockFile {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl LockFile {
+    fn path_for(state_file: &Path) -> PathBuf {
+        let mut name = state_file.as_os_str().to_owned();
+        name.push(".lock");
+        PathBuf::from(name)
+    }
+
+    fn acquire(state_file: &Path, take_over: bool) -> Result<LockFile> {
+        use std::fs::{self, OpenOptions};
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+
+        let path = Self::path_for(state_file);
+        let err = |source: std::io::Error| Error::Write { path: path.clone(), source };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(err)?;
+        }
+        // A few rounds: a lock file can be removed (by its holder's clean
+        // exit, or a take-over) between our open and our lock.
+        for _ in 0..16 {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&path)
+                .map_err(err)?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if take_over {
+                        log::warn!(
+                            "taking {} over from another beater{}",
+                            state_file.display(),
+                            crate::error::PidSuffix(Self::holder(&path))
+                        );
+                        match fs::remove_file(&path) {
+                            Ok(()) => continue,
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                            Err(e) => return Err(err(e)),
+                        }
+                    }
+                    return Err(Error::Locked { path: state_file.to_owned(), holder: Self::holder(&path) });
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+            }
+            let lock = LockFile { path: path.clone(), file };
+            if !lock.is_current() {
+                continue; // removed or replaced since we opened it: try the new one
+            }
+            lock.file.set_len(0).map_err(err)?;
+            writeln!(&lock.file, "{}", std::process::id()).map_err(err)?;
+            return Ok(lock);
+        }
+        Err(err(std::io::Error::other("the lock file keeps changing under us")))
+    }
+
+    /// The pid a lock file names, if it names one yet.
+    fn holder(path: &Path) -> Option<u32> {
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+
+    /// Whether the lock file at `path` is still the one we hold: not
+    /// removed, nor replaced by a take-over.
+    fn is_current(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self.file.metadata(), std::fs::symlink_metadata(&self.path)) {
+            (Ok(ours), Ok(there)) => ours.ino() == there.ino() && ours.dev() == there.dev(),
+            _ => false,
+        }
+    }
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        // Removed while still locked, so nobody can lock the old inode in
+        // between and believe it holds the file (acquire re-checks too).
+        if self.is_current() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 struct Worker {
@@ -298,6 +462,7 @@ impl Beater {
             remove_on_stop: None,
             write: WriteOptions::default(),
             systemd: false,
+            lock: FileLock::None,
             clock: Arc::new(SystemClock),
         }
     }
@@ -493,10 +658,24 @@ impl Inner {
     fn write_beat(&self) -> Result<()> {
         let mut guard = self.writer.lock();
         let w = &mut *guard;
+        if let Some(lock) = &w.lock
+            && !lock.is_current()
+        {
+            let by = LockFile::holder(&lock.path);
+            return Err(Error::TakenOver { path: self.path.clone().unwrap_or_default(), by });
+        }
         if let Some(path) = &self.path {
             w.state.last_beat = self.clock.wall();
             w.buf.clear();
             w.state.write_json(&mut w.buf);
+            if w.buf.len() as u64 > MAX_STATE_BYTES {
+                // Metadata grown by `set_metadata`: readers would refuse the file.
+                return Err(Error::InvalidConfig(format!(
+                    "the heartbeat file would be {} bytes, more than readers accept ({MAX_STATE_BYTES}): \
+                     the metadata is too large",
+                    w.buf.len()
+                )));
+            }
             write_atomic(path, &w.buf, self.write)?;
         }
         if let Some(n) = &mut w.notifier
@@ -510,7 +689,9 @@ impl Inner {
     /// Runs on the beat thread as it ends. No `STOPPING=1` to systemd: a
     /// stopped beater says nothing about whether the service is stopping.
     fn finish(&self) {
+        let taken_over = self.writer.lock().lock.as_ref().is_some_and(|l| !l.is_current());
         if self.remove_on_stop
+            && !taken_over
             && let Some(path) = &self.path
             && let Err(e) = std::fs::remove_file(path)
             && e.kind() != std::io::ErrorKind::NotFound

@@ -78,12 +78,70 @@ pub enum Error {
     ShutDown,
     /// A configuration value was rejected.
     InvalidConfig(String),
+    /// Another beater holds the advisory lock on this heartbeat file
+    /// (`<file>.lock`, see [`BeaterBuilder::exclusive`](crate::BeaterBuilder::exclusive)).
+    Locked {
+        /// The heartbeat file.
+        path: PathBuf,
+        /// The holder's pid, as its lock file says (absent while it is being written).
+        holder: Option<u32>,
+    },
+    /// Another beater took this heartbeat file over
+    /// ([`BeaterBuilder::take_over`](crate::BeaterBuilder::take_over)): this
+    /// one no longer writes it.
+    TakenOver {
+        /// The heartbeat file.
+        path: PathBuf,
+        /// The new writer's pid, as its lock file says.
+        by: Option<u32>,
+    },
+}
+
+/// A duration as people read it: `0.250s`, `42.000s`, `5m 3s`, `3h 5m`,
+/// `2525d 3h`. Seconds keep milliseconds below a minute; above it, the two
+/// largest units are enough.
+///
+/// ```
+/// use std::time::Duration;
+/// use heartbeat::HumanDuration;
+/// assert_eq!(HumanDuration(Duration::from_millis(1500)).to_string(), "1.500s");
+/// assert_eq!(HumanDuration(Duration::from_secs(218_163_041)).to_string(), "2525d 0h");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.as_secs();
+        let (days, hours, minutes, seconds) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+        if secs < 60 {
+            write!(f, "{:.3}s", self.0.as_secs_f64())
+        } else if secs < 3600 {
+            write!(f, "{minutes}m {seconds}s")
+        } else if secs < 86_400 {
+            write!(f, "{hours}h {minutes}m")
+        } else {
+            write!(f, "{days}d {hours}h")
+        }
+    }
+}
+
+/// ` (pid N)`, or nothing when the pid is unknown.
+pub(crate) struct PidSuffix(pub(crate) Option<u32>);
+
+impl fmt::Display for PidSuffix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(pid) => write!(f, " (pid {pid})"),
+            None => Ok(()),
+        }
+    }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Io(e) => write!(f, "i/o error: {e}"),
+            Error::Io(e) => write!(f, "{e}"),
             Error::Write { path, source } => {
                 write!(f, "cannot write heartbeat file {}: {source}", path.display())
             }
@@ -102,9 +160,9 @@ impl fmt::Display for Error {
             }
             Error::ClockSkew { path, ahead } => write!(
                 f,
-                "heartbeat file {} is dated {:.3}s in the future (clock skew)",
+                "heartbeat file {} is dated {} in the future (clock skew)",
                 path.display(),
-                ahead.as_secs_f64()
+                HumanDuration(*ahead)
             ),
             Error::Directory { path, source } => {
                 write!(f, "cannot read heartbeat directory {}: {source}", path.display())
@@ -112,6 +170,20 @@ impl fmt::Display for Error {
             Error::AlreadyRunning => f.write_str("heartbeat is already running"),
             Error::ShutDown => f.write_str("heartbeat was shut down and does not start again"),
             Error::InvalidConfig(msg) => write!(f, "invalid configuration: {msg}"),
+            Error::Locked { path, holder } => write!(
+                f,
+                "heartbeat file {} is already being written by another beater{}",
+                path.display(),
+                PidSuffix(*holder)
+            ),
+            Error::TakenOver { path, by } => {
+                write!(
+                    f,
+                    "heartbeat file {} was taken over by another beater{}",
+                    path.display(),
+                    PidSuffix(*by)
+                )
+            }
         }
     }
 }
@@ -164,5 +236,25 @@ mod tests {
 
         let e: Error = io::Error::other("boom").into();
         assert!(matches!(e, Error::Io(_)));
+        assert_eq!(e.to_string(), "boom");
+
+        let e = Error::Locked { path: "a.json".into(), holder: Some(42) };
+        assert_eq!(
+            e.to_string(),
+            "heartbeat file a.json is already being written by another beater (pid 42)"
+        );
+        let e = Error::TakenOver { path: "a.json".into(), by: None };
+        assert_eq!(e.to_string(), "heartbeat file a.json was taken over by another beater");
+    }
+
+    #[test]
+    fn durations_read_as_people_read_them() {
+        let h = |s: u64| HumanDuration(Duration::from_secs(s)).to_string();
+        assert_eq!(HumanDuration(Duration::from_millis(250)).to_string(), "0.250s");
+        assert_eq!(h(59), "59.000s");
+        assert_eq!(h(60), "1m 0s");
+        assert_eq!(h(3599), "59m 59s");
+        assert_eq!(h(3600 * 5 + 60 * 7 + 3), "5h 7m");
+        assert_eq!(h(86_400 * 2525 + 3600 * 3 + 5), "2525d 3h");
     }
 }

@@ -79,7 +79,7 @@ pub use crate::{
         clamp_interval,
     },
     clock::{Clock, ManualClock, SharedClock, SystemClock},
-    error::{Error, Result},
+    error::{Error, HumanDuration, Result},
     monitor::{
         DEFAULT_CLIENT_INTERVAL, DEFAULT_REQUEST_TIMEOUT, Detector, Event, HeartbeatClient, MAX_TIMEOUT,
         Monitor, MonitorBuilder, MonitorGuard, PhiConfig, RegisterOptions, RemoteOptions, RemovalReason,

@@ -99,7 +99,7 @@ fn check_exit_codes_for_each_case() {
     assert!(stdout(&out).starts_with("alive: "), "{}", stdout(&out));
     assert!(stdout(&out).contains("pid 4242 on web-1"), "{}", stdout(&out));
     for (path, why) in [
-        (&stale, "over the max age of 30s"),
+        (&stale, "over the max age of 30.000s (given)"),
         (&skewed, "in the future (clock skew)"),
         (&corrupt, "is not a JSON object"),
         (&missing, "does not exist"),
@@ -162,6 +162,7 @@ fn bad_arguments_exit_2_with_a_message() {
     for args in [
         &["check"][..],
         &["check", "f.json", "--max-age", "soon"],
+        &["check", "f.json", "--max-age", "-5"],
         &["check", "f.json", "--format", "xml"],
         &["beat"],
         &["beat", "f.json", "--interval=-1"],
@@ -404,4 +405,226 @@ fn beat_stops_cleanly_on_sighup_and_forwards_it_to_a_child() {
     hb.signal(libc::SIGHUP);
     assert_eq!(hb.wait().code(), Some(5));
     assert!(!file.exists());
+}
+
+/// A PID above the kernel's limit (`pid_max` is at most 2^22): never alive.
+const DEAD_PID: i64 = 4_194_304;
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Writes a heartbeat file as the crate's writer would for `pid`, beaten
+/// `ago` seconds before now, every `interval` seconds (none: no `interval_sec`).
+fn file_of(dir: &Path, name: &str, pid: i64, ago: u64, interval: Option<u64>) -> PathBuf {
+    let mut state = heartbeat::HeartbeatState::for_current_process(
+        SystemTime::now() - Duration::from_secs(ago),
+        Duration::from_secs(interval.unwrap_or(10)),
+        Default::default(),
+    );
+    state.pid = pid;
+    state.interval = interval.map(Duration::from_secs);
+    let path = dir.join(name);
+    heartbeat::write_state(&path, &state, heartbeat::WriteOptions::default()).unwrap();
+    path
+}
+
+#[test]
+fn beat_once_writes_one_beat_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sub/cron.json");
+    let out = run(&["beat", file.to_str().unwrap(), "--once", "--interval", "60", "--meta", "job=backup"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let state = heartbeat::read_state(&file).unwrap();
+    assert_eq!(state.interval, Some(Duration::from_secs(60)));
+    assert_eq!(state.metadata["job"], "backup");
+    assert!(!dir.path().join("sub/cron.json.lock").exists(), "the lock goes with the process");
+    let out = run(&["check", file.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+
+    // --dir too: one scanner-named file, left in place.
+    let out = run(&["beat", "--dir", dir.path().to_str().unwrap(), "--once"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("heartbeat-"))
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+
+    // Not with a command to wrap.
+    assert_eq!(code(&run(&["beat", file.to_str().unwrap(), "--once", "--", "true"])), 2);
+}
+
+#[test]
+fn beat_logs_where_it_writes_at_the_default_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("b.json");
+    let mut beat = Running::spawn(
+        heartbeat().args(["beat", file.to_str().unwrap(), "--interval", "30"]).stderr(Stdio::piped()),
+    );
+    wait_for(&file);
+    beat.signal(libc::SIGTERM);
+    assert!(beat.wait().success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(beat.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains(&format!("beating {} every 30.000s (pid {})", file.display(), beat.0.id())),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_second_beat_on_one_file_is_refused_unless_it_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("one.json");
+    let f = file.to_str().unwrap();
+    let mut first = Running::spawn(heartbeat().args(["beat", f, "--interval", "1"]).stderr(Stdio::piped()));
+    wait_for(&dir.path().join("one.json.lock"));
+    wait_for(&file);
+
+    let out = run(&["beat", f, "--once"]);
+    assert_eq!(code(&out), 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("is already being written by another beater (pid {})", first.0.id())),
+        "{err}"
+    );
+    assert_eq!(heartbeat::read_state(&file).unwrap().pid, i64::from(first.0.id()), "the file is untouched");
+
+    // --take-over: the new one writes, the first stops at its next beat and exits 1.
+    let mut second = Running::spawn(heartbeat().args(["beat", f, "--interval", "1", "--take-over"]));
+    let status = first.wait();
+    assert_eq!(status.code(), Some(1));
+    let mut err = String::new();
+    std::io::Read::read_to_string(first.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains(&format!("was taken over by another beater (pid {})", second.0.id())), "{err}");
+    assert_eq!(heartbeat::read_state(&file).unwrap().pid, i64::from(second.0.id()));
+    assert!(file.exists(), "the first leaves the file to the new writer");
+
+    // A crash leaves no stale lock: the kernel drops it with the process.
+    second.0.kill().unwrap();
+    second.wait();
+    let out = run(&["beat", f, "--once"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+#[test]
+fn metadata_too_large_for_readers_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.json");
+    // Nine arguments of 120 KB (one argument may not pass 128 KiB).
+    let values: Vec<String> = (0..9).map(|i| format!("k{i}={}", "x".repeat(120_000))).collect();
+    let mut args = vec!["beat".to_owned(), file.to_str().unwrap().to_owned(), "--once".to_owned()];
+    for v in &values {
+        args.push("--meta".to_owned());
+        args.push(v.clone());
+    }
+    let out = heartbeat().args(&args).output().unwrap();
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("the metadata is too large"), "{}", stderr(&out));
+    assert!(!file.exists());
+}
+
+#[test]
+fn check_max_age_auto_reads_the_files_own_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = i64::from(std::process::id());
+    // Beats every 60 s, last one 100 s ago: alive by 3 intervals, not by 1.
+    let slow = file_of(dir.path(), "slow.json", me, 100, Some(60));
+    let s = slow.to_str().unwrap();
+    let out = run(&["check", s]);
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("within the max age of 3m 0s (auto: the file's interval times --missed)"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(&["check", s, "--missed", "1"]);
+    assert_eq!(code(&out), 1, "{}", stdout(&out));
+    assert!(stdout(&out).contains("over the max age of 1m 0s"), "{}", stdout(&out));
+    assert_eq!(code(&run(&["check", s, "--max-age", "30"])), 1, "a given max age wins");
+    let out = run(&["check", s, "--format", "json"]);
+    let json: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!((json["max_age_sec"].as_f64(), json["max_age_from"].as_str()), (Some(180.0), Some("auto")));
+
+    // No interval in the file: 30 s, and the output says why.
+    let bare = file_of(dir.path(), "bare.json", me, 20, None);
+    let out = run(&["check", bare.to_str().unwrap()]);
+    assert_eq!(code(&out), 0);
+    assert!(stdout(&out).contains("30.000s (auto: the file has no interval)"), "{}", stdout(&out));
+    assert_eq!(code(&run(&["check", "x.json", "--missed", "0"])), 2);
+}
+
+#[test]
+fn check_pid_requires_the_writer_to_be_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let mine = file_of(dir.path(), "mine.json", i64::from(std::process::id()), 1, Some(10));
+    let out = run(&["check", mine.to_str().unwrap(), "--pid"]);
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+
+    // Fresh, but its writer is gone: alive without --pid, not with it.
+    let dead = file_of(dir.path(), "dead.json", DEAD_PID, 1, Some(10));
+    let d = dead.to_str().unwrap();
+    assert_eq!(code(&run(&["check", d])), 0);
+    let out = run(&["check", d, "--pid"]);
+    assert_eq!(code(&out), 1);
+    assert!(stdout(&out).contains(&format!("but pid {DEAD_PID} is not running")), "{}", stdout(&out));
+    let json: Value =
+        serde_json::from_str(&stdout(&run(&["check", d, "--pid", "--format", "json"]))).unwrap();
+    assert_eq!(json["status"], "gone");
+    assert!(stdout(&run(&["check", d, "--pid", "--format", "nagios"])).starts_with("HEARTBEAT CRITICAL"));
+
+    // A live PID that now belongs to another process (another start time).
+    let mut state = heartbeat::read_state(&mine).unwrap();
+    state.process_start_ticks = state.process_start_ticks.map(|t| t + 1);
+    let reused = dir.path().join("reused.json");
+    heartbeat::write_state(&reused, &state, heartbeat::WriteOptions::default()).unwrap();
+    if state.process_start_ticks.is_some() {
+        let out = run(&["check", reused.to_str().unwrap(), "--pid"]);
+        assert_eq!(code(&out), 1);
+        assert!(stdout(&out).contains("is now another process"), "{}", stdout(&out));
+    }
+
+    // Written on another host: its pid means nothing here.
+    state = heartbeat::read_state(&mine).unwrap();
+    state.hostname = Some("elsewhere".into());
+    let remote = dir.path().join("remote.json");
+    heartbeat::write_state(&remote, &state, heartbeat::WriteOptions::default()).unwrap();
+    let out = run(&["check", remote.to_str().unwrap(), "--pid"]);
+    assert_eq!(code(&out), 1);
+    assert!(stdout(&out).contains("written on host `elsewhere`"), "{}", stdout(&out));
+}
+
+#[test]
+fn check_says_large_ages_in_days() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ancient.json");
+    std::fs::write(&path, r#"{"pid": 1, "timestamp": "2000-01-01T00:00:00Z"}"#).unwrap();
+    let out = run(&["check", path.to_str().unwrap()]);
+    assert_eq!(code(&out), 1);
+    let text = stdout(&out);
+    let ago = text.split(" beat ").nth(1).and_then(|t| t.split(" ago").next()).unwrap();
+    assert!(ago.ends_with('h') && ago.contains("d "), "{text}");
+}
+
+#[test]
+fn completions_and_man_page_generate() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(&["completions", shell]);
+        assert_eq!(code(&out), 0, "{shell}");
+        let script = stdout(&out);
+        assert!(script.len() > 1000 && script.contains("heartbeat") && script.contains("max-age"), "{shell}");
+    }
+    assert_eq!(code(&run(&["completions", "cmd.exe"])), 2);
+    let out = run(&["man"]);
+    assert_eq!(code(&out), 0);
+    let page = stdout(&out);
+    assert!(page.contains(".TH heartbeat 1") && page.contains("monitor"), "{}", &page[..page.len().min(300)]);
+    let dir = tempfile::tempdir().unwrap();
+    let mandir = dir.path().join("man1");
+    assert_eq!(code(&run(&["man", "--out", mandir.to_str().unwrap()])), 0);
+    for page in ["heartbeat.1", "heartbeat-beat.1", "heartbeat-check.1", "heartbeat-monitor.1"] {
+        assert!(std::fs::metadata(mandir.join(page)).unwrap().len() > 100, "{page}");
+    }
 }

@@ -138,7 +138,12 @@ fn scan_exits_1_when_nothing_is_fresh() {
 
     let out = scan(&d.join("missing"), &[]);
     assert_eq!(code(&out), 1, "a missing directory is an empty scan: {}", stderr(&out));
-    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    let missing = d.join("missing");
+    assert_eq!(
+        stderr(&out).trim(),
+        format!("heartbeat scan: {} does not exist", missing.display()),
+        "a typo must not pass for nobody alive in silence"
+    );
 
     stale(d, "s");
     orphan(d, "o");
@@ -312,6 +317,73 @@ fn cleanup_removes_stale_and_orphan_files_and_nothing_else() {
     assert_eq!(lines.len(), 1);
     assert_eq!((lines[0]["action"].as_str(), lines[0]["uuid"].as_str()), (Some("removed"), Some("s2")));
     assert!(!s.exists());
+}
+
+/// Makes `file` impossible to remove until dropped: `chattr +i` as root
+/// (who ignores directory permissions), a read-only directory otherwise.
+/// `None` where neither works (no chattr, a file system without the flag).
+struct Undeletable {
+    file: PathBuf,
+    as_root: bool,
+}
+
+impl Undeletable {
+    fn new(file: &Path) -> Option<Undeletable> {
+        use std::os::unix::fs::PermissionsExt;
+        // Root is the one user that directory modes do not stop.
+        let as_root = std::fs::metadata("/proc/self")
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+            .unwrap_or(false);
+        let guard = Undeletable { file: file.to_owned(), as_root };
+        if as_root {
+            let ok =
+                std::process::Command::new("chattr").arg("+i").arg(file).status().is_ok_and(|s| s.success());
+            return ok.then_some(guard);
+        }
+        let dir = file.parent().unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).ok()?;
+        Some(guard)
+    }
+}
+
+impl Drop for Undeletable {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        if self.as_root {
+            let _ = std::process::Command::new("chattr").arg("-i").arg(&self.file).status();
+        } else {
+            let _ =
+                std::fs::set_permissions(self.file.parent().unwrap(), std::fs::Permissions::from_mode(0o755));
+        }
+    }
+}
+
+#[test]
+fn cleanup_that_cannot_remove_a_file_exits_3_and_says_which() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fresh(d, "alive");
+    let s = stale(d, "stuck");
+    let Some(_stuck) = Undeletable::new(&s) else {
+        eprintln!("skipped: neither chattr +i nor a read-only directory can stop a removal here");
+        return;
+    };
+    let out = scan(d, &["--cleanup"]);
+    assert_eq!(code(&out), 3, "{}{}", stdout(&out), stderr(&out));
+    assert!(s.exists());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("heartbeat scan: could not remove {}: cannot remove: ", s.display())),
+        "{err}"
+    );
+    let out = scan(d, &["--cleanup", "--format", "json"]);
+    assert_eq!(code(&out), 3);
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!((lines[0]["action"].as_str(), lines[0]["uuid"].as_str()), (Some("failed"), Some("stuck")));
+    assert!(lines[0]["error"].as_str().unwrap().starts_with("cannot remove: "));
+    // A dry run removes nothing, so nothing can fail.
+    assert_eq!(code(&scan(d, &["--cleanup", "--dry-run"])), 0);
 }
 
 #[test]

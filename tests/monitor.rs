@@ -48,7 +48,7 @@ fn the_seed_sequence_warning_then_timeout_then_removal_at_exact_instants() {
         .on_timeout(move |id, agent| c2.lock().push(format!("timeout {id} {agent}")))
         .build()
         .unwrap();
-    let events = monitor.events();
+    let events = monitor.subscribe();
     monitor.register("s1", "worker");
 
     sweep_until(&monitor, &clock, 6); // t = 30 s: silent for exactly the timeout, not longer
@@ -82,7 +82,7 @@ fn the_seed_sequence_warning_then_timeout_then_removal_at_exact_instants() {
 fn a_beat_resets_misses_and_a_beat_after_a_warning_is_a_recovery() {
     let clock = ManualClock::new();
     let monitor = seed_monitor(&clock).build().unwrap();
-    let events = monitor.events();
+    let events = monitor.subscribe();
     monitor.register("s1", "worker");
     sweep_until(&monitor, &clock, 8); // t = 40: two misses
     assert_eq!(monitor.status("s1").unwrap().missed_beats, 2);
@@ -101,7 +101,7 @@ fn a_beat_resets_misses_and_a_beat_after_a_warning_is_a_recovery() {
 fn paused_sessions_are_skipped_and_resume_resets_the_timer() {
     let clock = ManualClock::new();
     let monitor = seed_monitor(&clock).build().unwrap();
-    let events = monitor.events();
+    let events = monitor.subscribe();
     monitor.register("s1", "worker");
     assert!(monitor.pause("s1"));
     sweep_until(&monitor, &clock, 20); // t = 100: silent, but paused
@@ -134,7 +134,7 @@ fn unknown_ids_answer_false_or_none() {
 fn unregister_is_a_removal_event_and_registering_again_starts_afresh() {
     let clock = ManualClock::new();
     let monitor = seed_monitor(&clock).build().unwrap();
-    let events = monitor.events();
+    let events = monitor.subscribe();
     monitor.register("s1", "worker");
     monitor.register("s2", "crawler");
     assert_eq!(monitor.registered_count(), 2);
@@ -169,7 +169,7 @@ fn a_panicking_callback_does_not_stop_later_events() {
         .on_timeout(move |id, _| t.lock().push(id.to_owned()))
         .build()
         .unwrap();
-    let events = monitor.events();
+    let events = monitor.subscribe();
     monitor.register("a", "worker");
     monitor.register("b", "worker");
     sweep_until(&monitor, &clock, 9);
@@ -183,7 +183,7 @@ fn a_panicking_callback_does_not_stop_later_events() {
 fn grace_counts_no_misses_until_it_ends() {
     let clock = ManualClock::new();
     let monitor = seed_monitor(&clock).build().unwrap();
-    let events = monitor.events();
+    let events = monitor.subscribe();
     monitor
         .register_with(
             "slow-start",
@@ -212,7 +212,7 @@ fn grace_counts_no_misses_until_it_ends() {
 fn the_local_pause_guard_suppresses_a_late_round() {
     let clock = ManualClock::new();
     let monitor = seed_monitor(&clock).build().unwrap();
-    let events = monitor.events();
+    let events = monitor.subscribe();
     monitor.register("s1", "worker");
     sweep_until(&monitor, &clock, 2); // t = 10
     clock.advance(secs(60)); // this process was stopped for a minute
@@ -225,7 +225,7 @@ fn the_local_pause_guard_suppresses_a_late_round() {
     // Turned off, the same late round counts.
     let clock = ManualClock::new();
     let monitor = seed_monitor(&clock).pause_guard(None).build().unwrap();
-    let events = monitor.events();
+    let events = monitor.subscribe();
     monitor.register("s1", "worker");
     clock.advance(secs(70));
     monitor.sweep();
@@ -236,7 +236,7 @@ fn the_local_pause_guard_suppresses_a_late_round() {
 fn a_wall_clock_jump_changes_nothing() {
     let clock = ManualClock::new();
     let monitor = seed_monitor(&clock).build().unwrap();
-    let events = monitor.events();
+    let events = monitor.subscribe();
     monitor.register("s1", "worker");
     sweep_until(&monitor, &clock, 2);
     clock.step_wall(secs(3600), true);
@@ -295,7 +295,7 @@ fn phi_warns_then_times_out_and_reports_time_to_death() {
         .detector(Detector::Phi(phi_config()))
         .build()
         .unwrap();
-    let events = monitor.events();
+    let events = monitor.subscribe();
     monitor.register("p", "worker");
     for _ in 0..5 {
         clock.advance(secs(1));
@@ -422,7 +422,7 @@ fn each_session_keeps_its_own_timeout_and_misses() {
     let clock = ManualClock::new();
     let monitor =
         Monitor::builder().clock(clock.clone()).check_interval(secs(1)).pause_guard(None).build().unwrap();
-    let events = monitor.events();
+    let events = monitor.subscribe();
     let own = |timeout, max| RegisterOptions {
         timeout: Some(timeout),
         max_missed_beats: max,
@@ -475,7 +475,7 @@ fn a_failure_is_reported_at_once_and_cleared_by_the_next_beat() {
         .on_timeout(move |id, _| c2.lock().push(format!("timeout {id}")))
         .build()
         .unwrap();
-    let events = monitor.events();
+    let events = monitor.subscribe();
     monitor.register("job", "backup");
     monitor.register("other", "backup");
     assert!(!monitor.fail("ghost"));
@@ -657,7 +657,7 @@ fn a_snapshot_round_trips_through_json_into_a_new_monitor() {
     // A new monitor, after a restart.
     clock.advance(secs(600));
     let restarted = seed_monitor(&clock).build().unwrap();
-    let events = restarted.events();
+    let events = restarted.subscribe();
     assert_eq!(restarted.restore(&loaded).unwrap(), 4);
     assert!(drain(&events).is_empty(), "restoring sends no events");
     let plain = restarted.status("plain").unwrap();
@@ -704,7 +704,7 @@ fn a_restored_session_that_stays_silent_times_out() {
     let saved = monitor.snapshot();
     clock.advance(secs(3600)); // down for an hour
     let restarted = seed_monitor(&clock).build().unwrap();
-    let events = restarted.events();
+    let events = restarted.subscribe();
     restarted.restore(&saved).unwrap();
     sweep_until(&restarted, &clock, 1);
     assert!(drain(&events).is_empty(), "not dead at the first sweep after the restart");
@@ -816,7 +816,7 @@ fn phi_always_warns_before_death_with_the_default_sweeps() {
     for offset_ms in (0..5000).step_by(500) {
         let clock = ManualClock::new();
         let monitor = seed_monitor(&clock).detector(Detector::Phi(PhiConfig::default())).build().unwrap();
-        let events = monitor.events();
+        let events = monitor.subscribe();
         clock.advance(Duration::from_millis(offset_ms));
         monitor.register("p", "worker");
         let mut next_sweep = Duration::from_secs(5);
@@ -857,7 +857,7 @@ fn phi_follows_a_window_that_tightens_after_register() {
         .detector(Detector::Phi(PhiConfig { max_samples: 4, ..PhiConfig::default() }))
         .build()
         .unwrap();
-    let events = monitor.events();
+    let events = monitor.subscribe();
     monitor.register("p", "worker");
     for _ in 0..20 {
         clock.advance(Duration::from_millis(100));
@@ -883,7 +883,7 @@ fn phi_follows_a_window_that_tightens_after_register() {
 fn phi_with_grace_starts_counting_when_grace_ends() {
     let clock = ManualClock::new();
     let monitor = seed_monitor(&clock).detector(Detector::Phi(PhiConfig::default())).build().unwrap();
-    let events = monitor.events();
+    let events = monitor.subscribe();
     monitor
         .register_with("p", "worker", RegisterOptions { grace: Some(secs(60)), ..Default::default() })
         .unwrap();
@@ -905,7 +905,7 @@ fn one_allowed_miss_still_warns_first_as_the_seed_does() {
         .on_timeout(move |id, _| c2.lock().push(format!("timeout {id}")))
         .build()
         .unwrap();
-    let events = monitor.events();
+    let events = monitor.subscribe();
     monitor.register("s", "w");
     sweep_until(&monitor, &clock, 7);
     assert_eq!(
@@ -934,7 +934,7 @@ fn registering_a_paused_session_again_leaves_it_paused() {
 fn the_first_sweep_long_after_build_is_not_late() {
     let clock = ManualClock::new();
     let monitor = seed_monitor(&clock).build().unwrap();
-    let events = monitor.events();
+    let events = monitor.subscribe();
     clock.advance(secs(600));
     monitor.register("s", "w");
     clock.advance(secs(35));
@@ -946,7 +946,7 @@ fn the_first_sweep_long_after_build_is_not_late() {
 fn a_dropped_event_receiver_unsubscribes_and_others_still_get_everything() {
     let clock = ManualClock::new();
     let monitor = seed_monitor(&clock).build().unwrap();
-    let (kept, dropped) = (monitor.events(), monitor.events());
+    let (kept, dropped) = (monitor.subscribe(), monitor.subscribe());
     drop(dropped);
     monitor.register("s", "w");
     monitor.unregister("s");
@@ -1094,7 +1094,7 @@ fn concurrent_stops_and_starts_wait_for_the_sweeper_to_end() {
 fn touch_keeps_a_failure_and_reconfigure_changes_settings_only() {
     let clock = ManualClock::new();
     let monitor = seed_monitor(&clock).build().unwrap();
-    let events = monitor.events();
+    let events = monitor.subscribe();
     monitor.register("job", "cron");
     assert!(monitor.fail("job"));
     clock.advance(secs(20));
@@ -1131,4 +1131,16 @@ fn a_snapshot_restores_into_a_monitor_allowing_fewer_misses() {
     // Beating as of the restore; dead at its next miss.
     sweep_until(&stricter, &clock, 7);
     assert!(stricter.status("a").is_none());
+}
+
+#[test]
+#[allow(deprecated)]
+fn the_old_subscription_names_still_work() {
+    let monitor = seed_monitor(&ManualClock::new()).build().unwrap();
+    let events = monitor.events();
+    let bounded = monitor.events_bounded(1);
+    monitor.register("a", "t");
+    assert!(monitor.fail("a"));
+    assert!(matches!(events.try_recv(), Ok(Event::Failed { .. })));
+    assert!(matches!(bounded.try_recv(), Ok(Event::Failed { .. })));
 }

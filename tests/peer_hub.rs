@@ -898,7 +898,7 @@ fn stop_with_50_peers_is_prompt_and_idempotent() {
 #[test]
 fn dropping_a_hub_stops_it() {
     let hub = start(quiet(), |_| {});
-    let events = hub.events();
+    let events = hub.subscribe();
     let mut clients = vec![
         Client::join(&hub, maker(1), Ping::Answers),
         Client::join(&hub, Location::Taker, Ping::Legacy),

@@ -289,7 +289,7 @@ fn invalid_combinations_exit_2_with_the_library_message() {
         (&["--idle", "10", "--hard-evict", "5"][..], "must be less than hard_evict"),
         (&["--idle", "5", "--hard-evict", "5"], "must be less than hard_evict"),
         (&["--nick", "alice"], "is not a nick"),
-        (&["--network", ""], "network must not be empty"),
+        (&["--network", ""], "not a network name"),
         (&["--sweep", "0"], "positive"),
         (&["--pong-wait", "soon"], "not a positive, finite number of seconds"),
         (&["--max-peers", "0"], "error"),
@@ -390,4 +390,85 @@ fn a_stopped_and_continued_hub_evicts_nobody_for_its_own_stall() {
     drop(peers);
     serving.signal(libc::SIGTERM);
     assert_eq!(serving.wait().code(), Some(0));
+}
+
+#[test]
+fn serve_prints_joins_and_leaves_as_json_lines() {
+    let mut child = heartbeat()
+        .args(["serve", "--listen", "localhost:0", "--network", "regtest", "--format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = read_lines(child.stdout.take().unwrap());
+    let mut child = Spawned(child);
+    let next = || -> Value {
+        let line = lines.recv_timeout(BOUND).expect("a JSON line within the bound");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    };
+    let listening = next();
+    assert_eq!(listening["event"], "listening");
+    assert_eq!(listening["network"], "regtest");
+    let hub: SocketAddr = listening["addr"].as_str().unwrap().parse().unwrap();
+    assert!(hub.ip().is_loopback(), "localhost:0 resolves to loopback: {hub}");
+
+    let (nick, stream) = join(hub, "regtest", false);
+    let joined = next();
+    assert_eq!((joined["event"].as_str(), joined["nick"].as_str()), (Some("joined"), Some(nick.as_str())));
+    assert_eq!((joined["maker"].as_bool(), joined["ping"].as_bool()), (Some(false), Some(true)));
+    drop(stream);
+    let left = next();
+    assert_eq!((left["event"].as_str(), left["nick"].as_str()), (Some("left"), Some(nick.as_str())));
+    assert!(left["reason"].is_string());
+
+    child.signal(libc::SIGTERM);
+    assert!(child.wait_bounded(BOUND, "serve").success());
+}
+
+#[test]
+fn serve_and_peer_refuse_bad_networks_and_addresses_with_exit_2() {
+    for args in [
+        &["serve", "--network", ""][..],
+        &["serve", "--network", "main net"],
+        &["serve", "--listen", "no-port"],
+        &["serve", "--format", "xml"],
+        &["peer", "127.0.0.1:1", "--network", ""],
+        &["peer", "127.0.0.1:1", "--network", "a\tb"],
+        &["peer", "127.0.0.1:1", "--format", "xml"],
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("error"), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn peer_prints_events_as_json_lines() {
+    let hub = heartbeat::peer::Hub::start(heartbeat::peer::HubConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        network: "regtest".into(),
+        motd: Some("hello\nthere".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let addr = hub.local_addr().to_string();
+    let mut child = heartbeat()
+        .args(["peer", &addr, "--network", "regtest", "--format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = read_lines(child.stdout.take().unwrap());
+    let mut child = Spawned(child);
+    let line = lines.recv_timeout(BOUND).expect("a JSON line within the bound");
+    let connected: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    assert_eq!(connected["event"], "connected");
+    assert_eq!(connected["nick"], hub.nick());
+    assert_eq!(connected["motd"], "hello\nthere", "escaped in JSON, one line on the wire: {line}");
+    child.signal(libc::SIGTERM);
+    assert!(child.wait_bounded(BOUND, "peer").success());
+    let last = lines.recv_timeout(BOUND).expect("the end of the session");
+    let last: Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(last["event"], "disconnected");
+    hub.stop();
 }

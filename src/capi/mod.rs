@@ -115,7 +115,8 @@ pub fn code_of(e: &Error) -> hb_result {
         Error::NotFound { .. } => HB_ERR_NOT_FOUND,
         Error::NotJson { .. } | Error::MissingField { .. } | Error::InvalidField { .. } => HB_ERR_BAD_FILE,
         Error::ClockSkew { .. } => HB_ERR_CLOCK_SKEW,
-        Error::AlreadyRunning => HB_ERR_ALREADY_RUNNING,
+        Error::AlreadyRunning | Error::Locked { .. } => HB_ERR_ALREADY_RUNNING,
+        Error::TakenOver { .. } => HB_ERR_IO,
         Error::ShutDown => HB_ERR_SHUT_DOWN,
         Error::InvalidConfig(_) => HB_ERR_INVALID_ARGUMENT,
     }

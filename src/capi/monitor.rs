@@ -339,7 +339,7 @@ pub unsafe extern "C" fn hb_monitor_new(
             )));
         }
         let monitor = b.build()?;
-        let events = (o.event_capacity > 0).then(|| monitor.events_bounded(o.event_capacity));
+        let events = (o.event_capacity > 0).then(|| monitor.subscribe_bounded(o.event_capacity));
         let h = new_handle(hb_monitor {
             creator: Creator::current(),
             monitor,

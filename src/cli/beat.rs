@@ -15,6 +15,11 @@ use signal_hook::iterator::Signals;
 
 /// Keep a heartbeat file fresh until SIGINT/SIGTERM/SIGHUP/SIGQUIT, or while COMMAND runs.
 ///
+/// One beater per FILE: a second `beat` on the same FILE is refused (an
+/// advisory lock on FILE.lock, held while the first runs and released by
+/// the kernel when it exits, crash included) unless it is given --take-over.
+/// With --once, writes one beat and exits: for cron jobs and scripts.
+///
 /// With a COMMAND, runs it as a child, beats while it lives, forwards SIGINT,
 /// SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to it, removes the file when
 /// it exits, and exits with its exit code (128+N when it was killed by signal N).
@@ -24,11 +29,14 @@ Examples:
   heartbeat beat /run/myapp/heartbeat.json --interval 5 --meta version=1.2
   heartbeat beat /tmp/worker.json -- python3 worker.py --queue jobs
   heartbeat beat --dir /run/myapp/wrappers --systemd
+  heartbeat beat /var/lib/backup/heartbeat.json --once   # at the end of a cron job
 
 Exit codes: 0 after a clean stop on a signal; with a COMMAND, the
 command's own code, 128+N if a signal N killed it, 126 if it could not be
 run, 127 if it was not found, 125 if heartbeat itself failed; without one,
-1 if heartbeat failed. Bad arguments exit 2.")]
+1 if heartbeat failed (another beater holds FILE; the file cannot be
+written; it was taken over). --once: 0 once the beat is written, 1 if not.
+Bad arguments exit 2.")]
 pub struct BeatArgs {
     /// The heartbeat file to write (parent directories are created).
     #[arg(required_unless_present = "dir", conflicts_with = "dir")]
@@ -54,6 +62,14 @@ pub struct BeatArgs {
     /// Leave the file in place on exit instead of removing it.
     #[arg(long)]
     keep: bool,
+    /// Write one beat and exit (the file stays): no thread, no COMMAND.
+    #[arg(long, conflicts_with_all = ["command", "systemd"])]
+    once: bool,
+    /// Take FILE over from another `beat` that holds it: that one stops
+    /// writing it at its next beat and exits 1 (or, wrapping a command, goes
+    /// on without the file).
+    #[arg(long)]
+    take_over: bool,
     /// The command to run and watch, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<OsString>,
@@ -62,7 +78,7 @@ pub struct BeatArgs {
 fn parse_meta(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("{s:?} is not KEY=VALUE with a non-empty KEY")),
+        _ => Err("not KEY=VALUE with a non-empty KEY".to_owned()),
     }
 }
 
@@ -70,7 +86,7 @@ fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| format!("{s:?} is not an octal file mode such as 644"))
+        .ok_or_else(|| "not an octal file mode such as 644".to_owned())
 }
 
 pub fn run(args: BeatArgs) -> ExitCode {
@@ -80,12 +96,20 @@ pub fn run(args: BeatArgs) -> ExitCode {
         ExitCode::from(if wrapping { 125 } else { 1 })
     };
 
+    let (missed_tx, missed) = crossbeam_channel::bounded(1);
     let mut builder = Beater::builder()
         .interval(args.interval)
         .fsync(args.fsync)
         .file_mode(args.mode)
         .systemd(args.systemd)
-        .remove_on_stop(!args.keep);
+        .remove_on_stop(!args.keep && !args.once)
+        .exclusive(true)
+        .take_over(args.take_over)
+        .on_missed_beat(move |e| {
+            if matches!(e, heartbeat::Error::TakenOver { .. }) {
+                let _ = missed_tx.try_send(e.to_string());
+            }
+        });
     builder = match (&args.file, &args.dir) {
         (_, Some(dir)) => builder.directory(dir),
         (Some(file), None) => builder.state_file(file),
@@ -98,6 +122,12 @@ pub fn run(args: BeatArgs) -> ExitCode {
         Ok(b) => b,
         Err(e) => return failed(&e),
     };
+    if args.once {
+        return match beater.beat() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => failed(&e),
+        };
+    }
 
     // Registered before the child exists, so neither a signal nor the
     // child's exit can slip by unseen.
@@ -121,15 +151,14 @@ pub fn run(args: BeatArgs) -> ExitCode {
         Err(e) => return failed(&e),
     };
     let path = beater.state_file().map_or_else(|| "(no file)".into(), |p| p.display().to_string());
-    log::info!("beating {path} every {:?}", beater.interval());
+    log::info!(
+        "beating {path} every {} (pid {})",
+        heartbeat::HumanDuration(beater.interval()),
+        std::process::id()
+    );
 
-    let code = if wrapping {
-        supervise(&args.command, &mut signals)
-    } else {
-        let sig = signals.forever().next();
-        log::info!("signal {sig:?} received; stopping");
-        ExitCode::SUCCESS
-    };
+    let code =
+        if wrapping { supervise(&args.command, &mut signals) } else { wait_for_stop(&mut signals, &missed) };
     drop(guard); // stops the thread and removes the file unless --keep
     if args.systemd {
         // The process is on its way out: now systemd may start its stop timeout.
@@ -144,6 +173,31 @@ pub fn run(args: BeatArgs) -> ExitCode {
         }
     }
     code
+}
+
+/// Waits for a stop signal (exit 0), or for another beater to take the file
+/// over (exit 1).
+fn wait_for_stop(signals: &mut Signals, taken_over: &crossbeam_channel::Receiver<String>) -> ExitCode {
+    let handle = signals.handle();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let sig = signals.forever().next();
+            let _ = tx.send(sig);
+        });
+        let code = crossbeam_channel::select! {
+            recv(rx) -> sig => {
+                log::info!("signal {:?} received; stopping", sig.ok().flatten());
+                ExitCode::SUCCESS
+            }
+            recv(taken_over) -> why => {
+                eprintln!("heartbeat beat: {}", why.unwrap_or_default());
+                ExitCode::from(1)
+            }
+        };
+        handle.close(); // ends the signal thread's wait
+        code
+    })
 }
 
 /// Runs `command` to its end, forwarding SIGINT/SIGTERM, and returns its exit code.

@@ -16,7 +16,8 @@ use clap::{Parser, Subcommand};
 /// Liveness for processes, sessions and peers: heartbeat files, a session monitor service, a peer hub.
 #[derive(Debug, Parser)]
 #[command(name = "heartbeat", version, about, propagate_version = true)]
-#[command(after_help = "Logging goes to stderr and is set with RUST_LOG (e.g. RUST_LOG=debug).")]
+#[command(after_help = "Logging goes to stderr and is set with RUST_LOG (e.g. RUST_LOG=debug); by
+default, warnings and a command's own lines about what it does.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     Beat(beat::BeatArgs),
     Check(check::CheckArgs),
+    Completions(CompletionsArgs),
+    Man(ManArgs),
     Monitor(monitor::MonitorArgs),
     Peer(peer::PeerArgs),
     Scan(scan::ScanArgs),
@@ -33,17 +36,100 @@ enum Command {
     Serve(serve::ServeArgs),
 }
 
+/// How a long-running command prints its events on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    /// One line of text per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The log filter without RUST_LOG.
+const DEFAULT_LOG: &str = "warn,heartbeat::cli=info";
+
 /// Parses the command line (exit 2 on bad arguments, clap's convention) and runs the command.
 pub fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // Warnings and errors, and the commands' own few lines about what they
+    // do (`beat` says where it writes): RUST_LOG replaces this.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(DEFAULT_LOG)).init();
     match Cli::parse().command {
         Command::Beat(args) => beat::run(args),
         Command::Check(args) => check::run(&args),
+        Command::Completions(args) => completions(&args),
+        Command::Man(args) => man(&args),
         Command::Monitor(args) => monitor::run(args),
         Command::Peer(args) => peer::run(args),
         Command::Scan(args) => scan::run(&args),
         Command::Send(args) => send::run(&args),
         Command::Serve(args) => serve::run(args),
+    }
+}
+
+/// Print a shell completion script on stdout.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  heartbeat completions bash > ~/.local/share/bash-completion/completions/heartbeat
+  heartbeat completions zsh > ~/.zfunc/_heartbeat     # with fpath+=~/.zfunc
+  heartbeat completions fish > ~/.config/fish/completions/heartbeat.fish")]
+struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+fn completions(args: &CompletionsArgs) -> ExitCode {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_complete::generate(args.shell, &mut Cli::command(), "heartbeat", &mut out);
+    write_out(&out)
+}
+
+/// Print the man page (roff) on stdout: the command and every subcommand.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  heartbeat man > heartbeat.1 && man ./heartbeat.1
+  heartbeat man --out /usr/local/share/man/man1   # heartbeat.1, heartbeat-beat.1, ...")]
+struct ManArgs {
+    /// Write heartbeat.1 and one heartbeat-COMMAND.1 page per command into DIR instead.
+    #[arg(long, value_name = "DIR")]
+    out: Option<std::path::PathBuf>,
+}
+
+fn man(args: &ManArgs) -> ExitCode {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let Some(dir) = &args.out else {
+        let mut out = Vec::new();
+        return match clap_mangen::Man::new(command).render(&mut out) {
+            Ok(()) => write_out(&out),
+            Err(e) => {
+                eprintln!("heartbeat man: {e}");
+                ExitCode::from(1)
+            }
+        };
+    };
+    match std::fs::create_dir_all(dir).and_then(|()| clap_mangen::generate_to(command, dir)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("heartbeat man: cannot write into {}: {e}", dir.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Writes `bytes` to stdout: exit 0, or 1 if stdout is closed or full.
+fn write_out(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("heartbeat: cannot write to stdout: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -95,9 +181,8 @@ impl SignalChannel {
 
 /// Parses a non-negative, finite number of seconds such as `10` or `0.5`.
 fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| format!("{s:?} is not a non-negative, finite number of seconds"))
+    let secs: f64 = s.trim().parse().map_err(|_| "not a number of seconds".to_owned())?;
+    Duration::try_from_secs_f64(secs).map_err(|_| "not a non-negative, finite number of seconds".to_owned())
 }
 
 /// Parses a positive, finite number of seconds: like [`parse_seconds`], but not zero.
@@ -105,7 +190,35 @@ fn parse_positive_seconds(s: &str) -> Result<Duration, String> {
     parse_seconds(s)
         .ok()
         .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("{s:?} is not a positive, finite number of seconds"))
+        .ok_or_else(|| "not a positive, finite number of seconds".to_owned())
+}
+
+/// A socket address, or `HOST:PORT` with a name resolved to its first address.
+fn parse_socket_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    match s.to_socket_addrs() {
+        Ok(mut addrs) => addrs.next().ok_or_else(|| "resolves to no address".to_owned()),
+        Err(e) => Err(format!("not HOST:PORT, or does not resolve: {e}")),
+    }
+}
+
+/// A JoinMarket network name as handshakes carry it: 1 to 64 bytes of
+/// letters, digits, `-`, `_` and `.` (mainnet, testnet, signet, regtest, ...).
+fn parse_network(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= heartbeat::peer::wire::MAX_NAME
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "not a network name such as mainnet, testnet, signet or regtest (1 to {} letters, digits, `-`, `_` or `.`)",
+            heartbeat::peer::wire::MAX_NAME
+        ))
+    }
 }
 
 /// Escapes control characters. Output quotes what files say (host names,
@@ -144,6 +257,22 @@ mod tests {
         assert_eq!(parse_positive_seconds("0.2"), Ok(Duration::from_millis(200)));
         assert!(parse_positive_seconds("0").unwrap_err().contains("positive"));
         assert!(parse_positive_seconds("-1").is_err());
+    }
+
+    #[test]
+    fn addresses_and_networks_parse_or_say_why() {
+        use std::net::SocketAddr;
+        assert_eq!(parse_socket_addr("127.0.0.1:5222"), Ok(SocketAddr::from(([127, 0, 0, 1], 5222))));
+        assert_eq!(parse_socket_addr("[::1]:5222").unwrap().port(), 5222);
+        assert_eq!(parse_socket_addr("localhost:5222").unwrap().port(), 5222);
+        assert!(parse_socket_addr("127.0.0.1").is_err());
+        assert!(parse_socket_addr("no port").is_err());
+        for good in ["mainnet", "testnet", "signet", "regtest", "testnet4"] {
+            assert_eq!(parse_network(good).as_deref(), Ok(good));
+        }
+        for bad in ["", "main net", "x\n", &"n".repeat(65)] {
+            assert!(parse_network(bad).unwrap_err().contains("not a network name"), "{bad:?}");
+        }
     }
 
     #[test]

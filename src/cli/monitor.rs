@@ -127,7 +127,7 @@ fn parse_udp(s: &str) -> Result<UdpAddr, String> {
     }
     s.parse()
         .map(|a| UdpAddr(Some(a)))
-        .map_err(|_| format!("{s:?} is not an address such as 127.0.0.1:9333, or off"))
+        .map_err(|_| "not an address such as 127.0.0.1:9333, or off".to_owned())
 }
 
 impl MonitorArgs {

@@ -3,7 +3,7 @@
 
 use std::fmt::Display;
 use std::io::{self, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -39,17 +39,23 @@ characters escaped):
   disconnected REASON
   error REASON
 
+With --format json, the same events as one JSON object per line:
+  {\"event\": \"connected\", \"nick\": ..., \"motd\": ..., \"ping\": true}, and
+  refused, ping, peerlist (\"peers\": [{nick, location, disconnected}]),
+  message (\"type\", \"line\"), disconnected and error (\"reason\").
+
 Exit codes: 0 after SIGINT or SIGTERM (or once stdout is closed), 1 if the
 client could not run, 2 for bad arguments.")]
 pub struct PeerArgs {
     /// The directory node, HOST:PORT (a name resolves to its first address).
-    #[arg(value_name = "HOST:PORT", value_parser = parse_addr)]
+    #[arg(value_name = "HOST:PORT", value_parser = super::parse_socket_addr)]
     addr: SocketAddr,
     /// Our nick (J5, then base58, padded with O to 16 characters); random by default.
     #[arg(long, value_name = "NICK", value_parser = parse_nick)]
     nick: Option<String>,
-    /// The network to handshake for.
-    #[arg(long, value_name = "NET", default_value = "mainnet")]
+    /// The network to handshake for: mainnet, testnet, signet, regtest, or
+    /// any other name the directory serves.
+    #[arg(long, value_name = "NET", default_value = "mainnet", value_parser = super::parse_network)]
     network: String,
     /// Handshake as a maker serving at ONION:PORT (56 base32 characters, then .onion:PORT).
     #[arg(long, value_name = "ONION:PORT", value_parser = parse_maker)]
@@ -57,31 +63,23 @@ pub struct PeerArgs {
     /// Behave like a legacy peer: advertise no ping support, ignore PINGs, never send a PONG.
     #[arg(long)]
     no_ping: bool,
-}
-
-/// A socket address, or a name resolved to its first address.
-fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = s.parse() {
-        return Ok(addr);
-    }
-    match s.to_socket_addrs() {
-        Ok(mut addrs) => addrs.next().ok_or_else(|| format!("{s:?} resolves to no address")),
-        Err(e) => Err(format!("{s:?} is not HOST:PORT, or does not resolve: {e}")),
-    }
+    /// One line of text per event, or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = super::Format::Text)]
+    format: super::Format,
 }
 
 fn parse_nick(s: &str) -> Result<String, String> {
     if wire::is_valid_nick(s) {
         Ok(s.to_owned())
     } else {
-        Err(format!("{s:?} is not a nick: J5, then base58, padded with O to 16 characters"))
+        Err("not a nick: J5, then base58, padded with O to 16 characters".to_owned())
     }
 }
 
 fn parse_maker(s: &str) -> Result<Location, String> {
     Location::parse(s)
         .filter(Location::is_maker)
-        .ok_or_else(|| format!("{s:?} is not a maker location: <56 base32 characters>.onion:<port>"))
+        .ok_or_else(|| "not a maker location: <56 base32 characters>.onion:<port>".to_owned())
 }
 
 pub fn run(args: PeerArgs) -> ExitCode {
@@ -100,7 +98,13 @@ pub fn run(args: PeerArgs) -> ExitCode {
     };
     let client = match PeerClient::start(config) {
         Ok(client) => client,
+        // A configuration the library refuses is a bad command line.
+        Err(e @ heartbeat::Error::InvalidConfig(_)) => return bad_arguments(&e),
         Err(e) => return failed(&e),
+    };
+    let line = |event: &ClientEvent| match args.format {
+        super::Format::Text => event_line(event, ping),
+        super::Format::Json => event_json(event, ping).to_string(),
     };
     log::info!("peer {} connecting to {}", client.nick(), client.addr());
 
@@ -108,7 +112,7 @@ pub fn run(args: PeerArgs) -> ExitCode {
     let mut open = true;
     while open && !stop.load(Ordering::Relaxed) {
         match client.events().recv_timeout(SIGNAL_CHECK) {
-            Ok(event) => open = print(&mut stdout, &event_line(&event, ping)).is_ok(),
+            Ok(event) => open = print(&mut stdout, &line(&event)).is_ok(),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 return failed(&"the client thread stopped unexpectedly");
@@ -121,11 +125,17 @@ pub fn run(args: PeerArgs) -> ExitCode {
     client.stop();
     // The end of the session (`disconnected client stopped`), already sent.
     for event in client.events().try_iter() {
-        if !open || print(&mut stdout, &event_line(&event, ping)).is_err() {
+        if !open || print(&mut stdout, &line(&event)).is_err() {
             break;
         }
     }
     ExitCode::SUCCESS
+}
+
+/// A bad command line: reported on stderr, exit 2.
+fn bad_arguments(what: &dyn Display) -> ExitCode {
+    let _ = writeln!(io::stderr().lock(), "heartbeat peer: {}", super::one_line(&what.to_string()));
+    ExitCode::from(2)
 }
 
 /// Could not run: reported on stderr, exit 1.
@@ -169,17 +179,36 @@ fn event_line(event: &ClientEvent, ping: bool) -> String {
     }
 }
 
+/// One event as a JSON object: `{"event": "connected", ...}`. Strings are
+/// JSON-escaped, so what the network said cannot add lines.
+fn event_json(event: &ClientEvent, ping: bool) -> serde_json::Value {
+    use serde_json::json;
+    match event {
+        ClientEvent::Connected { nick, motd, ping: directory_pings } => {
+            json!({"event": "connected", "nick": nick, "motd": motd, "ping": directory_pings})
+        }
+        ClientEvent::Refused { reason } => json!({"event": "refused", "reason": reason}),
+        ClientEvent::Ping => json!({"event": "ping", "answered": ping}),
+        ClientEvent::Peerlist(entries) => {
+            let peers: Vec<_> = entries
+                .iter()
+                .map(|(nick, location, gone)| json!({"nick": nick, "location": location, "disconnected": gone}))
+                .collect();
+            json!({"event": "peerlist", "peers": peers})
+        }
+        ClientEvent::Message { kind, line } => json!({"event": "message", "type": kind, "line": line}),
+        ClientEvent::Disconnected { reason } => json!({"event": "disconnected", "reason": reason}),
+        ClientEvent::Error(why) => json!({"event": "error", "reason": why}),
+        other => json!({"event": "other", "debug": format!("{other:?}")}),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn arguments_parse_or_say_why() {
-        assert_eq!(parse_addr("127.0.0.1:5222"), Ok(SocketAddr::from(([127, 0, 0, 1], 5222))));
-        assert_eq!(parse_addr("[::1]:5222").unwrap().port(), 5222);
-        assert_eq!(parse_addr("localhost:5222").unwrap().port(), 5222);
-        assert!(parse_addr("127.0.0.1").is_err());
-        assert!(parse_addr("no port").is_err());
         assert!(parse_nick("J5DirNickOOOOOOO").is_ok());
         assert!(parse_nick("bob").unwrap_err().contains("not a nick"));
         let onion = format!("{}.onion:5222", "a".repeat(56));
@@ -217,5 +246,23 @@ mod tests {
         assert_eq!(line(ClientEvent::Refused { reason: "no".into() }), "refused no");
         assert_eq!(line(ClientEvent::Disconnected { reason: "bye".into() }), "disconnected bye");
         assert_eq!(line(ClientEvent::Error("down".into())), "error down");
+    }
+
+    #[test]
+    fn events_as_json_are_one_object_each() {
+        let json = |event: ClientEvent| event_json(&event, true).to_string();
+        assert_eq!(
+            json(ClientEvent::Connected { nick: "J5x".into(), motd: Some("hi\nthere".into()), ping: false }),
+            r#"{"event":"connected","motd":"hi\nthere","nick":"J5x","ping":false}"#
+        );
+        assert_eq!(json(ClientEvent::Ping), r#"{"answered":true,"event":"ping"}"#);
+        assert_eq!(
+            json(ClientEvent::Peerlist(vec![("J5a".into(), "x.onion:1".into(), true)])),
+            r#"{"event":"peerlist","peers":[{"disconnected":true,"location":"x.onion:1","nick":"J5a"}]}"#
+        );
+        assert_eq!(
+            json(ClientEvent::Message { kind: 687, line: "a\r\nb".into() }),
+            r#"{"event":"message","line":"a\r\nb","type":687}"#
+        );
     }
 }

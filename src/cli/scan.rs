@@ -37,10 +37,11 @@ another host), SKEWED (dated in the future). --cleanup removes STALE and
 ORPHAN files, and only regular files directly in DIR.
 
 Exit codes: 0 at least one entry is FRESH, 1 none is (also for an empty or
-missing DIR). With --cleanup, judged by a new scan after the cleanup;
-with --watch, by the last picture when SIGINT or SIGTERM stopped it.
-2 is an error, never an outcome: bad arguments, or DIR cannot be listed
-(not a directory, permission denied).")]
+missing DIR; a missing one is said on stderr). With --cleanup, judged by a
+new scan after the cleanup; with --watch, by the last picture when SIGINT
+or SIGTERM stopped it. 2 is an error, never an outcome: bad arguments, or
+DIR cannot be listed (not a directory, permission denied). 3: --cleanup
+could not remove some STALE or ORPHAN file (each said on stderr).")]
 pub struct ScanArgs {
     /// The directory of heartbeat-*.json files.
     dir: PathBuf,
@@ -70,7 +71,19 @@ enum Format {
     Json,
 }
 
+/// --cleanup could not remove everything it should have.
+const CLEANUP_FAILED: u8 = 3;
+
 pub fn run(args: &ScanArgs) -> ExitCode {
+    // Still an empty scan (the directory may be made later), but a typo must
+    // not pass for "nobody is alive" in silence.
+    if matches!(args.dir.try_exists(), Ok(false)) {
+        say(format_args!(
+            "{} does not exist{}",
+            path_text(&args.dir),
+            if args.watch { " (yet)" } else { "" }
+        ));
+    }
     let scanner =
         match Scanner::builder(&args.dir).stale_after(args.stale_after).interval(args.interval).build() {
             Ok(s) => s,
@@ -132,19 +145,26 @@ fn list(scanner: &Scanner, format: Format) -> ExitCode {
 /// Removes (or, dry, lists) the STALE and ORPHAN files, then scans again for the exit code.
 fn cleanup(scanner: &Scanner, format: Format, dry_run: bool) -> ExitCode {
     let result = if dry_run { scanner.cleanup_plan() } else { scanner.cleanup() };
-    let Cleanup { mut removed, mut kept } = match result {
+    let Cleanup { mut removed, mut kept, failed: mut not_removed } = match result {
         Ok(done) => done,
         Err(e) => return failed(&e),
     };
     removed.sort_by(|a, b| a.path.cmp(&b.path));
     kept.sort_by(|a, b| a.0.path.cmp(&b.0.path));
+    not_removed.sort_by(|a, b| a.0.path.cmp(&b.0.path));
     let mut out = BufWriter::new(io::stdout().lock());
     let printed = match format {
         Format::Table => print_cleanup_table(&mut out, &removed, &kept, dry_run),
-        Format::Json => print_cleanup_json(&mut out, &removed, &kept, dry_run),
+        Format::Json => print_cleanup_json(&mut out, &removed, &kept, &not_removed, dry_run),
     };
     let _ = printed.and_then(|()| out.flush());
     drop(out);
+    for (e, why) in &not_removed {
+        say(format_args!("could not remove {}: {}", path_text(&e.path), super::one_line(why)));
+    }
+    if !not_removed.is_empty() {
+        return ExitCode::from(CLEANUP_FAILED);
+    }
     // What is left decides the exit code; its ignored files explain what
     // cleanup left alone (symlinks, directories, unreadable files).
     match scanner.scan() {
@@ -176,6 +196,7 @@ fn print_cleanup_json(
     out: &mut impl Write,
     removed: &[ScanEntry],
     kept: &[(ScanEntry, String)],
+    failed: &[(ScanEntry, String)],
     dry_run: bool,
 ) -> io::Result<()> {
     let action = if dry_run { "would_remove" } else { "removed" };
@@ -188,6 +209,12 @@ fn print_cleanup_json(
         let mut obj = entry_json(e);
         obj.insert("action".into(), "kept".into());
         obj.insert("kept_because".into(), why.as_str().into());
+        writeln!(out, "{}", Value::from(obj))?;
+    }
+    for (e, why) in failed {
+        let mut obj = entry_json(e);
+        obj.insert("action".into(), "failed".into());
+        obj.insert("error".into(), why.as_str().into());
         writeln!(out, "{}", Value::from(obj))?;
     }
     Ok(())

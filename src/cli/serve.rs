@@ -19,6 +19,9 @@ use heartbeat::{BeatGuard, Beater, DEFAULT_INTERVAL, Error};
 /// idle hub costs no CPU here.
 const HUB_CHECK: Duration = Duration::from_secs(5);
 
+/// Events waiting to be printed at most; beyond, they are dropped and counted.
+const EVENT_QUEUE: usize = 4096;
+
 /// Run the peer hub, a JoinMarket directory node, until SIGINT or SIGTERM.
 ///
 /// Peers connect over TCP and handshake; their PUBMSGs are relayed to every
@@ -29,13 +32,15 @@ const HUB_CHECK: Duration = Duration::from_secs(5);
 /// orderbook request) and evicted if no PONG comes within --pong-wait; peers
 /// idle for longer than --hard-evict are evicted outright. Prints
 /// `listening on ADDR as NICK (network NET)` (and `status on ADDR`) once it
-/// is up. Joins and leaves are logged at info level (RUST_LOG=info).
+/// is up. Joins and leaves are logged at debug level (RUST_LOG=debug), or
+/// printed as JSON lines with --format json.
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Examples:
   heartbeat serve
   heartbeat serve --listen 0.0.0.0:5222 --motd 'welcome' --status 127.0.0.1:9222
   heartbeat serve --beat-file /run/hub/heartbeat.json   # heartbeat check /run/hub/heartbeat.json
+  heartbeat serve --format json | jq .                  # joins, leaves, evictions as JSON lines
 
 Status endpoint (--status ADDR): GET /health (200 while the hub runs, 503
 once it does not; JSON), GET /status (every peer and the counters; JSON),
@@ -52,11 +57,13 @@ address in use, a beat file that cannot be written) or stopped on its own;
 2 for bad arguments, including --idle not less than --hard-evict and a
 malformed --nick.")]
 pub struct ServeArgs {
-    /// Where peers connect. The default is loopback only.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5222")]
+    /// Where peers connect, HOST:PORT (a name resolves to its first
+    /// address). The default is loopback only.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5222", value_parser = super::parse_socket_addr)]
     listen: SocketAddr,
-    /// The network peers must handshake for (mainnet, testnet, signet, regtest).
-    #[arg(long, value_name = "NET", default_value = "mainnet")]
+    /// The network peers must handshake for: mainnet, testnet, signet,
+    /// regtest, or any other name (1 to 64 letters, digits, `-`, `_`, `.`).
+    #[arg(long, value_name = "NET", default_value = "mainnet", value_parser = super::parse_network)]
     network: String,
     /// The directory's own nick (J5, base58, padded with O to 16 characters); random if not given.
     #[arg(long, value_name = "NICK")]
@@ -86,11 +93,15 @@ pub struct ServeArgs {
     #[arg(long)]
     announce_takers: bool,
     /// Serve /health, /status and /metrics over HTTP on ADDR (e.g. 127.0.0.1:9222).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = super::parse_socket_addr)]
     status: Option<SocketAddr>,
     /// Keep a heartbeat file at PATH (every 10 s, removed on exit) for `heartbeat check`.
     #[arg(long, value_name = "PATH")]
     beat_file: Option<PathBuf>,
+    /// Print the start line and every join, leave, eviction and rejection
+    /// as one JSON object per line on stdout (text: the start lines only).
+    #[arg(long, value_enum, default_value_t = super::Format::Text)]
+    format: super::Format,
 }
 
 impl ServeArgs {
@@ -136,7 +147,8 @@ pub fn run(args: ServeArgs) -> ExitCode {
         Ok(hub) => Arc::new(hub),
         Err(e) => return failed(&e),
     };
-    let mut events = hub.events();
+    // Bounded: peers that come and go must not grow memory while stdout is slow.
+    let mut events = hub.subscribe_bounded(EVENT_QUEUE);
     let status = match args.status.map(|addr| StatusServer::start(addr, hub.clone())).transpose() {
         Ok(status) => status,
         Err(e) => {
@@ -157,12 +169,33 @@ pub fn run(args: ServeArgs) -> ExitCode {
 
     // Everything is up: say where. Tests read this to learn the ports.
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "listening on {} as {} (network {})", hub.local_addr(), hub.nick(), hub.network());
-    if let Some(status) = &status {
-        let _ = writeln!(out, "status on {}", status.local_addr());
+    match args.format {
+        super::Format::Text => {
+            let _ = writeln!(
+                out,
+                "listening on {} as {} (network {})",
+                hub.local_addr(),
+                hub.nick(),
+                hub.network()
+            );
+            if let Some(status) = &status {
+                let _ = writeln!(out, "status on {}", status.local_addr());
+            }
+        }
+        super::Format::Json => {
+            let line = serde_json::json!({
+                "event": "listening",
+                "addr": hub.local_addr().to_string(),
+                "nick": hub.nick(),
+                "network": hub.network(),
+                "status": status.as_ref().map(|s| s.local_addr().to_string()),
+            });
+            let _ = writeln!(out, "{line}");
+        }
     }
     let _ = out.flush();
     drop(out);
+    let mut dropped_seen = 0;
 
     // Signals wake the main thread through a channel: no polling of the flag.
     let signals = match super::SignalChannel::new() {
@@ -186,7 +219,17 @@ pub fn run(args: ServeArgs) -> ExitCode {
         select! {
             recv(signals.rx) -> _ => {}
             recv(events) -> event => match event {
-                Ok(event) => log_event(&event),
+                Ok(event) => {
+                    log_event(&event);
+                    if args.format == super::Format::Json {
+                        print_json(&event);
+                        let dropped = hub.events_dropped();
+                        if dropped > dropped_seen {
+                            log::warn!("{} events not printed: stdout was too slow", dropped - dropped_seen);
+                            dropped_seen = dropped;
+                        }
+                    }
+                }
                 // Only if the hub were gone; keep waiting on the signals alone.
                 Err(_) => events = crossbeam_channel::never(),
             },
@@ -225,14 +268,37 @@ fn beat(path: &Path, hub: &Hub, status: Option<&StatusServer>) -> Result<BeatGua
     beater.start()
 }
 
+/// One event as one JSON line on stdout. A closed stdout is ignored here:
+/// the hub goes on serving.
+fn print_json(event: &HubEvent) {
+    use serde_json::json;
+    let line = match event {
+        HubEvent::Joined { id, nick, location, ping } => json!({
+            "event": "joined", "id": id, "nick": nick, "location": location.to_string(),
+            "maker": location.is_maker(), "ping": ping,
+        }),
+        HubEvent::Left { id, nick, reason } => {
+            json!({"event": "left", "id": id, "nick": nick, "reason": reason})
+        }
+        HubEvent::Evicted { id, nick, reason } => {
+            json!({"event": "evicted", "id": id, "nick": nick, "reason": reason.to_string()})
+        }
+        HubEvent::Rejected { addr, reason } => {
+            json!({"event": "rejected", "addr": addr.to_string(), "reason": reason})
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
 fn log_event(event: &HubEvent) {
     match event {
         HubEvent::Joined { nick, location, ping, .. } => {
             let role = if location.is_maker() { "maker" } else { "taker" };
             let ping = if *ping { "ping" } else { "no ping" };
-            log::info!("{nick} joined: {role} at {location}, {ping}");
+            log::debug!("{nick} joined: {role} at {location}, {ping}");
         }
-        HubEvent::Left { nick, reason, .. } => log::info!("{nick} left: {reason}"),
+        HubEvent::Left { nick, reason, .. } => log::debug!("{nick} left: {reason}"),
         // The hub logs these itself: evictions at info, with the address,
         // and rejections at debug.
         HubEvent::Evicted { .. } | HubEvent::Rejected { .. } => {}

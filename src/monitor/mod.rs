@@ -430,7 +430,7 @@ fn nanos(d: Duration) -> u64 {
 /// use heartbeat::{Event, Monitor};
 ///
 /// let monitor = Monitor::builder().timeout(Duration::from_secs(30)).build()?;
-/// let events = monitor.events();
+/// let events = monitor.subscribe();
 /// let _sweeper = monitor.start()?;          // sweeps every check_interval (5 s)
 /// monitor.register("session-1", "worker");
 /// assert!(monitor.beat("session-1"));
@@ -652,21 +652,36 @@ impl Monitor {
         }
     }
 
-    /// A new channel that receives every event from now on. Each call makes
-    /// its own channel; dropping the receiver unsubscribes it. Events pile up
-    /// in a receiver that is kept but not read.
-    pub fn events(&self) -> Receiver<Event> {
-        self.subscribe(crossbeam_channel::unbounded())
+    /// A new subscription: a channel that receives every event from now on.
+    /// Each call makes its own channel; dropping the receiver unsubscribes
+    /// it. Events pile up in a receiver that is kept but not read (see
+    /// [`subscribe_bounded`](Self::subscribe_bounded)).
+    pub fn subscribe(&self) -> Receiver<Event> {
+        self.add_subscriber(crossbeam_channel::unbounded())
     }
 
-    /// [`events`](Self::events) through a channel that holds at most
+    /// The old name of [`subscribe`](Self::subscribe): `events()` on
+    /// [`Watch`](crate::Watch) and [`PeerClient`](crate::peer::PeerClient)
+    /// is their one channel, not a new one.
+    #[deprecated(since = "0.2.0", note = "renamed `subscribe()`: each call is a new subscription")]
+    pub fn events(&self) -> Receiver<Event> {
+        self.subscribe()
+    }
+
+    /// The old name of [`subscribe_bounded`](Self::subscribe_bounded).
+    #[deprecated(since = "0.2.0", note = "renamed `subscribe_bounded()`")]
+    pub fn events_bounded(&self, capacity: usize) -> Receiver<Event> {
+        self.subscribe_bounded(capacity)
+    }
+
+    /// [`subscribe`](Self::subscribe) through a channel that holds at most
     /// `capacity` events: when it is full, events for it are dropped, never
     /// waited for, and counted ([`events_dropped`](Self::events_dropped)).
     /// For a consumer that must not let a burst (a million sessions timing
     /// out at once, or a client reporting failures in a loop) grow memory
     /// without bound. A `capacity` of 0 is taken as 1.
-    pub fn events_bounded(&self, capacity: usize) -> Receiver<Event> {
-        self.subscribe(crossbeam_channel::bounded(capacity.max(1)))
+    pub fn subscribe_bounded(&self, capacity: usize) -> Receiver<Event> {
+        self.add_subscriber(crossbeam_channel::bounded(capacity.max(1)))
     }
 
     /// Events dropped so far because a bounded subscriber's channel was full.
@@ -674,7 +689,7 @@ impl Monitor {
         self.inner.events_dropped.load(Ordering::Relaxed)
     }
 
-    fn subscribe(&self, (tx, rx): (Sender<Event>, Receiver<Event>)) -> Receiver<Event> {
+    fn add_subscriber(&self, (tx, rx): (Sender<Event>, Receiver<Event>)) -> Receiver<Event> {
         let mut subscribers = self.inner.subscribers.lock();
         subscribers.push(tx);
         self.inner.has_subscribers.store(true, Ordering::SeqCst);
@@ -1579,7 +1594,7 @@ mod tests {
     #[test]
     fn dropped_subscribers_are_pruned() {
         let monitor = Monitor::builder().build().unwrap();
-        drop(monitor.events());
+        drop(monitor.subscribe());
         monitor.register("s", "w");
         monitor.unregister("s");
         assert!(monitor.inner.subscribers.lock().is_empty());

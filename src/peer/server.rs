@@ -201,6 +201,7 @@ pub(super) struct Shared {
     pub(super) registry: Registry,
     pub(super) counters: Counters,
     subscribers: Mutex<Vec<Sender<HubEvent>>>,
+    events_dropped: std::sync::atomic::AtomicU64,
     pub(super) nick: String,
     pub(super) clock: SharedClock,
 }
@@ -211,7 +212,14 @@ impl Shared {
         if subscribers.is_empty() {
             return;
         }
-        subscribers.retain(|s| s.send(event.clone()).is_ok());
+        subscribers.retain(|s| match s.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(crossbeam_channel::TrySendError::Full(_)) => {
+                self.events_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                true
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
+        });
     }
 }
 
@@ -254,6 +262,7 @@ impl Hub {
             registry: Registry::default(),
             counters: Counters::default(),
             subscribers: Mutex::new(Vec::new()),
+            events_dropped: std::sync::atomic::AtomicU64::new(0),
             nick: config.nick.clone().unwrap_or_else(wire::random_nick),
             clock: config.clock.clone(),
         });
@@ -312,12 +321,36 @@ impl Hub {
         &self.network
     }
 
-    /// A channel of every event from now on; dropping it unsubscribes.
-    /// Unbounded: read it, or drop it.
-    pub fn events(&self) -> Receiver<HubEvent> {
+    /// A new subscription: a channel of every event from now on; dropping
+    /// it unsubscribes. Unbounded: read it, or drop it (or use
+    /// [`subscribe_bounded`](Self::subscribe_bounded): peers that come and
+    /// go make events as fast as they like).
+    pub fn subscribe(&self) -> Receiver<HubEvent> {
         let (tx, rx) = crossbeam_channel::unbounded();
         self.shared.subscribers.lock().push(tx);
         rx
+    }
+
+    /// [`subscribe`](Self::subscribe) through a channel that holds at most
+    /// `capacity` events (0 is taken as 1): when it is full, events for it
+    /// are dropped, never waited for, and counted
+    /// ([`events_dropped`](Self::events_dropped)).
+    pub fn subscribe_bounded(&self, capacity: usize) -> Receiver<HubEvent> {
+        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        self.shared.subscribers.lock().push(tx);
+        rx
+    }
+
+    /// Events dropped so far because a bounded subscriber's channel was full.
+    pub fn events_dropped(&self) -> u64 {
+        self.shared.events_dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The old name of [`subscribe`](Self::subscribe): `events()` on
+    /// [`PeerClient`](crate::peer::PeerClient) is its one channel, not a new one.
+    #[deprecated(since = "0.2.0", note = "renamed `subscribe()`: each call is a new subscription")]
+    pub fn events(&self) -> Receiver<HubEvent> {
+        self.subscribe()
     }
 
     /// Handshaked peers now.

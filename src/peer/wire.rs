@@ -71,7 +71,7 @@ pub const MAX_FEATURE_VALUE: usize = 512;
 /// Longest feature name, in bytes; names are `[a-z0-9_]+`.
 const MAX_FEATURE_NAME: usize = 64;
 /// Longest `app-name` and `network`, in bytes (joinmarket-rs's limit).
-const MAX_NAME: usize = 64;
+pub const MAX_NAME: usize = 64;
 /// Longest `location-string`, in bytes (joinmarket-rs's limit).
 const MAX_LOCATION: usize = 72;
 

@@ -221,10 +221,14 @@ pub struct Cleanup {
     /// Files removed (or, in a dry run, that would be). A file that was
     /// already gone counts as removed.
     pub removed: Vec<ScanEntry>,
-    /// Files left alone although the scan found them STALE or ORPHAN, with
-    /// why: they turned out FRESH on a second look, stopped being regular
-    /// files, or could not be removed.
+    /// Files left alone on purpose although the scan found them STALE or
+    /// ORPHAN, with why: they turned out FRESH on a second look, were
+    /// replaced by a writer, or stopped being regular files.
     pub kept: Vec<(ScanEntry, String)>,
+    /// Files that should have gone but could not be removed, with the
+    /// operating system's error (permission denied, a read-only file
+    /// system, ...). Empty in a dry run.
+    pub failed: Vec<(ScanEntry, String)>,
 }
 
 /// Configures a [`Scanner`]. Get one from [`Scanner::builder`].
@@ -900,7 +904,8 @@ impl Inner {
                 Ok(Some(_)) if !remove => done.removed.push(entry),
                 Ok(Some(id)) => match self.remove(&dir, &name, id, &mut reader) {
                     Ok(()) => done.removed.push(entry),
-                    Err(why) => done.kept.push((entry, why)),
+                    Err(Removal::Kept(why)) => done.kept.push((entry, why)),
+                    Err(Removal::Failed(why)) => done.failed.push((entry, why)),
                 },
             }
         }
@@ -929,20 +934,27 @@ impl Inner {
 
     /// Unlinks `name` if it is still the file `id` that was judged: a writer
     /// that renamed a new file into place since keeps it.
-    fn remove(&self, dir: &File, name: &OsStr, id: FileId, reader: &mut Reader<'_>) -> Result<(), String> {
+    fn remove(&self, dir: &File, name: &OsStr, id: FileId, reader: &mut Reader<'_>) -> Result<(), Removal> {
         let name = reader.c_name(name);
         match crate::sys::stat_at(dir.as_fd(), name) {
             Ok(st) if st.regular && st.dev == id.dev && st.ino == id.ino => {}
-            Ok(_) => return Err("replaced since it was judged".into()),
+            Ok(_) => return Err(Removal::Kept("replaced since it was judged".into())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(format!("cannot stat: {e}")),
+            Err(e) => return Err(Removal::Failed(format!("cannot stat: {e}"))),
         }
         match crate::sys::unlink_at(dir.as_fd(), name) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("cannot remove: {e}")),
+            Err(e) => Err(Removal::Failed(format!("cannot remove: {e}"))),
         }
     }
+}
+
+/// Why a file was not removed: on purpose, or an error.
+#[derive(Debug, PartialEq, Eq)]
+enum Removal {
+    Kept(String),
+    Failed(String),
 }
 
 /// Why a directory entry of this type is not read.
@@ -996,7 +1008,7 @@ mod tests {
 
         let other = FileId { ino: judged.ino + 1, ..judged };
         let kept = scanner.inner.remove(&handle, name, other, &mut reader);
-        assert_eq!(kept, Err("replaced since it was judged".into()));
+        assert_eq!(kept, Err(Removal::Kept("replaced since it was judged".into())));
         assert!(path.exists());
         assert_eq!(scanner.inner.remove(&handle, name, judged, &mut reader), Ok(()));
         assert!(!path.exists());

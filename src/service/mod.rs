@@ -301,7 +301,7 @@ impl MonitorService {
         // bounded channel, so that a burst (a million sessions timing out at
         // once, a client failing in a loop) costs dropped events, counted,
         // and never unbounded memory.
-        let events = monitor.events_bounded(EVENT_QUEUE);
+        let events = monitor.subscribe_bounded(EVENT_QUEUE);
         let sweeper = monitor.start()?;
         shared.sweeping.store(true, Ordering::SeqCst);
 

@@ -41,7 +41,7 @@ pub fn nick_of(event: &HubEvent) -> Option<&str> {
 
 impl Events {
     pub fn of(hub: &Hub) -> Events {
-        Events { rx: hub.events(), seen: Vec::new() }
+        Events { rx: hub.subscribe(), seen: Vec::new() }
     }
 
     pub fn drain(&mut self) {
