@@ -4,6 +4,7 @@
 //! and its pieces: the wire format ([`wire`]), the heartbeat's decisions
 //! ([`sweep`]), the per-peer [`Limits`] and the registry of handshaked peers.
 
+pub mod auth;
 mod client;
 mod io;
 mod limits;
