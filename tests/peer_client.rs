@@ -387,7 +387,8 @@ fn pings_are_answered_with_the_exact_pong_bytes() {
         ClientEvent::Connected {
             nick: "J5FakeDirOOOOOOO".into(),
             motd: Some("hello\nworld".into()),
-            ping: true
+            ping: true,
+            verified: false
         }
     );
     for ping in [&b"{\"type\": 798, \"line\": \"\"}\r\n"[..], b"{\"type\":798,\"line\":\"\"}\n"] {

@@ -260,7 +260,23 @@ pub fn message(
     nick: &str,
     pubkey: &str,
 ) -> Vec<u8> {
-    let line_hash = hex(&sha256(handshake_line.as_bytes()));
+    message_hashed(challenge, directory_id, &line_hash(handshake_line), nick, pubkey)
+}
+
+/// The SHA-256 of a 793 `line` (its UTF-8 bytes) in lowercase hex: what the
+/// signed message carries of the handshake, and all a directory keeps of it.
+pub fn line_hash(handshake_line: &str) -> String {
+    hex(&sha256(handshake_line.as_bytes()))
+}
+
+/// [`message`], given the [`line_hash`] of the 793 line.
+pub fn message_hashed(
+    challenge: &str,
+    directory_id: &str,
+    line_hash: &str,
+    nick: &str,
+    pubkey: &str,
+) -> Vec<u8> {
     format!("nick-auth|{challenge}|{directory_id}|{line_hash}|{nick}|{pubkey}{DOMAIN}").into_bytes()
 }
 
@@ -314,6 +330,18 @@ pub fn verify(
     nick: &str,
     proof: &Proof,
 ) -> Result<(), Refusal> {
+    verify_hashed(challenge, directory_id, &line_hash(handshake_line), nick, proof)
+}
+
+/// [`verify`], given the [`line_hash`] of the 793 line (a directory keeps
+/// the hash, not the line, while it waits for the proof).
+pub fn verify_hashed(
+    challenge: &str,
+    directory_id: &str,
+    line_hash: &str,
+    nick: &str,
+    proof: &Proof,
+) -> Result<(), Refusal> {
     if !is_lower_hex(&proof.pubkey, PUBKEY_HEX) || !matches!(&proof.pubkey[..2], "02" | "03") {
         return Err(Refusal::malformed("the pubkey is not a compressed key in lowercase hex"));
     }
@@ -340,7 +368,7 @@ pub fn verify(
     if normal != signature {
         return Err(Refusal::invalid("the signature has a high S"));
     }
-    let digest = message_hash(&message(challenge, directory_id, handshake_line, nick, &proof.pubkey));
+    let digest = message_hash(&message_hashed(challenge, directory_id, line_hash, nick, &proof.pubkey));
     Secp256k1::verification_only()
         .verify_ecdsa(Message::from_digest(digest), &signature, &key)
         .map_err(|_| Refusal::invalid("the signature does not verify"))
