@@ -677,4 +677,15 @@ fn a_bad_maker_location_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     let out = heartbeat().args(["peer", "127.0.0.1:5222", "--nick", "bob"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+    // Requiring nick authentication without a key, and a nick with a key.
+    let out = heartbeat().args(["peer", "127.0.0.1:5222", "--nick-auth", "require"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("requiring nick authentication needs"));
+    let args = ["peer", "127.0.0.1:5222", "--nick", "J5DirNickOOOOOOO", "--key-file", "/nonexistent/k"];
+    assert_eq!(heartbeat().args(args).output().unwrap().status.code(), Some(2));
+    // A key file that cannot be created: 1, naming the file.
+    let out =
+        heartbeat().args(["peer", "127.0.0.1:5222", "--key-file", "/nonexistent/dir/k"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/dir/k"));
 }

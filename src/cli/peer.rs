@@ -48,7 +48,9 @@ characters escaped):
   error REASON
 
 Exit codes: 0 after SIGINT or SIGTERM (or once stdout is closed), 1 if the
-client could not run, 2 for bad arguments.")]
+client could not run (e.g. a --key-file that cannot be read or created), 2
+for bad arguments (also --nick-auth require without --key-file or a
+directory id).")]
 pub struct PeerArgs {
     /// The directory node, HOST:PORT (a name resolves to its first address).
     #[arg(value_name = "HOST:PORT", value_parser = parse_endpoint)]
@@ -146,6 +148,11 @@ pub fn run(args: PeerArgs) -> ExitCode {
     };
     let client = match PeerClient::start(config) {
         Ok(client) => client,
+        Err(e @ heartbeat::Error::InvalidConfig(_)) => {
+            // A combination clap cannot see, e.g. --nick-auth require without a key.
+            let _ = writeln!(io::stderr().lock(), "heartbeat peer: {}", super::one_line(&e.to_string()));
+            return ExitCode::from(2);
+        }
         Err(e) => return failed(&e),
     };
     log::info!("peer {} connecting to {}", client.nick(), client.addr());

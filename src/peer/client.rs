@@ -206,6 +206,15 @@ pub enum ClientEvent {
 /// `\n`; a line longer than [`wire::MAX_LINE`] bytes (terminator included)
 /// or one that is not an envelope ends the session. Then it reconnects.
 ///
+/// # Nick authentication (JMP-0005)
+/// With an [`Identity`] and the directory id it expects
+/// ([`PeerClientConfig::nick_auth_id`]), the client advertises `nick_auth`;
+/// a directory that advertises it too sends a challenge (803) after its
+/// 795, which the client answers with its proof (805) only if the challenge
+/// names the expected id, and the directory's answer (807) decides
+/// [`ClientEvent::Connected`]'s `verified`, or a `Refused`. Each step waits
+/// at most `connect_timeout`.
+///
 /// # Reconnecting
 /// After every failed attempt or ended session the client waits, then tries
 /// again: `reconnect_min` first, doubling after each wait up to
