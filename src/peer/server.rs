@@ -217,8 +217,9 @@ pub enum HubEvent {
         reason: EvictReason,
     },
     /// A connection that never became a peer was closed: a refused or
-    /// malformed handshake, none in time, or a limit (the peer limit, or the
-    /// pool of connections not yet handshaked was full). The `rejected`
+    /// malformed handshake, none in time, a failed or missing nick-auth
+    /// proof, or a limit (the peer limit, or the pool of connections not yet
+    /// handshaked was full). The `rejected`
     /// counter counts exactly these.
     Rejected {
         /// The remote address.
