@@ -419,3 +419,29 @@ fn the_client_never_signs_a_challenge_for_another_directory() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn max_peers_holds_for_proofs_that_arrive_together() {
+    let hub = hub(|c| c.max_peers = 1);
+    let (a, b) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    // Both are challenged while the hub is empty...
+    let mut challenged: Vec<(Raw, String, auth::Challenge)> = [&a, &b]
+        .iter()
+        .map(|identity| {
+            let mut raw = Raw::connect(hub.local_addr());
+            let hello = raw.hello(identity.nick(), &Location::Taker, true);
+            raw.expect(wire::DN_HANDSHAKE);
+            let challenge = auth::parse_challenge(&raw.expect(auth::CHALLENGE)).unwrap();
+            (raw, hello, challenge)
+        })
+        .collect();
+    // ...and only the first proof makes a peer.
+    for ((raw, hello, challenge), (identity, code)) in
+        challenged.iter_mut().zip([(&a, Code::Ok), (&b, Code::Policy)])
+    {
+        let proof = identity.sign(&challenge.challenge, &challenge.directory_id, hello);
+        raw.send(auth::PROOF, &auth::encode_proof(&proof));
+        assert_eq!(auth::parse_result(&raw.expect(auth::RESULT)), Ok(code));
+    }
+    assert_eq!(hub.peer_count(), 1);
+}

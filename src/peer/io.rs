@@ -1044,6 +1044,10 @@ impl Io {
             Err(refusal) => return self.auth_failed(conn, &nick, refusal.code, &refusal.why),
         };
         match self.shared.registry.owner(&nick) {
+            // Checked again: other proofs may have filled the hub since its 793.
+            None if self.shared.registry.len() >= self.config.max_peers => {
+                return self.auth_failed(conn, &nick, Code::Policy, "the hub has its maximum of peers");
+            }
             None => {}
             Some((_, Some(key))) if key != pubkey => {
                 return self.auth_failed(
