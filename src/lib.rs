@@ -12,7 +12,8 @@
 //! - **A directory of per-process heartbeat files:** [`Scanner`] judges each
 //!   FRESH, STALE, ORPHAN, REMOTE or SKEWED, cleans up safely and watches.
 //! - **Peers over TCP:** [`peer::Hub`], a presence server speaking the
-//!   JoinMarket directory-node heartbeat, and [`peer::PeerClient`].
+//!   JoinMarket directory-node heartbeat, and [`peer::PeerClient`]; both
+//!   sides of JMP-0005 nick authentication ([`peer::auth`]).
 //! - **An HTTP front of our own** ([`http::HttpServer`]): one mio thread for
 //!   every connection, every client-grown resource bounded; the hub's status
 //!   endpoint runs on it.

@@ -387,7 +387,8 @@ fn pings_are_answered_with_the_exact_pong_bytes() {
         ClientEvent::Connected {
             nick: "J5FakeDirOOOOOOO".into(),
             motd: Some("hello\nworld".into()),
-            ping: true
+            ping: true,
+            verified: false
         }
     );
     for ping in [&b"{\"type\": 798, \"line\": \"\"}\r\n"[..], b"{\"type\":798,\"line\":\"\"}\n"] {
@@ -583,7 +584,10 @@ fn the_binary_prints_events_and_exits_0_on_sigterm() {
         }
     });
     let first = lines.recv_timeout(BOUND).unwrap();
-    assert_eq!(first, format!("connected {} ping=yes motd={}", hub.nick(), heartbeat::peer::DEFAULT_MOTD));
+    assert_eq!(
+        first,
+        format!("connected {} ping=yes verified=no motd={}", hub.nick(), heartbeat::peer::DEFAULT_MOTD)
+    );
     let (location, ping) = joined(&hub_events, &nick);
     assert_eq!((location.to_string(), ping), (onion(), false));
 
@@ -602,6 +606,68 @@ fn the_binary_prints_events_and_exits_0_on_sigterm() {
 }
 
 #[test]
+fn the_binary_proves_its_nick_with_a_key_file_it_creates_0600_and_never_prints() {
+    let hub = Hub::start(HubConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        network: "regtest".into(),
+        nick_auth_id: Some("hub.example:5222".into()),
+        nick_auth: heartbeat::peer::NickAuthMode::Require,
+        ..HubConfig::default()
+    })
+    .unwrap();
+    let hub_events = hub.subscribe();
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("peer.key");
+    let addr = hub.local_addr().to_string();
+    let key = key_file.to_str().unwrap();
+    let args =
+        ["peer", &addr, "--network", "regtest", "--key-file", key, "--nick-auth-id", "hub.example:5222"];
+    let mut child = Running(
+        heartbeat()
+            .args(args)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.starts_with(&format!("connected {} ping=yes verified=yes", hub.nick())), "{first}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let secret = std::fs::read_to_string(&key_file).unwrap().trim().to_owned();
+    let identity = heartbeat::peer::Identity::from_hex(&secret).unwrap();
+    let nick = identity.nick().to_owned();
+    let deadline = Instant::now() + BOUND;
+    loop {
+        match hub_events.recv_deadline(deadline).expect("the verified join") {
+            HubEvent::Joined { nick: n, verified, .. } if n == nick => {
+                assert!(verified);
+                break;
+            }
+            _ => {}
+        }
+    }
+    heartbeat::process::send_signal(child.0.id(), libc::SIGTERM).unwrap();
+    assert_eq!(child.wait().code(), Some(0));
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let mut stderr = String::new();
+    child.0.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(stderr.contains(&nick), "debug logs name the nick: {stderr}");
+    for text in [&first, &rest, &stderr] {
+        assert!(!text.contains(&secret), "the secret key was printed");
+    }
+    // The same file again: the same nick.
+    let again = heartbeat::peer::Identity::load_or_create(&key_file).unwrap();
+    assert_eq!(again.nick(), nick);
+}
+
+#[test]
 fn a_bad_maker_location_is_a_usage_error() {
     for bad in ["NOT-SERVING-ONION", "example.onion:5222", &onion().replace(":5222", ":0")] {
         let out = heartbeat().args(["peer", "127.0.0.1:5222", "--maker", bad]).output().unwrap();
@@ -614,4 +680,15 @@ fn a_bad_maker_location_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     let out = heartbeat().args(["peer", "127.0.0.1:5222", "--nick", "bob"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+    // Requiring nick authentication without a key, and a nick with a key.
+    let out = heartbeat().args(["peer", "127.0.0.1:5222", "--nick-auth", "require"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("requiring nick authentication needs"));
+    let args = ["peer", "127.0.0.1:5222", "--nick", "J5DirNickOOOOOOO", "--key-file", "/nonexistent/k"];
+    assert_eq!(heartbeat().args(args).output().unwrap().status.code(), Some(2));
+    // A key file that cannot be created: 1, naming the file.
+    let out =
+        heartbeat().args(["peer", "127.0.0.1:5222", "--key-file", "/nonexistent/dir/k"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/dir/k"));
 }

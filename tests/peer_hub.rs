@@ -989,7 +989,13 @@ fn counters_and_peers_reflect_the_run() {
         events.wait("d's join", |ev| matches!(ev, HubEvent::Joined { nick, .. } if *nick == d.nick));
     assert_eq!(
         joined,
-        HubEvent::Joined { id: joined_id(&joined), nick: d.nick.clone(), location: maker(1), ping: false }
+        HubEvent::Joined {
+            id: joined_id(&joined),
+            nick: d.nick.clone(),
+            location: maker(1),
+            ping: false,
+            verified: false
+        }
     );
     let peers = hub.peers();
     let summary: Vec<_> =
@@ -1059,7 +1065,9 @@ fn counters_and_peers_reflect_the_run() {
             ("protocol", 1),
             ("handshake_timeout", 0),
             ("rate_limited", 0),
-            ("spoofed", 0)
+            ("spoofed", 0),
+            ("displaced", 0),
+            ("nick_auth_timeout", 0)
         ]
     );
     let m = &counters.messages;

@@ -294,6 +294,10 @@ fn invalid_combinations_exit_2_with_the_library_message() {
         (&["--pong-wait", "soon"], "not a positive, finite number of seconds"),
         (&["--max-peers", "0"], "error"),
         (&["--listen", "localhost"], "error"),
+        (&["--nick-auth", "require"], "cannot be required without a directory id"),
+        (&["--nick-auth-id", "x:1", "--nick-auth-timeout", "31"], "nick-auth timeout"),
+        (&["--nick-auth-id", "has space"], "directory id"),
+        (&["--nick-auth", "sometimes"], "error"),
     ] {
         let out = heartbeat().arg("serve").args(["--listen", "127.0.0.1:0"]).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));

@@ -4,6 +4,7 @@
 use std::fmt::Display;
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use clap::Args;
 use crossbeam_channel::RecvTimeoutError;
 use heartbeat::peer::wire::{self, Location};
-use heartbeat::peer::{ClientEvent, PeerClient, PeerClientConfig};
+use heartbeat::peer::{ClientEvent, Identity, NickAuthMode, PeerClient, PeerClientConfig};
 
 /// How often the event loop looks at the signal flag while no event arrives.
 const SIGNAL_CHECK: Duration = Duration::from_millis(200);
@@ -22,16 +23,23 @@ const SIGNAL_CHECK: Duration = Duration::from_millis(200);
 /// Handshakes as a taker (or, with --maker, a maker at ONION:PORT), answers
 /// the directory's PINGs, and reconnects with a backoff from 1 s doubling to
 /// 60 s whenever the connection fails or ends.
+///
+/// With --key-file the nick is derived from a secp256k1 key kept in FILE, and
+/// the client proves it to a directory that offers nick authentication
+/// (JMP-0005), signing only challenges that name the directory id it expects:
+/// --nick-auth-id, or the dialled HOST:PORT itself when it is an onion service.
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Examples:
   heartbeat peer 127.0.0.1:5222 --network regtest
   heartbeat peer dir.example:5222 --no-ping
   heartbeat peer 127.0.0.1:5222 --maker <56 base32 chars>.onion:5222
+  heartbeat peer 127.0.0.1:5222 --key-file peer.key --nick-auth-id 127.0.0.1:5222
 
 Output, one line per event (text from the network has its control
 characters escaped):
-  connected NICK ping=yes|no [motd=TEXT]   (the directory's nick; whether it pings)
+  connected NICK ping=yes|no verified=yes|no [motd=TEXT]
+      (the directory's nick; whether it pings; whether it verified our nick)
   refused REASON
   ping answered | ping ignored
   peerlist [NICK;LOCATION[;D],...]
@@ -40,19 +48,33 @@ characters escaped):
   error REASON
 
 With --format json, the same events as one JSON object per line:
-  {\"event\": \"connected\", \"nick\": ..., \"motd\": ..., \"ping\": true}, and
+  {\"event\": \"connected\", \"nick\", \"motd\", \"ping\", \"verified\"}, and
   refused, ping, peerlist (\"peers\": [{nick, location, disconnected}]),
   message (\"type\", \"line\"), disconnected and error (\"reason\").
 
 Exit codes: 0 after SIGINT or SIGTERM (or once stdout is closed), 1 if the
-client could not run, 2 for bad arguments.")]
+client could not run (e.g. a --key-file that cannot be read or created), 2
+for bad arguments (also --nick-auth require without --key-file or a
+directory id).")]
 pub struct PeerArgs {
     /// The directory node, HOST:PORT (a name resolves to its first address).
-    #[arg(value_name = "HOST:PORT", value_parser = super::parse_socket_addr)]
-    addr: SocketAddr,
+    #[arg(value_name = "HOST:PORT", value_parser = parse_endpoint)]
+    addr: Endpoint,
     /// Our nick (J5, then base58, padded with O to 16 characters); random by default.
-    #[arg(long, value_name = "NICK", value_parser = parse_nick)]
+    #[arg(long, value_name = "NICK", value_parser = parse_nick, conflicts_with = "key_file")]
     nick: Option<String>,
+    /// Our secp256k1 secret key (64 hex characters), created with mode 0600 when missing;
+    /// the nick is derived from it. Never printed or logged.
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    /// The directory id to expect in nick-auth challenges; default HOST:PORT when it is
+    /// <56 base32 chars>.onion:PORT. Nick authentication is offered only with a key and an id.
+    #[arg(long, value_name = "ID")]
+    nick_auth_id: Option<String>,
+    /// prefer: authenticate when the directory offers it; require: refuse a directory that
+    /// does not (needs --key-file and a directory id); off: never offer it.
+    #[arg(long, value_name = "MODE", default_value = "prefer", value_parser = ["prefer", "require", "off"])]
+    nick_auth: String,
     /// The network to handshake for: mainnet, testnet, signet, regtest, or
     /// any other name the directory serves.
     #[arg(long, value_name = "NET", default_value = "mainnet", value_parser = super::parse_network)]
@@ -66,6 +88,25 @@ pub struct PeerArgs {
     /// One line of text per event, or one JSON object per line.
     #[arg(long, value_enum, default_value_t = super::Format::Text)]
     format: super::Format,
+}
+
+/// The directory as given, and the address it resolved to.
+#[derive(Debug, Clone)]
+struct Endpoint {
+    given: String,
+    addr: SocketAddr,
+}
+
+impl Endpoint {
+    /// The directory id an onion endpoint stands for: itself, lowercased.
+    fn onion_id(&self) -> Option<String> {
+        let lower = self.given.to_ascii_lowercase();
+        Location::parse(&lower).filter(Location::is_maker).map(|_| lower)
+    }
+}
+
+fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    Ok(Endpoint { given: s.to_owned(), addr: super::parse_socket_addr(s)? })
 }
 
 fn parse_nick(s: &str) -> Result<String, String> {
@@ -88,12 +129,19 @@ pub fn run(args: PeerArgs) -> ExitCode {
         Err(e) => return failed(&format_args!("cannot handle signals: {e}")),
     };
     let ping = !args.no_ping;
+    let identity = match args.key_file.as_deref().map(Identity::load_or_create).transpose() {
+        Ok(identity) => identity,
+        Err(e) => return failed(&e),
+    };
     let config = PeerClientConfig {
-        addr: args.addr,
+        addr: args.addr.addr,
         nick: args.nick,
         network: args.network,
         location: args.maker.unwrap_or(Location::Taker),
         ping,
+        identity,
+        nick_auth_id: args.nick_auth_id.or_else(|| args.addr.onion_id()),
+        nick_auth: args.nick_auth.parse().unwrap_or(NickAuthMode::Prefer),
         ..PeerClientConfig::default()
     };
     let client = match PeerClient::start(config) {
@@ -154,10 +202,11 @@ fn print(out: &mut impl Write, line: &str) -> io::Result<()> {
 fn event_line(event: &ClientEvent, ping: bool) -> String {
     let text = super::one_line;
     match event {
-        ClientEvent::Connected { nick, motd, ping: directory_pings } => {
+        ClientEvent::Connected { nick, motd, ping: directory_pings, verified } => {
             let ping = if *directory_pings { "yes" } else { "no" };
+            let verified = if *verified { "yes" } else { "no" };
             let motd = motd.as_deref().map(|m| format!(" motd={}", text(m))).unwrap_or_default();
-            format!("connected {} ping={ping}{motd}", text(nick))
+            format!("connected {} ping={ping} verified={verified}{motd}", text(nick))
         }
         ClientEvent::Refused { reason } => format!("refused {}", text(reason)),
         ClientEvent::Ping => format!("ping {}", if ping { "answered" } else { "ignored" }),
@@ -184,8 +233,8 @@ fn event_line(event: &ClientEvent, ping: bool) -> String {
 fn event_json(event: &ClientEvent, ping: bool) -> serde_json::Value {
     use serde_json::json;
     match event {
-        ClientEvent::Connected { nick, motd, ping: directory_pings } => {
-            json!({"event": "connected", "nick": nick, "motd": motd, "ping": directory_pings})
+        ClientEvent::Connected { nick, motd, ping: directory_pings, verified } => {
+            json!({"event": "connected", "nick": nick, "motd": motd, "ping": directory_pings, "verified": verified})
         }
         ClientEvent::Refused { reason } => json!({"event": "refused", "reason": reason}),
         ClientEvent::Ping => json!({"event": "ping", "answered": ping}),
@@ -216,18 +265,32 @@ mod tests {
         for bad in ["NOT-SERVING-ONION", "", "127.0.0.1:5222", "x.onion:5222"] {
             assert!(parse_maker(bad).unwrap_err().contains("not a maker location"), "{bad}");
         }
+        // An onion endpoint is its own directory id (lowercased); an address is none.
+        let onion = Endpoint { given: onion.to_uppercase(), addr: "127.0.0.1:1".parse().unwrap() };
+        assert_eq!(onion.onion_id(), Some(format!("{}.onion:5222", "a".repeat(56))));
+        assert_eq!(parse_endpoint("127.0.0.1:5222").unwrap().onion_id(), None);
     }
 
     #[test]
     fn events_are_one_escaped_line_each() {
         let line = |event: ClientEvent| event_line(&event, true);
         assert_eq!(
-            line(ClientEvent::Connected { nick: "J5DirNickOOOOOOO".into(), motd: None, ping: true }),
-            "connected J5DirNickOOOOOOO ping=yes"
+            line(ClientEvent::Connected {
+                nick: "J5DirNickOOOOOOO".into(),
+                motd: None,
+                ping: true,
+                verified: true
+            }),
+            "connected J5DirNickOOOOOOO ping=yes verified=yes"
         );
         assert_eq!(
-            line(ClientEvent::Connected { nick: "J5x".into(), motd: Some("hi\nOK all".into()), ping: false }),
-            "connected J5x ping=no motd=hi\\nOK all"
+            line(ClientEvent::Connected {
+                nick: "J5x".into(),
+                motd: Some("hi\nOK all".into()),
+                ping: false,
+                verified: false
+            }),
+            "connected J5x ping=no verified=no motd=hi\\nOK all"
         );
         assert_eq!(line(ClientEvent::Ping), "ping answered");
         assert_eq!(event_line(&ClientEvent::Ping, false), "ping ignored");
@@ -252,8 +315,13 @@ mod tests {
     fn events_as_json_are_one_object_each() {
         let json = |event: ClientEvent| event_json(&event, true).to_string();
         assert_eq!(
-            json(ClientEvent::Connected { nick: "J5x".into(), motd: Some("hi\nthere".into()), ping: false }),
-            r#"{"event":"connected","motd":"hi\nthere","nick":"J5x","ping":false}"#
+            json(ClientEvent::Connected {
+                nick: "J5x".into(),
+                motd: Some("hi\nthere".into()),
+                ping: false,
+                verified: true
+            }),
+            r#"{"event":"connected","motd":"hi\nthere","nick":"J5x","ping":false,"verified":true}"#
         );
         assert_eq!(json(ClientEvent::Ping), r#"{"answered":true,"event":"ping"}"#);
         assert_eq!(

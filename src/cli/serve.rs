@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Args;
 use crossbeam_channel::select;
-use heartbeat::peer::{Hub, HubConfig, HubEvent, StatusServer, SweepConfig};
+use heartbeat::peer::{Hub, HubConfig, HubEvent, NickAuthMode, StatusServer, SweepConfig};
 use heartbeat::{BeatGuard, Beater, DEFAULT_INTERVAL, Error};
 
 /// How often the main thread checks that the hub's threads still run. The
@@ -34,6 +34,10 @@ const EVENT_QUEUE: usize = 4096;
 /// `listening on ADDR as NICK (network NET)` (and `status on ADDR`) once it
 /// is up. Joins and leaves are logged at debug level (RUST_LOG=debug), or
 /// printed as JSON lines with --format json.
+///
+/// With --nick-auth-id, clients that advertise nick authentication (JMP-0005)
+/// must prove their nick with a signature bound to that id before they are
+/// routed or listed; a verified nick cannot be taken by another key.
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Examples:
@@ -41,6 +45,7 @@ Examples:
   heartbeat serve --listen 0.0.0.0:5222 --motd 'welcome' --status 127.0.0.1:9222
   heartbeat serve --beat-file /run/hub/heartbeat.json   # heartbeat check /run/hub/heartbeat.json
   heartbeat serve --format json | jq .                  # joins, leaves, evictions as JSON lines
+  heartbeat serve --nick-auth-id <56 base32 chars>.onion:5222 --nick-auth require
 
 Status endpoint (--status ADDR): GET /health (200 while the hub runs, 503
 once it does not; JSON), GET /status (every peer and the counters; JSON),
@@ -102,6 +107,17 @@ pub struct ServeArgs {
     /// as one JSON object per line on stdout (text: the start lines only).
     #[arg(long, value_enum, default_value_t = super::Format::Text)]
     format: super::Format,
+    /// Nick authentication (JMP-0005): the directory id clients expect for this node (for an
+    /// onion service, its <56 base32>.onion:PORT). Advertised only when given.
+    #[arg(long, value_name = "ID")]
+    nick_auth_id: Option<String>,
+    /// prefer: challenge clients that offer nick authentication, admit the others unverified;
+    /// require: refuse the others; off. Default prefer with --nick-auth-id (which require needs).
+    #[arg(long, value_name = "MODE", value_parser = ["prefer", "require", "off"])]
+    nick_auth: Option<String>,
+    /// Seconds a challenged client has to send its nick-auth proof (at most 30).
+    #[arg(long, value_name = "S", default_value = "30", value_parser = super::parse_positive_seconds)]
+    nick_auth_timeout: Duration,
 }
 
 impl ServeArgs {
@@ -120,6 +136,12 @@ impl ServeArgs {
             max_peers: usize::try_from(self.max_peers).unwrap_or(usize::MAX),
             max_pending: usize::try_from(self.max_pending).unwrap_or(usize::MAX),
             announce_takers: self.announce_takers,
+            nick_auth_id: self.nick_auth_id.clone(),
+            nick_auth: self
+                .nick_auth
+                .as_deref()
+                .map_or(NickAuthMode::Prefer, |m| m.parse().unwrap_or_default()),
+            nick_auth_timeout: self.nick_auth_timeout,
             ..HubConfig::default()
         }
     }
@@ -147,6 +169,9 @@ pub fn run(args: ServeArgs) -> ExitCode {
         Ok(hub) => Arc::new(hub),
         Err(e) => return failed(&e),
     };
+    if let Some(id) = hub.nick_auth_id() {
+        log::info!("nick authentication ({}) for directory id {id}", hub.nick_auth());
+    }
     // Bounded: peers that come and go must not grow memory while stdout is slow.
     let mut events = hub.subscribe_bounded(EVENT_QUEUE);
     let status = match args.status.map(|addr| StatusServer::start(addr, hub.clone())).transpose() {
@@ -273,9 +298,9 @@ fn beat(path: &Path, hub: &Hub, status: Option<&StatusServer>) -> Result<BeatGua
 fn print_json(event: &HubEvent) {
     use serde_json::json;
     let line = match event {
-        HubEvent::Joined { id, nick, location, ping } => json!({
+        HubEvent::Joined { id, nick, location, ping, verified } => json!({
             "event": "joined", "id": id, "nick": nick, "location": location.to_string(),
-            "maker": location.is_maker(), "ping": ping,
+            "maker": location.is_maker(), "ping": ping, "verified": verified,
         }),
         HubEvent::Left { id, nick, reason } => {
             json!({"event": "left", "id": id, "nick": nick, "reason": reason})
@@ -293,10 +318,11 @@ fn print_json(event: &HubEvent) {
 
 fn log_event(event: &HubEvent) {
     match event {
-        HubEvent::Joined { nick, location, ping, .. } => {
+        HubEvent::Joined { nick, location, ping, verified, .. } => {
             let role = if location.is_maker() { "maker" } else { "taker" };
             let ping = if *ping { "ping" } else { "no ping" };
-            log::debug!("{nick} joined: {role} at {location}, {ping}");
+            let verified = if *verified { ", nick verified" } else { "" };
+            log::debug!("{nick} joined: {role} at {location}, {ping}{verified}");
         }
         HubEvent::Left { nick, reason, .. } => log::debug!("{nick} left: {reason}"),
         // The hub logs these itself: evictions at info, with the address,
@@ -330,6 +356,36 @@ mod tests {
         assert_eq!(config.announce_takers, defaults.announce_takers);
         assert_eq!(config.motd, defaults.motd);
         assert_eq!((config.nick, args.status, args.beat_file), (None, None, None));
+        assert_eq!(config.nick_auth_id, None);
+        assert_eq!(config.nick_auth_timeout, defaults.nick_auth_timeout);
+    }
+
+    #[test]
+    fn nick_auth_flags_reach_the_config() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|cli| cli.serve.hub_config());
+        let config = parse(&["serve", "--nick-auth-id", "x.onion:5222"]).unwrap();
+        assert_eq!(config.nick_auth_id.as_deref(), Some("x.onion:5222"));
+        assert_eq!(config.nick_auth, NickAuthMode::Prefer);
+        let config = parse(&["serve", "--nick-auth-id", "x:1", "--nick-auth", "require"]).unwrap();
+        assert_eq!(config.nick_auth, NickAuthMode::Require);
+        let config =
+            parse(&["serve", "--nick-auth-id", "x:1", "--nick-auth", "off", "--nick-auth-timeout", "5"]);
+        let config = config.unwrap();
+        assert_eq!((config.nick_auth, config.nick_auth_timeout), (NickAuthMode::Off, Duration::from_secs(5)));
+        assert!(parse(&["serve", "--nick-auth", "always"]).is_err());
+        // Require without an id, or a timeout over 30 s: the library refuses (exit 2).
+        let no_id = parse(&["serve", "--nick-auth", "require", "--listen", "127.0.0.1:0"]).unwrap();
+        assert!(matches!(Hub::start(no_id), Err(Error::InvalidConfig(_))));
+        let long = parse(&[
+            "serve",
+            "--nick-auth-id",
+            "x:1",
+            "--nick-auth-timeout",
+            "31",
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        assert!(matches!(Hub::start(long.unwrap()), Err(Error::InvalidConfig(_))));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
 
+use super::auth::{self, Code, Identity, Mode};
 use super::lines::{LineBuffer, TooLong};
 use super::server::DEFAULT_PORT;
 use super::wire::{self, Location};
@@ -43,9 +44,27 @@ pub struct PeerClientConfig {
     /// The directory to connect to. Default `127.0.0.1:5222`. Any address is
     /// accepted, loopback or not.
     pub addr: SocketAddr,
-    /// Our nick; `None` draws a random one ([`wire::random_nick`]) once, at
-    /// start, kept across reconnections. Must pass [`wire::is_valid_nick`].
+    /// Our nick; `None` takes the [`identity`](Self::identity)'s, or without
+    /// one draws a random nick ([`wire::random_nick`]) once, at start, kept
+    /// across reconnections. Must pass [`wire::is_valid_nick`], and with an
+    /// identity be its nick.
     pub nick: Option<String>,
+    /// Our secp256k1 key (JMP-0005 nick authentication): the nick is derived
+    /// from it, and with a [`nick_auth_id`](Self::nick_auth_id) the client
+    /// advertises `nick_auth` and proves the nick when challenged. `None`
+    /// (default): no key, never authenticated.
+    pub identity: Option<Identity>,
+    /// The directory id we expect for `addr`: the directory's challenge must
+    /// name it, or no proof is produced (a proof is never made for another
+    /// directory). For an onion service it is its `<56 base32>.onion:<port>`,
+    /// which `heartbeat peer` takes by default when it dials one. `None`
+    /// (default): nick authentication is not offered.
+    pub nick_auth_id: Option<String>,
+    /// [`Mode::Prefer`] (default): authenticate with a directory that offers
+    /// it, carry on unauthenticated with one that does not.
+    /// [`Mode::Require`]: refuse a directory that does not offer it (needs an
+    /// identity and a directory id). [`Mode::Off`]: never offer it.
+    pub nick_auth: Mode,
     /// The network we handshake for; a directory serving another refuses us.
     /// Default `mainnet`.
     pub network: String,
@@ -73,6 +92,9 @@ impl Default for PeerClientConfig {
             network: "mainnet".into(),
             location: Location::Taker,
             ping: true,
+            identity: None,
+            nick_auth_id: None,
+            nick_auth: Mode::Prefer,
             reconnect_min: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
@@ -90,6 +112,17 @@ impl PeerClientConfig {
             && !wire::is_valid_nick(nick)
         {
             return bad(format!("{nick:?} is not a nick: J5, then base58, 16 characters padded with O"));
+        }
+        if let (Some(nick), Some(identity)) = (&self.nick, &self.identity)
+            && nick != identity.nick()
+        {
+            return bad(format!("the nick {nick:?} is not the identity's, {:?}", identity.nick()));
+        }
+        if let Some(id) = &self.nick_auth_id {
+            auth::check_directory_id(id).or_else(bad)?;
+        }
+        if self.nick_auth == Mode::Require && (self.identity.is_none() || self.nick_auth_id.is_none()) {
+            return bad("requiring nick authentication needs an identity and the directory's id".into());
         }
         if self.reconnect_min.is_zero() || self.connect_timeout.is_zero() {
             return bad("the reconnection delay and the connect timeout must be positive".into());
@@ -122,10 +155,14 @@ pub enum ClientEvent {
         motd: Option<String>,
         /// Whether the directory advertised ping support.
         ping: bool,
+        /// Whether the directory verified our nick (JMP-0005): it challenged
+        /// us, and answered our proof with `ok`.
+        verified: bool,
     },
     /// The directory answered our handshake with `"accepted": false` (or
-    /// accepted us for another network); it closes the connection, and the
-    /// client tries again after its backoff.
+    /// accepted us for another network), refused our nick-authentication
+    /// proof, or does not offer the nick authentication we require; the
+    /// connection closes, and the client tries again after its backoff.
     Refused {
         /// Who refused, and the message of the day if there was one (a
         /// directory does not say why it refuses).
@@ -153,8 +190,9 @@ pub enum ClientEvent {
         reason: String,
     },
     /// An attempt failed before any session: the connect failed or timed
-    /// out, or the handshake reply was missing, late or malformed. One per
-    /// attempt.
+    /// out, the handshake reply (or the nick-authentication exchange) was
+    /// missing, late or malformed, or the directory challenged us for
+    /// another directory id (no proof is sent then). One per attempt.
     Error(String),
 }
 
@@ -167,6 +205,15 @@ pub enum ClientEvent {
 /// everything is reported as a [`ClientEvent`]. Lines end with `\r\n` or
 /// `\n`; a line longer than [`wire::MAX_LINE`] bytes (terminator included)
 /// or one that is not an envelope ends the session. Then it reconnects.
+///
+/// # Nick authentication (JMP-0005)
+/// With an [`Identity`] and the directory id it expects
+/// ([`PeerClientConfig::nick_auth_id`]), the client advertises `nick_auth`;
+/// a directory that advertises it too sends a challenge (803) after its
+/// 795, which the client answers with its proof (805) only if the challenge
+/// names the expected id, and the directory's answer (807) decides
+/// [`ClientEvent::Connected`]'s `verified`, or a `Refused`. Each step waits
+/// at most `connect_timeout`.
 ///
 /// # Reconnecting
 /// After every failed attempt or ended session the client waits, then tries
@@ -261,7 +308,11 @@ impl PeerClient {
     /// to reach the directory are events, not errors.
     pub fn start(config: PeerClientConfig) -> Result<PeerClient> {
         config.validate()?;
-        let nick = config.nick.clone().unwrap_or_else(wire::random_nick);
+        let nick = config
+            .nick
+            .clone()
+            .or_else(|| config.identity.as_ref().map(|i| i.nick().to_owned()))
+            .unwrap_or_else(wire::random_nick);
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKE)?;
         let shared = Arc::new(Shared { stopping: AtomicBool::new(false), waker, current: Mutex::new(None) });
@@ -553,8 +604,14 @@ impl Worker {
             this.emit(ClientEvent::Error(format!("handshake with {addr} failed: {why}")));
             Attempt::Ended(None)
         };
-        let ours =
-            wire::client_handshake(&self.nick, &self.config.network, &self.config.location, self.config.ping);
+        let offer = self.offers_nick_auth();
+        let ours = wire::client_handshake_with(
+            &self.nick,
+            &self.config.network,
+            &self.config.location,
+            self.config.ping,
+            offer.is_some(),
+        );
         if let Err(e) = conn.write(wire::HANDSHAKE, &ours) {
             return failed(self, format!("cannot send the handshake: {e}"));
         }
@@ -592,13 +649,39 @@ impl Worker {
             self.emit(ClientEvent::Refused { reason });
             return Attempt::Ended(None);
         }
+        let verified = match (offer, reply.nick_auth) {
+            (Some((identity, id)), true) => {
+                match self.authenticate(&mut reader, conn, &identity, &id, &ours, &reply.nick) {
+                    Ok(()) => true,
+                    Err(Failed::Error(why)) => return failed(self, why),
+                    Err(Failed::Refused(reason)) => {
+                        log::info!("peer client {}: {reason}", self.nick);
+                        self.emit(ClientEvent::Refused { reason });
+                        return Attempt::Ended(None);
+                    }
+                }
+            }
+            _ if self.config.nick_auth == Mode::Require => {
+                let reason =
+                    format!("directory {} does not support required nick authentication", reply.nick);
+                log::info!("peer client {}: {reason}", self.nick);
+                self.emit(ClientEvent::Refused { reason });
+                return Attempt::Ended(None);
+            }
+            _ => false,
+        };
         if let Err(e) = reader.stream.set_read_timeout(None) {
             return failed(self, format!("cannot clear the read timeout: {e}"));
         }
         let since = Instant::now();
         conn.handshaked.store(true, Ordering::Release);
-        log::info!("peer client {} connected to directory {} at {addr}", self.nick, reply.nick);
-        self.emit(ClientEvent::Connected { nick: reply.nick, motd: reply.motd, ping: reply.ping });
+        log::info!(
+            "peer client {} connected to directory {} at {addr}{}",
+            self.nick,
+            reply.nick,
+            if verified { ", nick verified" } else { "" }
+        );
+        self.emit(ClientEvent::Connected { nick: reply.nick, motd: reply.motd, ping: reply.ping, verified });
 
         let reason = self.read_messages(&mut reader, conn);
         let reason = if self.stopping() {
@@ -609,6 +692,65 @@ impl Worker {
         log::info!("peer client {} disconnected from {addr}: {reason}", self.nick);
         self.emit(ClientEvent::Disconnected { reason });
         if self.stopping() { Attempt::Stopped } else { Attempt::Ended(Some(since.elapsed())) }
+    }
+
+    /// Our identity and the directory id, when we offer nick authentication.
+    fn offers_nick_auth(&self) -> Option<(Identity, String)> {
+        if self.config.nick_auth == Mode::Off {
+            return None;
+        }
+        Some((self.config.identity.clone()?, self.config.nick_auth_id.clone()?))
+    }
+
+    /// The JMP-0005 exchange after an accepting 795: the 803 challenge, our
+    /// 805 proof (only for the directory id we expect), the 807 answer.
+    fn authenticate(
+        &self,
+        reader: &mut LineReader,
+        conn: &Connection,
+        identity: &Identity,
+        expected_id: &str,
+        our_line: &str,
+        directory: &str,
+    ) -> std::result::Result<(), Failed> {
+        let deadline = deadline_after(self.config.connect_timeout);
+        let mut next = |what: &str, kind: u32| -> std::result::Result<String, Failed> {
+            let line = match reader.line_before(deadline) {
+                Ok(line) => line,
+                Err(ReadEnd::Io(e))
+                    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+                {
+                    return Err(Failed::Error(format!("no {what} within {:?}", self.config.connect_timeout)));
+                }
+                Err(end) => return Err(Failed::Error(format!("{end} before the {what}"))),
+            };
+            match wire::parse_envelope(&line) {
+                Ok(envelope) if envelope.kind == kind => Ok(envelope.line.into_owned()),
+                Ok(envelope) => {
+                    Err(Failed::Error(format!("expected the {what} ({kind}), got type {}", envelope.kind)))
+                }
+                Err(e) => Err(Failed::Error(format!("malformed {what}: {e}"))),
+            }
+        };
+        let challenge = auth::parse_challenge(&next("nick-auth challenge", auth::CHALLENGE)?)
+            .map_err(|e| Failed::Error(format!("malformed nick-auth challenge: {e}")))?;
+        if challenge.directory_id != expected_id {
+            return Err(Failed::Error(format!(
+                "the nick-auth challenge is for directory id {:?}, not {expected_id:?}: no proof sent",
+                challenge.directory_id
+            )));
+        }
+        let proof = identity.sign(&challenge.challenge, expected_id, our_line);
+        conn.write(auth::PROOF, &auth::encode_proof(&proof))
+            .map_err(|e| Failed::Error(format!("cannot send the nick-auth proof: {e}")))?;
+        let answer = next("nick-auth answer", auth::RESULT)?;
+        match auth::parse_result(&answer) {
+            Ok(Code::Ok) => Ok(()),
+            Ok(code) => {
+                Err(Failed::Refused(format!("directory {directory} refused our nick proof ({code})")))
+            }
+            Err(e) => Err(Failed::Error(format!("malformed nick-auth answer: {e}"))),
+        }
     }
 
     /// Reads and reports messages until the session ends; returns why.
@@ -636,6 +778,14 @@ impl Worker {
             }
         }
     }
+}
+
+/// How the nick-authentication exchange failed.
+enum Failed {
+    /// Reported as [`ClientEvent::Error`].
+    Error(String),
+    /// Reported as [`ClientEvent::Refused`].
+    Refused(String),
 }
 
 /// `now + after`, or far in the future when that overflows; never panics.

@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
+use super::auth::{self, Code, Mode};
 use super::limits::{PeerRates, Rate, Verdict};
 use super::lines::{LineBuffer, TooLong};
 use super::output::{Budget, Output, Shared as SharedBytes, Wrote};
@@ -62,6 +63,15 @@ struct PeerMeta {
     hint_features: String,
 }
 
+/// A connection whose handshake was accepted and that was sent the 803
+/// challenge: not a peer (not routed, not listed) until its proof checks out.
+struct Authenticating {
+    handshake: wire::Handshake,
+    /// [`auth::line_hash`] of its 793 line: all the transcript needs of it.
+    line_hash: String,
+    challenge: String,
+}
+
 struct Conn {
     /// Also its poll token.
     id: u64,
@@ -71,6 +81,8 @@ struct Conn {
     output: Output,
     writable: bool,
     peer: Option<PeerMeta>,
+    /// Set while the hub waits for its nick-authentication proof.
+    auth: Option<Box<Authenticating>>,
     rates: PeerRates,
     /// Where in the output stream the last PEERLIST answer starts and ends.
     peerlist_start: u64,
@@ -155,8 +167,10 @@ enum Close {
 /// The `;D` notices waiting to go out.
 #[derive(Default)]
 struct Notices {
-    /// (nick, `<nick>;<location>;D`) of peers gone since the last notice.
-    gone: Vec<(String, String)>,
+    /// (nick, `<nick>;<location>;D`, always) of peers gone since the last
+    /// notice. A nick held again by then is not told gone, unless `always`
+    /// (a peer displaced by a verified connection: its offers go).
+    gone: Vec<(String, String, bool)>,
     last_sent: Option<Instant>,
 }
 
@@ -177,6 +191,9 @@ pub(super) struct Io {
     config: HubConfig,
     /// Connections not yet handshaked, oldest first, with their deadlines.
     pending: VecDeque<(Instant, u64)>,
+    /// Connections challenged for their nick-auth proof, oldest first, with
+    /// their deadlines. They still count in `pending_count`.
+    authenticating: VecDeque<(Instant, u64)>,
     pending_count: usize,
     /// Connections with unread input left over from their read budget.
     unread: Vec<u64>,
@@ -217,6 +234,7 @@ impl Io {
             shared,
             config: config.clone(),
             pending: VecDeque::new(),
+            authenticating: VecDeque::new(),
             pending_count: 0,
             unread: Vec::new(),
             backlogged: HashSet::new(),
@@ -311,10 +329,17 @@ impl Io {
         // then seen whole, and does not count against the write deadlines.
         let watch = (!self.backlogged.is_empty())
             .then(|| later(self.now(), (self.config.stall_threshold / 2).max(Duration::from_millis(1))));
-        let next = [self.pending.front().map(|d| d.0), self.accept_retry, write_deadline, notice, watch]
-            .into_iter()
-            .flatten()
-            .min()?;
+        let next = [
+            self.pending.front().map(|d| d.0),
+            self.authenticating.front().map(|d| d.0),
+            self.accept_retry,
+            write_deadline,
+            notice,
+            watch,
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
         // Rounded up to a millisecond, so a wake-up is never a little early and spins.
         let wait = next.saturating_duration_since(self.now());
         Some(wait + Duration::from_millis(1))
@@ -485,6 +510,7 @@ impl Io {
                 output: Output::new(),
                 writable: false,
                 peer: None,
+                auth: None,
                 rates: PeerRates::new(now),
                 peerlist_start: 0,
                 peerlist_end: 0,
@@ -499,31 +525,54 @@ impl Io {
     /// the likeliest to be idle; behind Tor every connection comes from
     /// 127.0.0.1, so this, not a per-address cap, keeps idle sockets from
     /// locking real peers out.
+    /// Connections waiting for their nick-authentication proof count too.
     fn push_out_oldest_pending(&mut self) {
+        let why = |count: usize| {
+            format!("{count} connections wait for their handshake or nick-auth proof: the oldest makes room")
+        };
         while let Some((_, id)) = self.pending.pop_front() {
             if self.conns.get(&id).is_some_and(|c| c.peer.is_none()) {
-                let why = format!(
-                    "{} connections wait for their handshake: the oldest makes room",
-                    self.pending_count
-                );
-                self.close(id, Close::Refused(why));
+                self.close(id, Close::Refused(why(self.pending_count)));
+                return;
+            }
+        }
+        while let Some((_, id)) = self.authenticating.pop_front() {
+            if self.conns.get(&id).is_some_and(|c| c.auth.is_some()) {
+                self.close(id, Close::Refused(why(self.pending_count)));
                 return;
             }
         }
     }
 
+    /// Closes the connections past their handshake deadline, and those past
+    /// their nick-auth deadline (807 `expired` first).
     fn expire_handshakes(&mut self) {
         let now = self.now();
         while let Some(&(deadline, id)) = self.pending.front() {
             if deadline > now {
-                return;
+                break;
             }
             self.pending.pop_front();
-            if self.conns.get(&id).is_some_and(|c| c.peer.is_none()) {
+            let waiting = |c: &Conn| c.peer.is_none() && c.auth.is_none();
+            if self.conns.get(&id).is_some_and(waiting) {
                 // Its handshake may be waiting unread (a stall of the hub, a busy turn).
                 self.read(id);
-                if self.conns.get(&id).is_some_and(|c| c.peer.is_none()) {
+                if self.conns.get(&id).is_some_and(waiting) {
                     self.close(id, Close::Evicted(EvictReason::HandshakeTimeout));
+                }
+            }
+        }
+        while let Some(&(deadline, id)) = self.authenticating.front() {
+            if deadline > now {
+                return;
+            }
+            self.authenticating.pop_front();
+            if self.conns.get(&id).is_some_and(|c| c.auth.is_some()) {
+                self.read(id);
+                if self.conns.get(&id).is_some_and(|c| c.auth.is_some()) {
+                    self.shared.counters.proof_refused(Code::Expired);
+                    self.send_own(id, auth::RESULT, &auth::encode_result(Code::Expired));
+                    self.close(id, Close::Evicted(EvictReason::NickAuthTimeout));
                 }
             }
         }
@@ -663,6 +712,9 @@ impl Io {
             Err(e) => return Some(protocol_error(conn, format!("malformed message: {e}"))),
         };
         let Some(peer) = &conn.peer else {
+            if conn.auth.is_some() {
+                return self.proof(conn, envelope.kind, &envelope.line);
+            }
             if envelope.kind != wire::HANDSHAKE {
                 return Some(Close::Rejected(format!("message type {} before the handshake", envelope.kind)));
             }
@@ -890,6 +942,11 @@ impl Io {
         self.hand_to(conn, Payload::Shared(&answer))
     }
 
+    /// Whether nick authentication is on: an id is configured and the mode is not off.
+    fn nick_auth(&self) -> bool {
+        self.config.nick_auth_id.is_some() && self.config.nick_auth != Mode::Off
+    }
+
     fn handshake(&mut self, conn: &mut Conn, line: &str) -> Option<Close> {
         let handshake = match wire::parse_handshake(line, &self.config.network) {
             Ok(h) => h,
@@ -905,6 +962,125 @@ impl Io {
             self.refuse(conn, Some("Rejected: Maximum peers reached"));
             return Some(Close::Refused(format!("{} peers is the limit", self.config.max_peers)));
         }
+        let challenge = self.nick_auth() && handshake.nick_auth;
+        if self.nick_auth() && self.config.nick_auth == Mode::Require && !challenge {
+            self.refuse(conn, Some("Rejected: verified nick authentication required"));
+            return Some(Close::Rejected(
+                "handshake refused: verified nick authentication required, and it did not offer it".into(),
+            ));
+        }
+        // A nick held by a peer is refused here unless the newcomer is about
+        // to prove it: ownership is then decided on its proof.
+        if handshake.nick == self.shared.nick
+            || (!challenge && self.shared.registry.id_of(&handshake.nick).is_some())
+        {
+            return self.nick_taken(conn, &handshake.nick);
+        }
+        if !challenge {
+            if !self.register(conn, handshake, None) {
+                return Some(Close::Rejected("handshake refused: its nick was taken meanwhile".into()));
+            }
+            return self.accept(conn);
+        }
+        let challenge = match auth::random_challenge() {
+            Ok(challenge) => challenge,
+            Err(e) => {
+                log::error!("hub: cannot draw a nick-auth challenge: {e}");
+                self.refuse(conn, Some("Rejected: the directory cannot authenticate nicks now"));
+                return Some(Close::Refused(format!("no challenge: {e}")));
+            }
+        };
+        let id = self.config.nick_auth_id.clone().unwrap_or_default();
+        if let Some(close) = self.accept(conn) {
+            return Some(close);
+        }
+        let payload =
+            auth::encode_challenge(&auth::Challenge { challenge: challenge.clone(), directory_id: id });
+        conn.auth = Some(Box::new(Authenticating { handshake, line_hash: auth::line_hash(line), challenge }));
+        let deadline = later(self.now(), self.config.nick_auth_timeout);
+        self.authenticating.push_back((deadline, conn.id));
+        log::debug!("hub: challenged {} for its nick-auth proof", conn.addr);
+        self.reply(conn, auth::CHALLENGE, &payload)
+    }
+
+    /// The accepting 795, advertising `nick_auth` when it is on.
+    fn accept(&mut self, conn: &mut Conn) -> Option<Close> {
+        let reply = wire::dn_handshake_with(
+            &self.shared.nick,
+            &self.config.network,
+            self.config.motd.as_deref(),
+            true,
+            self.nick_auth(),
+        );
+        self.reply(conn, wire::DN_HANDSHAKE, &reply)
+    }
+
+    /// Refuses a handshake whose nick is held (as joinmarket-ng does).
+    fn nick_taken(&mut self, conn: &mut Conn, nick: &str) -> Option<Close> {
+        self.refuse(conn, Some(&format!("Rejected: Peer nick already registered: {nick}")));
+        Some(Close::Rejected(format!("handshake refused: nick {nick} is already connected")))
+    }
+
+    /// The 805 proof of a challenged connection (any other message fails
+    /// it): verified, and the nick's ownership settled, it becomes a peer
+    /// and gets 807 `ok`; else the 807 failure code, then a close.
+    fn proof(&mut self, conn: &mut Conn, kind: u32, line: &str) -> Option<Close> {
+        let pending = conn.auth.take()?;
+        let directory_id = self.config.nick_auth_id.as_deref().unwrap_or_default();
+        let nick = pending.handshake.nick.clone();
+        let checked = if kind == auth::PROOF {
+            auth::parse_proof(line).and_then(|proof| {
+                auth::verify_hashed(&pending.challenge, directory_id, &pending.line_hash, &nick, &proof)
+                    .map(|()| proof.pubkey)
+            })
+        } else {
+            Err(auth::Refusal {
+                code: Code::Malformed,
+                why: format!("message type {kind} instead of the proof ({})", auth::PROOF),
+            })
+        };
+        let pubkey = match checked {
+            Ok(pubkey) => pubkey,
+            Err(refusal) => return self.auth_failed(conn, &nick, refusal.code, &refusal.why),
+        };
+        match self.shared.registry.owner(&nick) {
+            // Checked again: other proofs may have filled the hub since its 793.
+            None if self.shared.registry.len() >= self.config.max_peers => {
+                return self.auth_failed(conn, &nick, Code::Policy, "the hub has its maximum of peers");
+            }
+            None => {}
+            Some((_, Some(key))) if key != pubkey => {
+                return self.auth_failed(
+                    conn,
+                    &nick,
+                    Code::Policy,
+                    "the nick is held by another verified key",
+                );
+            }
+            Some((old, _)) => {
+                log::info!("hub: {nick} proved its nick from {}: displacing connection {old}", conn.addr);
+                self.close(old, Close::Evicted(EvictReason::Displaced));
+            }
+        }
+        if !self.register(conn, pending.handshake, Some(pubkey)) {
+            // Never happens: one thread registers, and the owner just left.
+            return self.auth_failed(conn, &nick, Code::Policy, "the nick is held");
+        }
+        Counters::add(&self.shared.counters.proofs_accepted);
+        self.reply(conn, auth::RESULT, &auth::encode_result(Code::Ok))
+    }
+
+    /// A failed nick authentication: counted, answered with its 807 code, closed.
+    fn auth_failed(&mut self, conn: &mut Conn, nick: &str, code: Code, why: &str) -> Option<Close> {
+        self.shared.counters.proof_refused(code);
+        let _ = self.reply(conn, auth::RESULT, &auth::encode_result(code));
+        Some(Close::Rejected(format!("nick authentication of {nick} failed ({code}): {why}")))
+    }
+
+    /// Makes the connection a peer: registered (routable, listed), its
+    /// `Joined` out. `false` when its nick is held.
+    fn register(&mut self, conn: &mut Conn, handshake: wire::Handshake, pubkey: Option<String>) -> bool {
+        let verified = pubkey.is_some();
         let info = PeerInfo {
             id: conn.id,
             nick: handshake.nick.clone(),
@@ -917,15 +1093,12 @@ impl Io {
             last_seen: self.now(),
             ping_sent: None,
             probed_at: None,
+            pubkey,
         };
         let hint = info.entry(false);
         let hint_features = info.entry(true);
-        if handshake.nick == self.shared.nick || !self.shared.registry.insert(info) {
-            self.refuse(conn, Some(&format!("Rejected: Peer nick already registered: {}", handshake.nick)));
-            return Some(Close::Rejected(format!(
-                "handshake refused: nick {} is already connected",
-                handshake.nick
-            )));
+        if !self.shared.registry.insert(info) {
+            return false;
         }
         conn.peer = Some(PeerMeta {
             nick: handshake.nick.clone(),
@@ -940,16 +1113,21 @@ impl Io {
             self.peerlists = [None, None];
         }
         Counters::add(&self.shared.counters.joins);
-        log::debug!("hub: {} joined from {} as {}", handshake.nick, conn.addr, handshake.location);
+        log::debug!(
+            "hub: {} joined from {} as {}{}",
+            handshake.nick,
+            conn.addr,
+            handshake.location,
+            if verified { ", verified" } else { "" }
+        );
         self.shared.emit(HubEvent::Joined {
             id: conn.id,
             nick: handshake.nick,
             location: handshake.location,
             ping: handshake.ping,
+            verified,
         });
-        let reply =
-            wire::dn_handshake(&self.shared.nick, &self.config.network, self.config.motd.as_deref(), true);
-        self.reply(conn, wire::DN_HANDSHAKE, &reply)
+        true
     }
 
     /// Sends a refusing handshake reply to a connection about to be closed,
@@ -1028,7 +1206,8 @@ impl Io {
                 }
                 if peer.location.is_maker() || self.config.announce_takers {
                     let entry = wire::peerlist_entry(&peer.nick, &peer.location, true);
-                    self.notices.gone.push((peer.nick.clone(), entry));
+                    let always = matches!(why, Close::Evicted(EvictReason::Displaced));
+                    self.notices.gone.push((peer.nick.clone(), entry, always));
                 }
                 let event = match why {
                     Close::Evicted(reason) => {
@@ -1083,8 +1262,8 @@ impl Io {
             .notices
             .gone
             .drain(..)
-            .filter(|(nick, _)| registry.id_of(nick).is_none())
-            .map(|(_, e)| e)
+            .filter(|(nick, _, always)| *always || registry.id_of(nick).is_none())
+            .map(|(_, e, _)| e)
             .collect();
         if entries.is_empty() {
             return;

@@ -1,9 +1,11 @@
 //! The peer hub: a mio TCP JoinMarket directory node ([`Hub`]) that routes
 //! PUBMSG and PRIVMSG between handshaked peers, answers GETPEERLIST, keeps
 //! them alive with the heartbeat and bounds what any one of them can cost;
-//! and its pieces: the wire format ([`wire`]), the heartbeat's decisions
+//! its client ([`PeerClient`]); and their pieces: the wire format ([`wire`]),
+//! JMP-0005 nick authentication ([`auth`]), the heartbeat's decisions
 //! ([`sweep`]), the per-peer [`Limits`] and the registry of handshaked peers.
 
+pub mod auth;
 mod client;
 mod io;
 mod limits;
@@ -15,6 +17,7 @@ mod status;
 pub mod sweep;
 pub mod wire;
 
+pub use auth::{Identity, Mode as NickAuthMode};
 pub use client::{ClientEvent, PeerClient, PeerClientConfig};
 pub use limits::Limits;
 pub use registry::{CounterSnapshot, PeerInfo, PeerStatus};

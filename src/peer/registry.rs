@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
+use super::auth::Code;
 use super::sweep::{EvictReason, PeerView, SweepConfig};
 use super::wire::{self, Location};
 
@@ -37,12 +38,20 @@ pub struct PeerInfo {
     pub ping_sent: Option<Instant>,
     /// When the last orderbook probe was sent, if any.
     pub probed_at: Option<Instant>,
+    /// The public key (hex) it proved its nick with (JMP-0005 nick
+    /// authentication); `None` for a peer that did not authenticate.
+    pub pubkey: Option<String>,
 }
 
 impl PeerInfo {
     /// Whether a PING went out that no PONG has answered yet.
     pub fn pong_pending(&self) -> bool {
         self.ping_sent.is_some()
+    }
+
+    /// Whether it proved its nick (JMP-0005).
+    pub fn is_verified(&self) -> bool {
+        self.pubkey.is_some()
     }
 
     /// Maker (serves an onion address) or taker.
@@ -172,6 +181,19 @@ impl Registry {
         }
     }
 
+    /// Who holds this nick: its connection id and, when it proved the
+    /// nick, its public key.
+    pub(crate) fn owner(&self, nick: &str) -> Option<(u64, Option<String>)> {
+        let peers = self.inner.lock();
+        let id = *peers.by_nick.get(nick)?;
+        Some((id, peers.by_id.get(&id)?.pubkey.clone()))
+    }
+
+    /// How many peers proved their nick.
+    pub(crate) fn verified(&self) -> usize {
+        self.inner.lock().by_id.values().filter(|p| p.is_verified()).count()
+    }
+
     /// The connection id of the peer with this nick.
     pub(crate) fn id_of(&self, nick: &str) -> Option<u64> {
         self.inner.lock().by_nick.get(nick).copied()
@@ -241,7 +263,7 @@ const KINDS: [(Kind, &str); 6] = [
     (Kind::Other, "other"),
 ];
 
-const REASONS: [&str; 8] = [
+const REASONS: [&str; 10] = [
     "idle_timeout",
     "pong_timeout",
     "send_failed",
@@ -250,7 +272,12 @@ const REASONS: [&str; 8] = [
     "handshake_timeout",
     "rate_limited",
     "spoofed",
+    "displaced",
+    "nick_auth_timeout",
 ];
+
+/// The nick-authentication refusals counted, by their 807 code.
+const AUTH_REFUSALS: [Code; 4] = [Code::Malformed, Code::Expired, Code::Invalid, Code::Policy];
 
 /// Why a message was not delivered, for the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,6 +319,8 @@ pub(crate) struct Counters {
     pub(crate) relayed_privmsg: AtomicU64,
     pub(crate) deliveries: AtomicU64,
     pub(crate) notices: AtomicU64,
+    pub(crate) proofs_accepted: AtomicU64,
+    proofs_refused: [AtomicU64; AUTH_REFUSALS.len()],
     evictions: [AtomicU64; REASONS.len()],
     messages: [AtomicU64; KINDS.len()],
     dropped: [AtomicU64; DROPPED.len()],
@@ -305,6 +334,13 @@ impl Counters {
     pub(crate) fn evicted(&self, reason: &EvictReason) {
         if let Some(i) = REASONS.iter().position(|r| *r == reason.label()) {
             Counters::add(&self.evictions[i]);
+        }
+    }
+
+    /// A nick-authentication proof was refused (or never came) with `code`.
+    pub(crate) fn proof_refused(&self, code: Code) {
+        if let Some(i) = AUTH_REFUSALS.iter().position(|c| *c == code) {
+            Counters::add(&self.proofs_refused[i]);
         }
     }
 
@@ -339,6 +375,12 @@ impl Counters {
             relayed_privmsg: get(&self.relayed_privmsg),
             deliveries: get(&self.deliveries),
             notices: get(&self.notices),
+            proofs_accepted: get(&self.proofs_accepted),
+            proofs_refused: AUTH_REFUSALS
+                .iter()
+                .zip(&self.proofs_refused)
+                .map(|(code, c)| (code.as_str(), get(c)))
+                .collect(),
             dropped: DROPPED.iter().zip(&self.dropped).map(|((_, d), c)| (*d, get(c))).collect(),
             evictions: REASONS.iter().zip(&self.evictions).map(|(r, c)| (*r, get(c))).collect(),
             messages: KINDS.iter().zip(&self.messages).map(|((_, k), c)| (*k, get(c))).collect(),
@@ -379,12 +421,18 @@ pub struct CounterSnapshot {
     pub deliveries: u64,
     /// `;D` notice lines sent, one per recipient per line.
     pub notices: u64,
+    /// Nick-authentication proofs accepted (807 `ok`).
+    pub proofs_accepted: u64,
+    /// Nick-authentication attempts refused, by their 807 code (`malformed`,
+    /// `expired`, `invalid`, `policy`).
+    pub proofs_refused: Vec<(&'static str, u64)>,
     /// Messages not delivered, by reason (`unknown_target`, `rate_limited`,
     /// `slow_recipient`, `peerlist_busy`, `too_long`: a message that,
     /// re-encoded with the hub's spacing and `\r\n`, would pass the max line).
     pub dropped: Vec<(&'static str, u64)>,
     /// Evictions by reason label (`idle_timeout`, `pong_timeout`, `send_failed`,
-    /// `slow_consumer`, `protocol`, `handshake_timeout`, `rate_limited`, `spoofed`).
+    /// `slow_consumer`, `protocol`, `handshake_timeout`, `rate_limited`, `spoofed`,
+    /// `displaced`, `nick_auth_timeout`).
     pub evictions: Vec<(&'static str, u64)>,
     /// Messages received from handshaked peers, by kind (`privmsg`, `pubmsg`,
     /// `ping`, `pong`, `getpeerlist`, `other`).
@@ -406,6 +454,8 @@ pub struct PeerStatus {
     pub idle: Duration,
     /// Whether a PING awaits its PONG.
     pub pong_pending: bool,
+    /// Whether it proved its nick (JMP-0005).
+    pub verified: bool,
 }
 
 impl PeerStatus {
@@ -417,6 +467,7 @@ impl PeerStatus {
             ping: peer.ping,
             idle: now.saturating_duration_since(peer.last_seen),
             pong_pending: peer.pong_pending(),
+            verified: peer.is_verified(),
         }
     }
 }
@@ -438,6 +489,7 @@ mod tests {
             last_seen: now,
             ping_sent: None,
             probed_at: None,
+            pubkey: None,
         }
     }
 

@@ -13,6 +13,7 @@ use mio::net::TcpListener;
 use mio::{Poll, Waker};
 use parking_lot::Mutex;
 
+use super::auth::{self, Mode};
 use super::io::{Control, Io, WAKER};
 use super::limits::Limits;
 use super::registry::{CounterSnapshot, Counters, PeerStatus, Registry};
@@ -81,6 +82,20 @@ pub struct HubConfig {
     pub announce_takers: bool,
     /// A connection must handshake within this. Default 10 s.
     pub handshake_timeout: Duration,
+    /// The directory id of JMP-0005 nick authentication: what clients
+    /// expect for the endpoint they dial (for an onion service, its
+    /// `<56 base32>.onion:<port>`), bound into every challenge and proof.
+    /// `None` (default): nick authentication is off and not advertised.
+    pub nick_auth_id: Option<String>,
+    /// With a `nick_auth_id`: [`Mode::Prefer`] (default) challenges the
+    /// clients that advertise `nick_auth` and admits the others
+    /// unauthenticated; [`Mode::Require`] refuses the others with a 795
+    /// `accepted: false`, motd `Rejected: verified nick authentication
+    /// required`; [`Mode::Off`] neither advertises nor challenges.
+    pub nick_auth: Mode,
+    /// A challenged client must send its proof within this. At most (and
+    /// by default) 30 s, joinmarket-ng's cap.
+    pub nick_auth_timeout: Duration,
     /// A sweep later than this was held up by a stall of the hub itself (a
     /// stopped process, a suspended machine): the stall counts against no
     /// peer's idle time or pong wait, and what peers sent meanwhile is read
@@ -114,6 +129,9 @@ impl Default for HubConfig {
             notice_interval: Duration::from_secs(1),
             announce_takers: false,
             handshake_timeout: Duration::from_secs(10),
+            nick_auth_id: None,
+            nick_auth: Mode::Prefer,
+            nick_auth_timeout: auth::MAX_TIMEOUT,
             stall_threshold: Duration::from_secs(2),
             clock: Arc::new(SystemClock),
         }
@@ -141,6 +159,18 @@ impl HubConfig {
         {
             return bad("the handshake timeout, write deadline and notice interval must be positive".into());
         }
+        if let Some(id) = &self.nick_auth_id {
+            auth::check_directory_id(id).or_else(bad)?;
+        } else if self.nick_auth == Mode::Require {
+            return bad("nick authentication cannot be required without a directory id".into());
+        }
+        if self.nick_auth_timeout.is_zero() || self.nick_auth_timeout > auth::MAX_TIMEOUT {
+            return bad(format!(
+                "the nick-auth timeout {:?} is outside (0, {:?}]",
+                self.nick_auth_timeout,
+                auth::MAX_TIMEOUT
+            ));
+        }
         if self.max_line < 64 || self.max_line > wire::MAX_LINE {
             return bad(format!(
                 "max line {} is outside 64..={}: peers drop longer lines, and a handshake needs 64",
@@ -165,6 +195,8 @@ pub enum HubEvent {
         location: Location,
         /// Whether it advertised ping.
         ping: bool,
+        /// Whether it proved its nick (JMP-0005 nick authentication).
+        verified: bool,
     },
     /// A handshaked peer closed its connection, or it failed.
     Left {
@@ -185,8 +217,9 @@ pub enum HubEvent {
         reason: EvictReason,
     },
     /// A connection that never became a peer was closed: a refused or
-    /// malformed handshake, none in time, or a limit (the peer limit, or the
-    /// pool of connections not yet handshaked was full). The `rejected`
+    /// malformed handshake, none in time, a failed or missing nick-auth
+    /// proof, or a limit (the peer limit, or the pool of connections not yet
+    /// handshaked was full). The `rejected`
     /// counter counts exactly these.
     Rejected {
         /// The remote address.
@@ -237,6 +270,8 @@ pub struct Hub {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     network: String,
+    nick_auth: Mode,
+    nick_auth_id: Option<String>,
     running: Mutex<Option<Running>>,
 }
 
@@ -252,6 +287,14 @@ impl Hub {
     /// Binds the listener and starts the I/O and sweep threads.
     pub fn start(config: HubConfig) -> Result<Hub> {
         config.validate()?;
+        let (nick_auth, nick_auth_id) = match &config.nick_auth_id {
+            Some(id) if config.nick_auth != Mode::Off => (config.nick_auth, Some(id.clone())),
+            _ => (Mode::Off, None),
+        };
+        if nick_auth != Mode::Off {
+            // Every challenge needs it: fail now rather than on each client.
+            auth::random_challenge()?;
+        }
         let listener = TcpListener::bind(config.listen).map_err(|e| {
             Error::Io(io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen)))
         })?;
@@ -302,6 +345,8 @@ impl Hub {
             shared,
             local_addr,
             network: config.network,
+            nick_auth,
+            nick_auth_id,
             running: Mutex::new(Some(Running { control, waker, stop_sweep, io, sweep })),
         })
     }
@@ -353,7 +398,24 @@ impl Hub {
         self.subscribe()
     }
 
-    /// Handshaked peers now.
+    /// Whether nick authentication runs: [`Mode::Off`] without a directory id.
+    pub fn nick_auth(&self) -> Mode {
+        self.nick_auth
+    }
+
+    /// The directory id proofs are bound to, when nick authentication runs.
+    pub fn nick_auth_id(&self) -> Option<&str> {
+        self.nick_auth_id.as_deref()
+    }
+
+    /// How many of the [`peer_count`](Self::peer_count) peers proved their
+    /// nick (JMP-0005 nick authentication).
+    pub fn verified_peer_count(&self) -> usize {
+        self.shared.registry.verified()
+    }
+
+    /// How many peers are handshaked (and, where nick authentication ran,
+    /// authenticated): the peers messages are routed between.
     pub fn peer_count(&self) -> usize {
         self.shared.registry.len()
     }

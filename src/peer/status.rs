@@ -25,7 +25,9 @@ const HTTP_PREFIX: &str = "heartbeat_hub_status";
 /// - `GET /health`: `200 {"status": "ok", "peers": N, "nick": .., "network": ..}`
 ///   while the hub runs, `503` with `"status": "stopped"` once it does not.
 /// - `GET /status`: every peer (`nick`, `role`, `location`, `ping`,
-///   `idle_sec`, `pong_pending`) and the hub's counters, as JSON.
+///   `idle_sec`, `pong_pending`, `verified`), the hub's nick-authentication
+///   setting (`nick_auth`: `off`, `prefer` or `require`) and its counters
+///   (nick-auth proofs accepted and refused by code among them), as JSON.
 /// - `GET /metrics`: the same figures in the Prometheus text format, and the
 ///   HTTP front's own (`heartbeat_hub_status_http_*`).
 ///
@@ -124,6 +126,7 @@ fn status(hub: &Hub) -> String {
         network: hub.network(),
         listen: hub.local_addr(),
         running: hub.is_running(),
+        nick_auth: hub.nick_auth().to_string(),
         peers: peers.iter().map(PeerBody::from).collect(),
         counters: CountersBody::from(&counters),
     };
@@ -136,6 +139,7 @@ struct StatusBody<'a> {
     network: &'a str,
     listen: SocketAddr,
     running: bool,
+    nick_auth: String,
     peers: Vec<PeerBody<'a>>,
     counters: CountersBody<'a>,
 }
@@ -148,6 +152,7 @@ struct PeerBody<'a> {
     ping: bool,
     idle_sec: f64,
     pong_pending: bool,
+    verified: bool,
 }
 
 impl<'a> From<&'a PeerStatus> for PeerBody<'a> {
@@ -160,6 +165,7 @@ impl<'a> From<&'a PeerStatus> for PeerBody<'a> {
             // Milliseconds are plenty, and keep the numbers short.
             idle_sec: (peer.idle.as_secs_f64() * 1000.0).round() / 1000.0,
             pong_pending: peer.pong_pending,
+            verified: peer.verified,
         }
     }
 }
@@ -180,6 +186,8 @@ struct CountersBody<'a> {
     relayed_privmsg: u64,
     deliveries: u64,
     notices: u64,
+    proofs_accepted: u64,
+    proofs_refused: Labelled<'a>,
     dropped: Labelled<'a>,
     evictions: Labelled<'a>,
     messages: Labelled<'a>,
@@ -202,6 +210,8 @@ impl<'a> From<&'a CounterSnapshot> for CountersBody<'a> {
             relayed_privmsg: c.relayed_privmsg,
             deliveries: c.deliveries,
             notices: c.notices,
+            proofs_accepted: c.proofs_accepted,
+            proofs_refused: Labelled(&c.proofs_refused),
             dropped: Labelled(&c.dropped),
             evictions: Labelled(&c.evictions),
             messages: Labelled(&c.messages),
@@ -241,6 +251,11 @@ fn metrics(peers: &[PeerStatus], c: &CounterSnapshot, http: Option<&HttpCounters
         "Peers pinged that have not answered with a PONG yet.",
     );
     sample(&mut out, "heartbeat_hub_pong_pending", None, pending);
+    let verified = peers.iter().filter(|p| p.verified).count() as u64;
+    let name = "heartbeat_hub_peers_by_auth";
+    family(&mut out, name, "gauge", "Handshaked peers connected now, by whether they proved their nick.");
+    sample(&mut out, name, Some(("auth", "verified")), verified);
+    sample(&mut out, name, Some(("auth", "unverified")), peers.len() as u64 - verified);
 
     for (name, help, value) in [
         ("heartbeat_hub_connections_accepted_total", "TCP connections accepted.", c.accepted),
@@ -273,6 +288,11 @@ fn metrics(peers: &[PeerStatus], c: &CounterSnapshot, http: Option<&HttpCounters
         ("heartbeat_hub_relayed_privmsg_total", "PRIVMSGs relayed.", c.relayed_privmsg),
         ("heartbeat_hub_deliveries_total", "Relayed copies handed to recipients.", c.deliveries),
         ("heartbeat_hub_notices_total", "Departure notice lines sent, one per recipient.", c.notices),
+        (
+            "heartbeat_hub_nick_auth_accepted_total",
+            "Nick-authentication proofs accepted (807 ok).",
+            c.proofs_accepted,
+        ),
     ] {
         family(&mut out, name, "counter", help);
         sample(&mut out, name, None, value);
@@ -282,6 +302,11 @@ fn metrics(peers: &[PeerStatus], c: &CounterSnapshot, http: Option<&HttpCounters
     family(&mut out, name, "counter", "Connections the hub evicted, by reason.");
     for (reason, n) in &c.evictions {
         sample(&mut out, name, Some(("reason", reason)), *n);
+    }
+    let name = "heartbeat_hub_nick_auth_refused_total";
+    family(&mut out, name, "counter", "Nick authentications refused, by 807 code.");
+    for (code, n) in &c.proofs_refused {
+        sample(&mut out, name, Some(("code", code)), *n);
     }
     let name = "heartbeat_hub_messages_total";
     family(&mut out, name, "counter", "Messages received from handshaked peers, by kind.");
@@ -327,6 +352,8 @@ mod tests {
             relayed_privmsg: 9,
             deliveries: 30,
             notices: 2,
+            proofs_accepted: 3,
+            proofs_refused: vec![("malformed", 0), ("expired", 1), ("invalid", 2), ("policy", 0)],
             dropped: vec![
                 ("unknown_target", 1),
                 ("rate_limited", 0),
@@ -342,6 +369,8 @@ mod tests {
                 ("handshake_timeout", 0),
                 ("rate_limited", 0),
                 ("spoofed", 0),
+                ("displaced", 0),
+                ("nick_auth_timeout", 1),
             ],
             messages: vec![
                 ("privmsg", 10),
@@ -362,6 +391,7 @@ mod tests {
             ping: true,
             idle: Duration::from_millis(1500),
             pong_pending,
+            verified: nick == "a",
         }
     }
 
@@ -423,6 +453,10 @@ mod tests {
             "heartbeat_hub_evictions_total{reason=\"idle_timeout\"} 2",
             "heartbeat_hub_evictions_total{reason=\"pong_timeout\"} 1",
             "heartbeat_hub_evictions_total{reason=\"handshake_timeout\"} 0",
+            "heartbeat_hub_peers_by_auth{auth=\"verified\"} 1",
+            "heartbeat_hub_peers_by_auth{auth=\"unverified\"} 2",
+            "heartbeat_hub_nick_auth_accepted_total 3",
+            "heartbeat_hub_nick_auth_refused_total{code=\"invalid\"} 2",
             "heartbeat_hub_messages_total{kind=\"getpeerlist\"} 14",
             "heartbeat_hub_messages_total{kind=\"other\"} 0",
             "# TYPE heartbeat_hub_peers gauge",
@@ -435,7 +469,7 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         let evictions = text.lines().filter(|l| l.starts_with("heartbeat_hub_evictions_total{")).count();
-        assert_eq!(evictions, 8, "every reason, zeros included");
+        assert_eq!(evictions, 10, "every reason, zeros included");
     }
 
     #[test]

@@ -153,12 +153,17 @@ pub enum EvictReason {
     RateLimited(String),
     /// The peer sent a message under another peer's nick.
     Spoofed,
+    /// A connection that proved its nick (JMP-0005) took the nick over from
+    /// this unverified peer, or from an earlier connection of the same key.
+    Displaced,
+    /// The connection did not send its nick-authentication proof in time.
+    NickAuthTimeout,
 }
 
 impl EvictReason {
     /// A short, fixed label for metrics: `idle_timeout`, `pong_timeout`,
     /// `send_failed`, `slow_consumer`, `protocol`, `handshake_timeout`,
-    /// `rate_limited`, `spoofed`.
+    /// `rate_limited`, `spoofed`, `displaced`, `nick_auth_timeout`.
     pub fn label(&self) -> &'static str {
         match self {
             EvictReason::IdleTimeout => "idle_timeout",
@@ -169,6 +174,8 @@ impl EvictReason {
             EvictReason::HandshakeTimeout => "handshake_timeout",
             EvictReason::RateLimited(_) => "rate_limited",
             EvictReason::Spoofed => "spoofed",
+            EvictReason::Displaced => "displaced",
+            EvictReason::NickAuthTimeout => "nick_auth_timeout",
         }
     }
 }
@@ -184,6 +191,8 @@ impl fmt::Display for EvictReason {
             EvictReason::HandshakeTimeout => f.write_str("handshake timeout"),
             EvictReason::RateLimited(what) => write!(f, "rate limited: {what}"),
             EvictReason::Spoofed => f.write_str("spoofed sender: a message from another peer's nick"),
+            EvictReason::Displaced => f.write_str("displaced by a connection that proved the nick"),
+            EvictReason::NickAuthTimeout => f.write_str("no nick-authentication proof in time"),
         }
     }
 }

@@ -87,6 +87,8 @@ const QUOTE_MAX: usize = 64;
 const ONION_LEN: usize = 56;
 /// The features we advertise, in jmcore's order and spacing.
 const OUR_FEATURES: &str = r#"{"peerlist_features": true, "ping": true}"#;
+/// The same with nick authentication (JMP-0005), as joinmarket-ng writes them.
+const OUR_FEATURES_NICK_AUTH: &str = r#"{"nick_auth": true, "peerlist_features": true, "ping": true}"#;
 
 /// One message: `{"type": N, "line": "..."}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,6 +240,9 @@ pub struct Handshake {
     /// The peer advertised `"features": {"peerlist_features": true}`: its
     /// PEERLIST entries may carry `;F:` ([`peer_entry`]).
     pub peerlist_features: bool,
+    /// The peer advertised `"features": {"nick_auth": true}`: it offers to
+    /// prove its nick (JMP-0005, [`super::auth`]).
+    pub nick_auth: bool,
     /// The names of the features whose value is JSON `true`, sorted bytewise
     /// and joined with `+` (`"peerlist_features+ping"`), or `""` when none:
     /// what a PEERLIST entry writes after `;F:`. Names are `[a-z0-9_]+`, so
@@ -357,6 +362,7 @@ pub fn parse_handshake(line: &str, network: &str) -> Result<Handshake, Handshake
         proto_ver: PROTO_VER,
         ping: ping_feature(features),
         peerlist_features: features.get("peerlist_features") == Some(&Value::Bool(true)),
+        nick_auth: features.get("nick_auth") == Some(&Value::Bool(true)),
         features: true_features(features),
         nick: nick.to_owned(),
         network: their_network.to_owned(),
@@ -369,10 +375,23 @@ pub fn parse_handshake(line: &str, network: &str) -> Result<Handshake, Handshake
 /// `features: {"peerlist_features": true, "ping": true}`, `accepted`, `nick`,
 /// `network`, then `motd` when given.
 pub fn dn_handshake(nick: &str, network: &str, motd: Option<&str>, accepted: bool) -> String {
+    dn_handshake_with(nick, network, motd, accepted, false)
+}
+
+/// [`dn_handshake`], advertising `"nick_auth": true` first among the
+/// features when `nick_auth` (as joinmarket-ng does with a directory id).
+pub fn dn_handshake_with(
+    nick: &str,
+    network: &str,
+    motd: Option<&str>,
+    accepted: bool,
+    nick_auth: bool,
+) -> String {
+    let features = if nick_auth { OUR_FEATURES_NICK_AUTH } else { OUR_FEATURES };
     let motd = motd.map(|motd| format!(", \"motd\": {}", json_str(motd))).unwrap_or_default();
     format!(
         "{{\"app-name\": \"{APP_NAME}\", \"directory\": true, \"proto-ver-min\": {PROTO_VER}, \
-         \"proto-ver-max\": {PROTO_VER}, \"features\": {OUR_FEATURES}, \"accepted\": {accepted}, \
+         \"proto-ver-max\": {PROTO_VER}, \"features\": {features}, \"accepted\": {accepted}, \
          \"nick\": {}, \"network\": {}{motd}}}",
         json_str(nick),
         json_str(network),
@@ -384,7 +403,25 @@ pub fn dn_handshake(nick: &str, network: &str, motd: Option<&str>, accepted: boo
 /// `features` (`{"peerlist_features": true, "ping": true}` when `ping`, else
 /// `{}` like reference clients), `nick`, `network`.
 pub fn client_handshake(nick: &str, network: &str, location: &Location, ping: bool) -> String {
-    let features = if ping { OUR_FEATURES } else { "{}" };
+    client_handshake_with(nick, network, location, ping, false)
+}
+
+/// [`client_handshake`], advertising `"nick_auth": true` when `nick_auth`:
+/// `{"nick_auth": true, "peerlist_features": true, "ping": true}` as jmcore
+/// writes it, or `{"nick_auth": true}` without `ping`.
+pub fn client_handshake_with(
+    nick: &str,
+    network: &str,
+    location: &Location,
+    ping: bool,
+    nick_auth: bool,
+) -> String {
+    let features = match (ping, nick_auth) {
+        (true, true) => OUR_FEATURES_NICK_AUTH,
+        (true, false) => OUR_FEATURES,
+        (false, true) => r#"{"nick_auth": true}"#,
+        (false, false) => "{}",
+    };
     format!(
         "{{\"app-name\": \"{APP_NAME}\", \"directory\": false, \"location-string\": {}, \
          \"proto-ver\": {PROTO_VER}, \"features\": {features}, \"nick\": {}, \"network\": {}}}",
@@ -407,6 +444,9 @@ pub struct DirectoryReply {
     pub motd: Option<String>,
     /// The directory advertised `"features": {"ping": true}`.
     pub ping: bool,
+    /// The directory advertised `"features": {"nick_auth": true}`: it will
+    /// challenge a client that advertised it too (JMP-0005).
+    pub nick_auth: bool,
 }
 
 /// Parses a 795 reply (the inner JSON string).
@@ -452,6 +492,7 @@ pub fn parse_dn_handshake(line: &str) -> Result<DirectoryReply, WireError> {
         network: network.to_owned(),
         motd: map.get("motd").and_then(Value::as_str).map(str::to_owned),
         ping: ping_feature(features),
+        nick_auth: features.get("nick_auth") == Some(&Value::Bool(true)),
     })
 }
 
@@ -523,7 +564,7 @@ pub fn random_nick() -> String {
 /// first 10 bytes of its key's hash. 10 bytes never take more than 14
 /// characters (58^14 > 2^80, and each leading zero costs one character but
 /// removes 8 bits), so the result is always 16 characters.
-fn nick_from_hash(hash: [u8; NICK_HASH_LEN]) -> String {
+pub(crate) fn nick_from_hash(hash: [u8; NICK_HASH_LEN]) -> String {
     let mut nick = String::with_capacity(NICK_LEN);
     nick.push_str("J5");
     for _ in hash.iter().take_while(|&&byte| byte == 0) {
@@ -1233,6 +1274,7 @@ mod tests {
                 proto_ver: 5,
                 ping: true,
                 peerlist_features: true,
+                nick_auth: false,
                 features: "peerlist_features+ping".to_owned(),
                 nick: "J58xFhRi1utTq6zF".to_owned(),
                 network: "regtest".to_owned(),
@@ -1738,6 +1780,29 @@ mod tests {
     }
 
     #[test]
+    fn nick_auth_is_advertised_as_joinmarket_ng_and_jmcore_write_it() {
+        // The captured ng 795 and jmcore 793 (nick-auth capture, c1): our
+        // encoders write the same features, and the parsers see the flag.
+        let ng = r#"{"app-name": "joinmarket", "directory": true, "proto-ver-min": 5, "proto-ver-max": 5, "features": {"nick_auth": true, "peerlist_features": true, "ping": true}, "accepted": true, "nick": "J58oeStu7UHnWMT8", "network": "regtest"}"#;
+        assert_eq!(dn_handshake_with("J58oeStu7UHnWMT8", "regtest", None, true, true), ng);
+        assert!(parse_dn_handshake(ng).unwrap().nick_auth);
+        assert!(
+            !parse_dn_handshake(&dn_handshake("J58oeStu7UHnWMT8", "regtest", None, true)).unwrap().nick_auth
+        );
+        let jmcore = r#"{"app-name": "joinmarket", "directory": false, "location-string": "NOT-SERVING-ONION", "proto-ver": 5, "features": {"nick_auth": true, "peerlist_features": true, "ping": true}, "nick": "J5DZv4nz2qtyEzu4", "network": "regtest"}"#;
+        assert_eq!(
+            client_handshake_with("J5DZv4nz2qtyEzu4", "regtest", &Location::Taker, true, true),
+            jmcore
+        );
+        let hs = parse_handshake(jmcore, "regtest").unwrap();
+        assert!(hs.nick_auth);
+        assert_eq!(hs.features, "nick_auth+peerlist_features+ping");
+        let legacy = client_handshake_with("J5DZv4nz2qtyEzu4", "regtest", &Location::Taker, false, true);
+        assert!(parse_handshake(&legacy, "regtest").unwrap().nick_auth);
+        assert!(!parse_handshake(&legacy.replace("true", "1"), "regtest").unwrap().nick_auth);
+    }
+
+    #[test]
     fn directory_replies() {
         let reply = parse_dn_handshake(&captured_795_line()).unwrap();
         assert_eq!(
@@ -1748,6 +1813,7 @@ mod tests {
                 network: "regtest".to_owned(),
                 motd: Some("...".to_owned()),
                 ping: true,
+                nick_auth: false,
             }
         );
         // A reference directory: empty features, no ping.
