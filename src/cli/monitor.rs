@@ -273,6 +273,7 @@ fn beat(args: &MonitorArgs, service: &MonitorService) -> Result<Option<BeatGuard
         .metadata("role", "monitor")
         .metadata("http", service.http_addr().to_string())
         .systemd(args.systemd)
+        .exclusive(true)
         .remove_on_stop(true);
     if let Some(udp) = service.udp_addr() {
         builder = builder.metadata("udp", udp.to_string());

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -103,6 +103,9 @@ pub struct ServeArgs {
     /// Keep a heartbeat file at PATH (every 10 s, removed on exit) for `heartbeat check`.
     #[arg(long, value_name = "PATH")]
     beat_file: Option<PathBuf>,
+    /// Notify systemd (READY=1, then WATCHDOG=1 every 10 s) when run as a Type=notify unit.
+    #[arg(long)]
+    systemd: bool,
     /// Print the start line and every join, leave, eviction and rejection
     /// as one JSON object per line on stdout (text: the start lines only).
     #[arg(long, value_enum, default_value_t = super::Format::Text)]
@@ -181,7 +184,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return failed(&e);
         }
     };
-    let beating = match args.beat_file.as_deref().map(|path| beat(path, &hub, status.as_ref())).transpose() {
+    let beating = match beat(&args, &hub, status.as_ref()) {
         Ok(guard) => guard,
         Err(e) => {
             if let Some(status) = &status {
@@ -272,12 +275,17 @@ pub fn run(args: ServeArgs) -> ExitCode {
     code
 }
 
-/// Starts a beater writing `path` every 10 s, with the hub's identity in its
-/// metadata; its first beat is on disk when this returns.
-fn beat(path: &Path, hub: &Hub, status: Option<&StatusServer>) -> Result<BeatGuard, Error> {
+/// With --beat-file or --systemd: a beater writing the file (with the hub's
+/// identity in its metadata) and/or notifying systemd every 10 s; its first
+/// beat is made when this returns.
+fn beat(args: &ServeArgs, hub: &Hub, status: Option<&StatusServer>) -> Result<Option<BeatGuard>, Error> {
+    if args.beat_file.is_none() && !args.systemd {
+        return Ok(None);
+    }
     let mut builder = Beater::builder()
-        .state_file(path)
         .interval(DEFAULT_INTERVAL)
+        .systemd(args.systemd)
+        .exclusive(true)
         .metadata("role", "hub")
         .metadata("nick", hub.nick())
         .metadata("network", hub.network())
@@ -286,11 +294,16 @@ fn beat(path: &Path, hub: &Hub, status: Option<&StatusServer>) -> Result<BeatGua
     if let Some(status) = status {
         builder = builder.metadata("status", status.local_addr().to_string());
     }
+    if let Some(path) = &args.beat_file {
+        builder = builder.state_file(path);
+    }
     let beater = builder.build()?;
     // Fail fast and clearly when the file cannot be written at all.
     beater.beat()?;
-    log::info!("beating {} every {:?}", path.display(), beater.interval());
-    beater.start()
+    if let Some(path) = &args.beat_file {
+        log::info!("beating {} every {}", path.display(), heartbeat::HumanDuration(beater.interval()));
+    }
+    beater.start().map(Some)
 }
 
 /// One event as one JSON line on stdout. A closed stdout is ignored here:
