@@ -153,7 +153,9 @@ impl fmt::Display for Error {
                 write!(f, "heartbeat file {} is not a JSON object: {source}", path.display())
             }
             Error::MissingField { path, field } => {
-                write!(f, "heartbeat file {} lacks the field `{field}`", path.display())
+                // One name per pair of backticks: `last_refresh` or `timestamp`.
+                let names: Vec<String> = field.split(" or ").map(|name| format!("`{name}`")).collect();
+                write!(f, "heartbeat file {} lacks the field {}", path.display(), names.join(" or "))
             }
             Error::InvalidField { path, field, reason } => {
                 write!(f, "heartbeat file {} has a bad `{field}`: {reason}", path.display())
@@ -232,6 +234,8 @@ mod tests {
 
         let e = Error::MissingField { path: "a.json".into(), field: "pid" };
         assert_eq!(e.to_string(), "heartbeat file a.json lacks the field `pid`");
+        let e = Error::MissingField { path: "a.json".into(), field: "last_refresh or timestamp" };
+        assert_eq!(e.to_string(), "heartbeat file a.json lacks the field `last_refresh` or `timestamp`");
         assert!(e.source().is_none());
 
         let e: Error = io::Error::other("boom").into();

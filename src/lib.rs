@@ -53,6 +53,7 @@
 #![deny(unsafe_code)]
 
 mod beater;
+mod builder;
 #[cfg(feature = "capi")]
 pub mod capi;
 mod clock;

@@ -236,8 +236,8 @@ pub enum ClientEvent {
 /// use std::time::Duration;
 /// use heartbeat::peer::{ClientEvent, Hub, HubConfig, PeerClient, PeerClientConfig};
 ///
-/// let hub = Hub::start(HubConfig { listen: "127.0.0.1:0".parse()?, ..HubConfig::default() })?;
-/// let client = PeerClient::start(PeerClientConfig { addr: hub.local_addr(), ..PeerClientConfig::default() })?;
+/// let hub = Hub::builder().listen(([127, 0, 0, 1], 0)).start()?;
+/// let client = PeerClient::builder().addr(hub.local_addr()).start()?;
 /// match client.events().recv_timeout(Duration::from_secs(10))? {
 ///     ClientEvent::Connected { nick, .. } => assert_eq!(nick, hub.nick()),
 ///     other => panic!("{other:?}"),
@@ -300,7 +300,36 @@ impl Connection {
     }
 }
 
+crate::builder::config_builder! {
+    /// Configures a [`PeerClient`]: get one from [`PeerClient::builder`],
+    /// set what differs from the defaults, then [`start`](Self::start).
+    pub struct PeerClientBuilder for PeerClientConfig {
+        set {
+            nick_auth: Mode,
+            location: Location,
+            ping: bool,
+            reconnect_min: Duration,
+            reconnect_max: Duration,
+            connect_timeout: Duration,
+        }
+        into { addr: SocketAddr, network: String }
+        some { nick: String, identity: Identity, nick_auth_id: String }
+    }
+}
+
+impl PeerClientBuilder {
+    /// Validates the configuration and starts the client ([`PeerClient::start`]).
+    pub fn start(self) -> Result<PeerClient> {
+        PeerClient::start(self.config)
+    }
+}
+
 impl PeerClient {
+    /// A builder with the defaults of [`PeerClientConfig::default`].
+    pub fn builder() -> PeerClientBuilder {
+        PeerClientBuilder::default()
+    }
+
     /// Validates the configuration and starts the client's thread, which
     /// connects at once. Errors are a bad configuration (an empty network, a
     /// malformed nick, a zero delay or timeout, `reconnect_min` above

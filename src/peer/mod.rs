@@ -18,9 +18,9 @@ pub mod sweep;
 pub mod wire;
 
 pub use auth::{Identity, Mode as NickAuthMode};
-pub use client::{ClientEvent, PeerClient, PeerClientConfig};
+pub use client::{ClientEvent, PeerClient, PeerClientBuilder, PeerClientConfig};
 pub use limits::Limits;
 pub use registry::{CounterSnapshot, PeerInfo, PeerStatus};
-pub use server::{DEFAULT_MOTD, DEFAULT_PORT, Hub, HubConfig, HubEvent};
+pub use server::{DEFAULT_MOTD, DEFAULT_PORT, Hub, HubBuilder, HubConfig, HubEvent};
 pub use status::StatusServer;
 pub use sweep::{EvictReason, SweepConfig};

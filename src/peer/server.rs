@@ -283,8 +283,57 @@ struct Running {
     sweep: JoinHandle<()>,
 }
 
+crate::builder::config_builder! {
+    /// Configures a [`Hub`]: get one from [`Hub::builder`], set what differs
+    /// from the defaults, then [`start`](Self::start).
+    ///
+    /// ```
+    /// use heartbeat::peer::Hub;
+    /// let hub = Hub::builder().listen(([127, 0, 0, 1], 0)).network("regtest").max_peers(100).start()?;
+    /// assert_eq!(hub.network(), "regtest");
+    /// # Ok::<(), heartbeat::Error>(())
+    /// ```
+    pub struct HubBuilder for HubConfig {
+        set {
+            sweep: SweepConfig,
+            max_peers: usize,
+            max_pending: usize,
+            max_line: usize,
+            max_queued: usize,
+            max_queued_total: usize,
+            write_deadline: Duration,
+            send_buffer: usize,
+            receive_buffer: usize,
+            limits: Limits,
+            notice_interval: Duration,
+            announce_takers: bool,
+            handshake_timeout: Duration,
+            nick_auth: Mode,
+            nick_auth_timeout: Duration,
+            stall_threshold: Duration,
+            clock: SharedClock,
+        }
+        into { listen: SocketAddr, network: String }
+        some { nick: String, motd: String, nick_auth_id: String }
+    }
+}
+
+impl HubBuilder {
+    /// Checks the configuration, binds the listener and starts the hub
+    /// ([`Hub::start`]).
+    pub fn start(self) -> Result<Hub> {
+        Hub::start(self.config)
+    }
+}
+
 impl Hub {
-    /// Binds the listener and starts the I/O and sweep threads.
+    /// A builder with the defaults of [`HubConfig::default`].
+    pub fn builder() -> HubBuilder {
+        HubBuilder::default()
+    }
+
+    /// Binds the listener and starts the I/O and sweep threads, with a
+    /// configuration made by [`HubBuilder`] or by hand.
     pub fn start(config: HubConfig) -> Result<Hub> {
         config.validate()?;
         let (nick_auth, nick_auth_id) = match &config.nick_auth_id {

@@ -230,12 +230,11 @@ pub fn check_token(token: &str) -> Result<()> {
 /// use heartbeat::service::{MonitorService, ServiceConfig};
 ///
 /// let monitor = Monitor::builder().build()?;
-/// let config = ServiceConfig {
-///     http: HttpConfig { listen: "127.0.0.1:0".parse().unwrap(), ..HttpConfig::default() },
-///     udp: Some("127.0.0.1:0".parse().unwrap()),
-///     ..ServiceConfig::default()
-/// };
-/// let service = MonitorService::start(monitor, config)?;
+/// let service = MonitorService::builder()
+///     .listen(([127, 0, 0, 1], 0))
+///     .udp(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+///     .max_sessions(10_000)
+///     .start(monitor)?;
 /// println!("curl -fsS http://{}/ping/backup", service.http_addr());
 /// service.stop()?;
 /// # Ok::<(), heartbeat::Error>(())
@@ -259,7 +258,43 @@ struct Running {
     saver: Option<JoinHandle<()>>,
 }
 
+crate::builder::config_builder! {
+    /// Configures a [`MonitorService`]: get one from
+    /// [`MonitorService::builder`], set what differs from the defaults, then
+    /// [`start`](Self::start) it with its [`Monitor`].
+    pub struct ServiceBuilder for ServiceConfig {
+        set {
+            http: HttpConfig,
+            udp_receive_buffer: usize,
+            max_sessions: usize,
+            hooks: HookConfig,
+            state_reset: bool,
+            save_interval: Duration,
+        }
+        into { udp: Option<SocketAddr> }
+        some { token: String, state_file: PathBuf }
+    }
+}
+
+impl ServiceBuilder {
+    /// Where the HTTP API listens ([`HttpConfig::listen`] of [`ServiceConfig::http`]).
+    pub fn listen(mut self, addr: impl Into<SocketAddr>) -> Self {
+        self.config.http.listen = addr.into();
+        self
+    }
+
+    /// Starts the service over `monitor` ([`MonitorService::start`]).
+    pub fn start(self, monitor: Monitor) -> Result<MonitorService> {
+        MonitorService::start(monitor, self.config)
+    }
+}
+
 impl MonitorService {
+    /// A builder with the defaults of [`ServiceConfig::default`].
+    pub fn builder() -> ServiceBuilder {
+        ServiceBuilder::default()
+    }
+
     /// Restores the state file (unless `state_reset`), binds the HTTP and
     /// UDP sockets, starts the monitor's sweeper and every thread of the
     /// service. A state file that exists but cannot be read or parsed is an
