@@ -269,6 +269,7 @@ fn detector_of(o: &hb_monitor_options) -> Result<Detector, Failure> {
                 min_std_deviation: ms(p.min_std_deviation_ms, "options.phi.min_std_deviation_ms")?,
                 acceptable_pause: ms(p.acceptable_pause_ms, "options.phi.acceptable_pause_ms")?,
                 expected_interval: ms(p.expected_interval_ms, "options.phi.expected_interval_ms")?,
+                ..PhiConfig::default()
             }))
         }
         other => Err(Failure::invalid(format!(
