@@ -2,7 +2,7 @@
 //!
 //! Sessions live in 64 shards, each behind its own lock: a beat hashes the id
 //! once, locks one shard and updates a timestamp. Deadlines sit in a per-shard
-//! hierarchical timing wheel (`wheel.rs`) that is re-armed lazily: a beat
+//! hashed timing wheel (`wheel.rs`) that is re-armed lazily: a beat
 //! never touches it (a phi beat only when it brings the deadline earlier).
 //! When a deadline comes up, a session that beat in the meantime is put
 //! back at its real deadline; one that did not goes on the shard's ready
@@ -71,10 +71,6 @@ pub fn valid_session_id(id: &str) -> bool {
 /// `last_sweep` before the first sweep: nothing to be late against.
 const NO_SWEEP_YET: u64 = u64::MAX;
 
-/// `Session::armed` of a session on its shard's ready list, for the next sweep.
-const READY: u64 = u64::MAX;
-/// The latest deadline: never, in practice (`READY` is reserved).
-const NEVER: u64 = u64::MAX - 1;
 
 /// The sweeper thread moves the wheel on this many times per `check_interval`
 /// (never more often than every [`MIN_MAINTAIN_PERIOD`]).
@@ -585,12 +581,13 @@ struct Shard {
     index: HashTable<u32>,
     sessions: Vec<Session>,
     free: Vec<u32>,
-    /// Deadlines. An entry is live while its session is live, of its
-    /// generation, not paused and `armed` at its deadline; others are stale
-    /// and skipped.
+    /// Deadlines. A session has one live entry, in the wheel or on the
+    /// ready list: one of its generation (re-registering, resuming and a phi
+    /// beat that brings its deadline earlier move the generation on), while
+    /// it is live and not paused. Others are stale and skipped.
     wheel: Wheel,
     /// (slot, generation) of sessions whose deadline passed: the next sweep
-    /// judges them. Live while the session's `armed` is [`READY`].
+    /// judges them.
     ready: Vec<(u32, u32)>,
 }
 
@@ -606,8 +603,6 @@ struct Session {
     /// Index into the monitor's agent-type table.
     agent: u32,
     generation: u32,
-    /// The deadline of its one live wheel entry, or [`READY`].
-    armed: u64,
     missed: u32,
     paused: bool,
     live: bool,
@@ -619,9 +614,9 @@ struct Session {
 }
 
 impl Session {
-    /// Whether `e` is this session's live wheel entry.
-    fn holds(&self, e: &Entry) -> bool {
-        self.live && self.generation == e.generation && self.armed == e.deadline && !self.paused
+    /// Whether an entry of `generation` is this session's live one.
+    fn holds(&self, generation: u32) -> bool {
+        self.live && self.generation == generation && !self.paused
     }
 
     /// Counted in `Inner::unhealthy`.
@@ -809,6 +804,7 @@ impl Monitor {
         let shard = &mut *shard;
         let s = &mut shard.sessions[slot as usize];
         let (has_beaten, last_beat) = (s.has_beaten, s.last_beat);
+        let before = s.phi().map(|_| inner.deadline_of(s));
         let phi = s.phi_mut().map(|p| {
             if has_beaten {
                 // Akka's rules: the first beat (after register or resume) only
@@ -821,17 +817,20 @@ impl Monitor {
                 }
             }
         });
+        let phi = phi.and(before);
         s.has_beaten = true;
         s.last_beat = now;
         inner.recover(s, session_id);
-        if phi.is_some() && s.armed != READY && !s.paused {
-            // New statistics may bring the deadline earlier than the entry in
-            // the wheel (beats sped up): only then does a beat arm an entry.
+        if let Some(before) = phi
+            && !s.paused
+        {
+            // New statistics may bring the deadline earlier than it was
+            // before this beat (beats sped up), and so maybe earlier than the
+            // entry armed: only then does a beat arm a new one.
             let deadline = inner.deadline_of(s);
-            if deadline < s.armed {
-                s.armed = deadline;
-                let generation = s.generation;
-                shard.wheel.insert(Entry { deadline, slot, generation });
+            if deadline < before {
+                s.generation = s.generation.wrapping_add(1);
+                shard.arm(slot, deadline);
             }
         }
         true
@@ -1323,27 +1322,22 @@ impl Drop for MonitorGuard {
 }
 
 impl Shard {
-    /// Arms `slot`'s one live entry at `deadline` (earlier entries of it go
-    /// stale). Stale entries stay until they come up; when they outnumber
+    /// Arms `slot`'s live entry (of its generation) at `deadline`. Stale entries stay until they come up; when they outnumber
     /// the live sessions the wheel is rebuilt without them, so it stays
     /// within twice the sessions whatever the deadlines.
     fn arm(&mut self, slot: u32, deadline: u64) {
-        let s = &mut self.sessions[slot as usize];
-        s.armed = deadline.min(NEVER);
-        let entry = Entry { deadline: s.armed, slot, generation: s.generation };
-        self.wheel.insert(entry);
+        let generation = self.sessions[slot as usize].generation;
+        self.wheel.insert(Entry { deadline, slot, generation });
         let live = self.sessions.len() - self.free.len();
         if self.wheel.len() > 2 * live + 64 {
             let sessions = &self.sessions;
-            self.wheel.retain(|e| sessions[e.slot as usize].holds(e));
+            self.wheel.retain(|e| sessions[e.slot as usize].holds(e.generation));
         }
     }
 
     /// Puts `slot` on the ready list for the next sweep.
     fn make_ready(&mut self, slot: u32) {
-        let s = &mut self.sessions[slot as usize];
-        s.armed = READY;
-        self.ready.push((slot, s.generation));
+        self.ready.push((slot, self.sessions[slot as usize].generation));
     }
 
     fn find(&self, hash: u64, id: &str) -> Option<u32> {
@@ -1450,7 +1444,6 @@ impl Inner {
                     grace_until,
                     agent,
                     generation: 0,
-                    armed: NEVER,
                     missed: 0,
                     paused: false,
                     live: true,
@@ -1607,7 +1600,7 @@ impl Inner {
                 since.saturating_add(ms_to_nanos(ms)).saturating_add(1_000)
             }
         };
-        deadline.min(NEVER)
+        deadline
     }
 
     fn judge(&self, s: &Session, now: u64, late: bool) -> Verdict {
@@ -1645,7 +1638,7 @@ impl Inner {
         shard.wheel.expire(now, expired);
         for e in expired.drain(..) {
             let s = &shard.sessions[e.slot as usize];
-            if !s.holds(&e) {
+            if !s.holds(e.generation) {
                 continue; // stale, or paused (resume re-arms it)
             }
             let deadline = self.deadline_of(s);
@@ -1670,7 +1663,7 @@ impl Inner {
     ) {
         for (slot, generation) in ready.drain(..) {
             let s = &mut shard.sessions[slot as usize];
-            if !s.live || s.generation != generation || s.armed != READY || s.paused {
+            if !s.holds(generation) {
                 continue; // stale, or paused (resume re-arms it)
             }
             match self.judge(s, now, late) {
@@ -1867,7 +1860,7 @@ mod tests {
     }
 
     #[test]
-    fn a_phi_beat_that_brings_the_deadline_earlier_arms_it() {
+    fn a_phi_session_is_looked_at_when_its_deadline_comes_earlier() {
         use crate::clock::ManualClock;
         let clock = ManualClock::new();
         let config = PhiConfig { acceptable_pause: Duration::ZERO, ..PhiConfig::default() };
@@ -1876,7 +1869,8 @@ mod tests {
         monitor.register("p", "w");
         let armed = || {
             let (shard, slot, _) = monitor.inner.locate("p").unwrap();
-            shard.sessions[slot as usize].armed
+            let s = &shard.sessions[slot as usize];
+            monitor.inner.deadline_of(s)
         };
         let first = armed();
         // Beats every 100 ms: the expected 10 s interval shrinks fast.

@@ -1,22 +1,21 @@
-//! A hierarchical timing wheel (Varghese and Lauck's scheme 7, laid out as
-//! tokio's timer lays it out): each shard's deadlines, whatever their size.
+//! A hashed timing wheel (Varghese and Lauck's scheme 6): each shard's
+//! deadlines, whatever their size.
 //!
-//! Time is counted in ticks of 2^20 ns (about 1 ms). Level 0 has 64 slots of
-//! one tick each, level 1 64 slots of 64 ticks, and so on: eight levels
-//! cover every `u64` nanosecond. An entry sits at the level of the highest
-//! 6-bit digit in which its tick differs from the wheel's current tick, so
-//! a deadline a day away is in a slot of about 4.9 hours (level 3) and moves
-//! down a level each time its slot comes up: at most eight moves in its
-//! life, each O(1). Finding the next occupied slot is a bit scan of one
-//! 64-bit word per level. So a pass costs in proportion to the entries that
-//! come up, not to the entries held, and a second-long timeout and a
-//! day-long one share the structure at the same cost.
+//! 1,024 slots of 2^26 ns (67 ms) make a revolution of 68.7 s. An entry goes
+//! in the slot of its deadline, modulo the revolution; a pass looks at the
+//! slots the clock went through since the last pass, hands out the entries
+//! that are due and leaves the others, whose deadline is a revolution or
+//! more away (or later in the slot now current), where they are. So a pass
+//! costs in proportion to the entries in the slots it crosses: those coming
+//! due, plus those of longer deadlines, each looked at once per revolution
+//! (a one-day deadline 1,257 times, a few nanoseconds each, in order in
+//! memory). Nothing is ever moved in bulk (a hierarchical wheel's cascades
+//! move a whole higher-level slot at once), so when deadlines are spread
+//! over time the work is spread the same way. A second-long timeout and a
+//! day-long one share the structure.
 //!
 //! Entries carry their exact deadline: one is handed out only once that
-//! nanosecond has passed, and entries in the current tick that are not yet
-//! due stay, to be looked at by the next pass.
-
-use std::mem;
+//! nanosecond has passed.
 
 /// One deadline: session `slot` of generation `generation` must be looked at
 /// from `deadline` (ns since the monitor's epoch) on.
@@ -27,30 +26,18 @@ pub(super) struct Entry {
     pub(super) generation: u32,
 }
 
-const BITS: u32 = 6;
-const SLOTS: usize = 1 << BITS;
-const LEVELS: usize = 8;
-/// A tick is 2^20 ns (1.05 ms): 44 bits of ticks, 8 levels of 6 bits.
-const TICK_SHIFT: u32 = 20;
+/// A slot is 2^26 ns (67.1 ms).
+const SLOT_SHIFT: u32 = 26;
+const SLOTS: u64 = 1024;
 
+#[derive(Default)]
 pub(super) struct Wheel {
-    /// The tick up to which every slot has been handed out or cascaded.
-    elapsed: u64,
-    /// Bit `i` of `occupied[level]`: slot `i` of that level holds entries.
-    occupied: [u64; LEVELS],
-    slots: Box<[Vec<Entry>]>,
+    /// `SLOTS` lists, allocated at the first insert.
+    slots: Vec<Vec<Entry>>,
+    /// The absolute slot number (deadline >> SLOT_SHIFT) of the last pass:
+    /// looked at again by the next one, as it may hold entries not yet due.
+    cursor: u64,
     len: usize,
-}
-
-impl Default for Wheel {
-    fn default() -> Self {
-        Wheel {
-            elapsed: 0,
-            occupied: [0; LEVELS],
-            slots: (0..LEVELS * SLOTS).map(|_| Vec::new()).collect(),
-            len: 0,
-        }
-    }
 }
 
 impl Wheel {
@@ -61,84 +48,58 @@ impl Wheel {
 
     /// Adds an entry. A deadline already past comes up at the next pass.
     pub(super) fn insert(&mut self, entry: Entry) {
-        let tick = (entry.deadline >> TICK_SHIFT).max(self.elapsed);
-        let level = level_for(self.elapsed, tick);
-        let index = ((tick >> (BITS * level as u32)) as usize) & (SLOTS - 1);
-        self.slots[level * SLOTS + index].push(entry);
-        self.occupied[level] |= 1 << index;
+        if self.slots.is_empty() {
+            self.slots = (0..SLOTS).map(|_| Vec::new()).collect();
+        }
+        let at = (entry.deadline >> SLOT_SHIFT).max(self.cursor);
+        self.slots[(at % SLOTS) as usize].push(entry);
         self.len += 1;
     }
 
     /// Moves every entry whose deadline is at or before `now` into `due`
     /// (in no particular order) and moves the wheel on to `now`.
     pub(super) fn expire(&mut self, now: u64, due: &mut Vec<Entry>) {
-        let now_tick = now >> TICK_SHIFT;
-        // Entries of the current tick that are not due yet: back in after.
-        let mut not_yet = Vec::new();
-        while let Some((level, index, start)) = self.next_slot() {
-            if start > now_tick {
-                break;
-            }
-            self.elapsed = start;
-            self.occupied[level] &= !(1 << index);
-            let entries = mem::take(&mut self.slots[level * SLOTS + index]);
-            self.len -= entries.len();
-            for entry in entries {
-                if entry.deadline <= now {
-                    due.push(entry);
-                } else if level == 0 {
-                    not_yet.push(entry);
-                } else {
-                    // Cascade: relative to `start`, it belongs to a lower level.
-                    self.insert(entry);
+        let now_slot = now >> SLOT_SHIFT;
+        if self.slots.is_empty() || now_slot < self.cursor {
+            return;
+        }
+        // A revolution or more since the last pass: every slot, once.
+        let (from, to) = if now_slot - self.cursor >= SLOTS {
+            (0, SLOTS - 1)
+        } else {
+            (self.cursor, now_slot)
+        };
+        for at in from..=to {
+            let slot = &mut self.slots[(at % SLOTS) as usize];
+            let before = slot.len();
+            slot.retain(|e| {
+                let keep = e.deadline > now;
+                if !keep {
+                    due.push(*e);
                 }
+                keep
+            });
+            self.len -= before - slot.len();
+            // A burst (a million registrations at once) must not leave its
+            // capacity behind in one slot for good.
+            if slot.capacity() > 4 * slot.len() + 64 {
+                slot.shrink_to(2 * slot.len());
             }
         }
-        self.elapsed = self.elapsed.max(now_tick);
-        for entry in not_yet {
-            self.insert(entry);
-        }
+        self.cursor = now_slot;
     }
 
     /// Keeps only the entries `keep` accepts (dropping stale ones).
     pub(super) fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
         self.len = 0;
-        for (i, slot) in self.slots.iter_mut().enumerate() {
+        for slot in &mut self.slots {
             slot.retain(&mut keep);
-            if slot.is_empty() {
-                *slot = Vec::new();
-                self.occupied[i / SLOTS] &= !(1 << (i % SLOTS));
+            if slot.capacity() > 4 * slot.len() + 64 {
+                slot.shrink_to(2 * slot.len());
             }
             self.len += slot.len();
         }
     }
-
-    /// The earliest occupied slot: (level, index, its first tick).
-    fn next_slot(&self) -> Option<(usize, usize, u64)> {
-        for level in 0..LEVELS {
-            let shift = BITS * level as u32;
-            let digit = (self.elapsed >> shift) as usize & (SLOTS - 1);
-            // Every occupied slot of a level is at or after the current digit:
-            // entries at a level share the digits above it with `elapsed`.
-            debug_assert_eq!(self.occupied[level] & ((1u64 << digit) - 1), 0, "level {level}");
-            let bits = self.occupied[level] & (u64::MAX << digit);
-            if bits != 0 {
-                let index = bits.trailing_zeros() as usize;
-                let above = shift + BITS;
-                let high = if above >= 64 { 0 } else { self.elapsed & !((1u64 << above) - 1) };
-                return Some((level, index, high | ((index as u64) << shift)));
-            }
-        }
-        None
-    }
-}
-
-/// The level of an entry for `tick` when the wheel is at `elapsed`: the
-/// highest 6-bit digit in which they differ.
-fn level_for(elapsed: u64, tick: u64) -> usize {
-    let masked = (elapsed ^ tick) | (SLOTS as u64 - 1);
-    let significant = 63 - masked.leading_zeros();
-    (significant / BITS) as usize
 }
 
 #[cfg(test)]
@@ -195,11 +156,12 @@ mod tests {
     fn nothing_is_early_within_a_tick() {
         let mut wheel = Wheel::default();
         let mut due = Vec::new();
-        wheel.insert(entry(1_000_500, 1));
-        wheel.expire(1_000_499, &mut due);
+        let at = (5 << SLOT_SHIFT) + 500;
+        wheel.insert(entry(at, 1));
+        wheel.expire(at - 1, &mut due);
         assert!(due.is_empty());
-        wheel.expire(1_000_500, &mut due);
-        assert_eq!(due, vec![entry(1_000_500, 1)]);
+        wheel.expire(at, &mut due);
+        assert_eq!(due, vec![entry(at, 1)]);
     }
 
     #[test]
