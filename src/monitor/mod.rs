@@ -71,7 +71,6 @@ pub fn valid_session_id(id: &str) -> bool {
 /// `last_sweep` before the first sweep: nothing to be late against.
 const NO_SWEEP_YET: u64 = u64::MAX;
 
-
 /// The sweeper thread moves the wheel on this many times per `check_interval`
 /// (never more often than every [`MIN_MAINTAIN_PERIOD`]).
 const MAINTAIN_PER_SWEEP: u32 = 50;
@@ -592,14 +591,13 @@ struct Shard {
 }
 
 /// One session. Kept small: a million of them should fit in 200 MB.
-/// Settings of its own (timeout, misses, detector) live in `rules`, boxed,
-/// so a session on the monitor's settings pays one null pointer for them.
+/// Settings of its own (timeout, misses, detector, grace) live in `rules`,
+/// boxed, so a session on the monitor's settings pays one null pointer for
+/// them.
 struct Session {
     id: Box<str>,
     /// The beat (or registration, resume), ns since the monitor's epoch.
     last_beat: u64,
-    /// No misses before this instant (ns since epoch); 0 for none.
-    grace_until: u64,
     /// Index into the monitor's agent-type table.
     agent: u32,
     generation: u32,
@@ -619,6 +617,11 @@ impl Session {
         self.live && self.generation == generation && !self.paused
     }
 
+    /// No misses before this instant (ns since epoch); 0 for none.
+    fn grace_until(&self) -> u64 {
+        self.rules.as_ref().map_or(0, |r| r.grace_until)
+    }
+
     /// Counted in `Inner::unhealthy`.
     fn unhealthy(&self) -> bool {
         self.missed > 0 || self.failed
@@ -633,11 +636,15 @@ impl Session {
     }
 }
 
-/// What a session does not take from the monitor: 24 bytes, 56 with a phi
-/// detector's statistics (the constant-memory estimator).
+/// What a session does not take from the monitor: 56 bytes (a 64-byte
+/// block from the allocator), phi statistics included with the
+/// constant-memory estimator.
+#[derive(Default)]
 struct Rules {
     /// Its own timeout, ns; 0: the monitor's.
     timeout: u64,
+    /// No misses before this instant (ns since epoch); 0 for none.
+    grace_until: u64,
     /// Its own max missed beats; 0: the monitor's.
     max_missed: u32,
     /// Its detector was its own (from [`RegisterOptions`]), not the
@@ -870,7 +877,13 @@ impl Monitor {
         s.paused = false;
         s.last_beat = now;
         s.has_beaten = false;
-        s.grace_until = if grace.is_zero() { 0 } else { now.saturating_add(nanos(grace)) };
+        let grace_until = if grace.is_zero() { 0 } else { now.saturating_add(nanos(grace)) };
+        match &mut s.rules {
+            Some(rules) => rules.grace_until = grace_until,
+            // Allocates under the shard lock, for a resume with grace only.
+            None if grace_until != 0 => s.rules = Some(Box::new(Rules { grace_until, ..Rules::default() })),
+            None => {}
+        }
         inner.recover(s, session_id);
         // A new generation: any entry from before the pause is stale.
         s.generation = s.generation.wrapping_add(1);
@@ -1398,7 +1411,7 @@ impl Inner {
 
     /// A session's settings apart from the monitor's; `None` if it has none.
     /// Allocates (before any lock is taken).
-    fn rules_for(&self, options: &RegisterOptions) -> Option<Box<Rules>> {
+    fn rules_for(&self, options: &RegisterOptions, grace_until: u64) -> Option<Box<Rules>> {
         let timeout = options.timeout.map(nanos).filter(|&t| t != self.timeout).unwrap_or(0);
         let max_missed = options.max_missed_beats.filter(|&m| m != self.max_missed).unwrap_or(0);
         let own_detector = options.detector.is_some_and(|d| d != self.detector);
@@ -1408,16 +1421,16 @@ impl Inner {
                 Some(PhiState { shared: self.phi_configs.lock().get(config), stats: PhiStats::new(&config) })
             }
         };
-        (timeout != 0 || max_missed != 0 || own_detector || phi.is_some())
-            .then(|| Box::new(Rules { timeout, max_missed, own_detector, phi }))
+        (timeout != 0 || max_missed != 0 || own_detector || phi.is_some() || grace_until != 0)
+            .then(|| Box::new(Rules { timeout, grace_until, max_missed, own_detector, phi }))
     }
 
     /// Registers (or replaces) a session, beating now. `options` are valid.
     fn insert(&self, session_id: &str, agent_type: &str, options: &RegisterOptions, carried: Carried) {
         let agent = self.agents.write().acquire(agent_type);
-        let rules = self.rules_for(options);
         let now = self.now();
-        let grace_until = options.grace.map_or(0, |g| now.saturating_add(nanos(g)));
+        let grace_until = options.grace.filter(|g| !g.is_zero()).map_or(0, |g| now.saturating_add(nanos(g)));
+        let rules = self.rules_for(options, grace_until);
         let hash = self.hasher.hash_one(session_id);
         let mut guard = self.shard(hash).lock();
         let shard = &mut *guard;
@@ -1441,7 +1454,6 @@ impl Inner {
                 let session = Session {
                     id: session_id.into(),
                     last_beat: now,
-                    grace_until,
                     agent,
                     generation: 0,
                     missed: 0,
@@ -1472,7 +1484,6 @@ impl Inner {
         };
         let s = &mut shard.sessions[slot as usize];
         s.last_beat = now;
-        s.grace_until = grace_until;
         s.agent = agent;
         s.has_beaten = false;
         s.rules = rules;
@@ -1582,7 +1593,7 @@ impl Inner {
     /// Where silence is measured from: the last beat, or the end of a grace
     /// period, which counts as a beat (a session gets a full timeout after it).
     fn silent_since(s: &Session) -> u64 {
-        s.last_beat.max(s.grace_until)
+        s.last_beat.max(s.grace_until())
     }
 
     /// The instant from which `s` must be looked at (ns since epoch): for
@@ -1604,7 +1615,7 @@ impl Inner {
     }
 
     fn judge(&self, s: &Session, now: u64, late: bool) -> Verdict {
-        if now < s.grace_until {
+        if now < s.grace_until() {
             return Verdict::Rearm(self.deadline_of(s).max(now.saturating_add(1)));
         }
         let silence = now.saturating_sub(Self::silent_since(s));
@@ -1897,6 +1908,8 @@ mod tests {
 
     #[test]
     fn a_session_stays_small() {
-        assert!(std::mem::size_of::<Session>() <= 64, "{}", std::mem::size_of::<Session>());
+        assert!(std::mem::size_of::<Session>() <= 48, "{}", std::mem::size_of::<Session>());
+        // With the allocator's 8-byte header, a 64-byte block.
+        assert!(std::mem::size_of::<Rules>() <= 56, "{}", std::mem::size_of::<Rules>());
     }
 }

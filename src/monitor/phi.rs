@@ -297,86 +297,70 @@ impl PhiWindow {
     }
 }
 
-/// The constant-memory estimate of one session's intervals: exponentially
-/// weighted mean and variance (West's incremental update), in milliseconds.
-///
-/// Seeded as [`PhiWindow::new`] seeds its window (two samples around the
-/// expected interval). The `n`-th sample has weight
-/// `max(1/n, 2 / (max_samples + 1))`: with weight `1/n` the update is
-/// Welford's, and gives the exact mean and population variance of every
-/// sample so far; then the weight stays at `2 / (max_samples + 1)`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct PhiEwma {
-    mean: f64,
-    variance: f64,
-    /// Samples so far, counting the two seeds (saturating).
-    n: u32,
-}
-
-impl PhiEwma {
-    pub(crate) fn new(config: &PhiConfig) -> Self {
-        let mean = config.expected_interval.as_millis();
-        let std_deviation = mean / 4;
-        let (low, high) =
-            (f64::from(saturate_ms(mean - std_deviation)), f64::from(saturate_ms(mean + std_deviation)));
-        let half = (high - low) / 2.0;
-        PhiEwma { mean: (low + high) / 2.0, variance: half * half, n: 2 }
-    }
-
-    /// Adds one interval, as whole milliseconds saturating at `u32::MAX` (as
-    /// the window stores them).
-    pub(crate) fn record(&mut self, interval: Duration, config: &PhiConfig) {
-        let x = f64::from(saturate_ms(interval.as_millis()));
-        self.n = self.n.saturating_add(1);
-        let floor = 2.0 / (config.max_samples.max(2) as f64 + 1.0);
-        let alpha = (1.0 / f64::from(self.n)).max(floor);
-        let diff = x - self.mean;
-        let increment = alpha * diff;
-        self.mean += increment;
-        self.variance = ((1.0 - alpha) * (self.variance + diff * increment)).max(0.0);
-    }
-
-    pub(crate) fn mean_ms(&self) -> f64 {
-        self.mean
-    }
-
-    pub(crate) fn std_dev_ms(&self) -> f64 {
-        self.variance.sqrt()
-    }
-}
-
 /// A session's interval statistics, by either estimator.
+///
+/// `Ewma` is the constant-memory estimate: exponentially weighted mean and
+/// variance (West's incremental update), in milliseconds, seeded as
+/// [`PhiWindow::new`] seeds its window (two samples around the expected
+/// interval). The `n`-th sample has weight `max(1/n, 2 / (max_samples + 1))`:
+/// with weight `1/n` the update is Welford's, and gives the exact mean and
+/// population variance of every sample so far; then the weight stays at
+/// `2 / (max_samples + 1)`. (Its fields are the variant's own, not a struct's,
+/// so that the enum is 24 bytes: the tag shares a word with `n`.)
 #[derive(Debug, Clone)]
 pub(crate) enum PhiStats {
-    Ewma(PhiEwma),
+    Ewma {
+        mean: f64,
+        variance: f64,
+        /// Samples so far, counting the two seeds (saturating).
+        n: u32,
+    },
     Window(Box<PhiWindow>),
 }
 
 impl PhiStats {
     pub(crate) fn new(config: &PhiConfig) -> Self {
         match config.estimator {
-            PhiEstimator::Ewma => PhiStats::Ewma(PhiEwma::new(config)),
+            PhiEstimator::Ewma => {
+                let mean = config.expected_interval.as_millis();
+                let std_deviation = mean / 4;
+                let low = f64::from(saturate_ms(mean - std_deviation));
+                let high = f64::from(saturate_ms(mean + std_deviation));
+                let half = (high - low) / 2.0;
+                PhiStats::Ewma { mean: (low + high) / 2.0, variance: half * half, n: 2 }
+            }
             PhiEstimator::Window => PhiStats::Window(Box::new(PhiWindow::new(config))),
         }
     }
 
+    /// Adds one interval, as whole milliseconds saturating at `u32::MAX` (as
+    /// the window stores them).
     pub(crate) fn record(&mut self, interval: Duration, config: &PhiConfig) {
         match self {
-            PhiStats::Ewma(e) => e.record(interval, config),
+            PhiStats::Ewma { mean, variance, n } => {
+                let x = f64::from(saturate_ms(interval.as_millis()));
+                *n = n.saturating_add(1);
+                let floor = 2.0 / (config.max_samples.max(2) as f64 + 1.0);
+                let alpha = (1.0 / f64::from(*n)).max(floor);
+                let diff = x - *mean;
+                let increment = alpha * diff;
+                *mean += increment;
+                *variance = ((1.0 - alpha) * (*variance + diff * increment)).max(0.0);
+            }
             PhiStats::Window(w) => w.record(interval),
         }
     }
 
     pub(crate) fn mean_ms(&self) -> f64 {
         match self {
-            PhiStats::Ewma(e) => e.mean_ms(),
+            PhiStats::Ewma { mean, .. } => *mean,
             PhiStats::Window(w) => w.mean_ms(),
         }
     }
 
     pub(crate) fn std_dev_ms(&self) -> f64 {
         match self {
-            PhiStats::Ewma(e) => e.std_dev_ms(),
+            PhiStats::Ewma { variance, .. } => variance.sqrt(),
             PhiStats::Window(w) => w.std_dev_ms(),
         }
     }
@@ -744,6 +728,12 @@ mod tests {
         }
         assert!(window.phi(Duration::from_secs(13), &config) < 0.31);
         assert!(window.phi(Duration::from_secs(30), &config) > config.threshold);
+    }
+
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn constant_memory_stats_are_24_bytes() {
+        assert_eq!(std::mem::size_of::<PhiStats>(), 24);
     }
 
     #[cfg(target_pointer_width = "64")]

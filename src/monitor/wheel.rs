@@ -64,11 +64,8 @@ impl Wheel {
             return;
         }
         // A revolution or more since the last pass: every slot, once.
-        let (from, to) = if now_slot - self.cursor >= SLOTS {
-            (0, SLOTS - 1)
-        } else {
-            (self.cursor, now_slot)
-        };
+        let (from, to) =
+            if now_slot - self.cursor >= SLOTS { (0, SLOTS - 1) } else { (self.cursor, now_slot) };
         for at in from..=to {
             let slot = &mut self.slots[(at % SLOTS) as usize];
             let before = slot.len();
