@@ -1603,15 +1603,14 @@ impl Inner {
     /// (a microsecond later, so that rounding never finds it just short).
     fn deadline_of(&self, s: &Session) -> u64 {
         let since = Self::silent_since(s);
-        let deadline = match s.phi() {
+        match s.phi() {
             None => since.saturating_add(self.timeout_of(s)).saturating_add(1),
             Some(p) => {
                 let y = if s.missed > 0 { p.shared.y_dead } else { p.shared.y_warn };
                 let ms = p.stats.silence_ms_at(y, &p.shared.config);
                 since.saturating_add(ms_to_nanos(ms)).saturating_add(1_000)
             }
-        };
-        deadline
+        }
     }
 
     fn judge(&self, s: &Session, now: u64, late: bool) -> Verdict {
@@ -1827,7 +1826,7 @@ mod tests {
     }
 
     #[test]
-    fn stale_heap_entries_are_compacted() {
+    fn stale_wheel_entries_are_compacted() {
         let monitor = Monitor::builder().build().unwrap();
         let grace = RegisterOptions { grace: Some(MAX_TIMEOUT), ..Default::default() };
         monitor.register_with("s", "w", grace).unwrap();

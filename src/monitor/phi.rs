@@ -57,9 +57,11 @@ pub struct PhiConfig {
     /// phi at or above which a session is warned about, before it reaches
     /// `threshold` (4.0).
     pub warn_threshold: f64,
-    /// How many inter-beat intervals the sliding window keeps (Akka: 1000).
-    /// Each costs 4 bytes per session; at least 2 are kept, at most
-    /// [`PhiConfig::MAX_SAMPLES`] accepted.
+    /// How many inter-beat intervals the estimate remembers (Akka: 1000):
+    /// the window's length with [`PhiEstimator::Window`] (4 bytes each per
+    /// session), the span of the weighted estimate (weight
+    /// `2 / (max_samples + 1)`) with [`PhiEstimator::Ewma`], which costs the
+    /// same whatever it is. From 2 to [`PhiConfig::MAX_SAMPLES`].
     pub max_samples: usize,
     /// Floor of the standard deviation used to compute phi (Akka: 100 ms), so
     /// that a very regular peer is not declared dead by a small delay. Should
