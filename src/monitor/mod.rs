@@ -98,7 +98,8 @@ pub enum Detector {
     /// counts a miss (the first one warns); phi at or above `threshold`
     /// times the session out. A phi session is looked at only from the
     /// instant its statistics say phi reaches `warn_threshold` (and, once
-    /// warned, `threshold`), not at every sweep.
+    /// warned, `threshold`), not at every sweep: its missed beats are 1
+    /// once warned and 2 when it dies (1 if both happen in one sweep).
     Phi(PhiConfig),
 }
 
