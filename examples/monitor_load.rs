@@ -1,26 +1,31 @@
 //! The session monitor at scale: memory per session, allocations per beat,
-//! and how beats scale from one thread to two.
+//! steady-state sweeps, and how beats scale from one thread to two.
 //!
-//! `cargo run --release --example monitor_load [SESSIONS] [own]` (default
-//! 1,000,000) registers that many sessions with ids like `session-0000042`
-//! (with `own`: each with a timeout of its own, 60 s, through
-//! `register_with`, to measure what per-session settings cost) and reports:
+//! `cargo run --release --example monitor_load [SESSIONS] [fixed|own|phi|window]`
+//! (default 1,000,000, `fixed`) registers that many sessions with ids like
+//! `session-0000042`: on the monitor's settings (`fixed`), each with a
+//! timeout of its own, 60 s, through `register_with` (`own`, to measure
+//! what per-session settings cost), or with the phi detector for all, its
+//! constant-memory estimator (`phi`) or Akka's window (`window`). It reports:
 //! - the growth of the resident set (RSS, Linux `/proc/self/statm`) per session;
 //! - how many heap allocations beating every session once made (a counting
 //!   global allocator);
+//! - the sweeper's work in a steady state, on a manual clock, over a 60 s
+//!   run after 40 s of warm-up: every session beats every 10 s (phases
+//!   spread evenly, a hundredth of them every 100 ms), timeout 30 s, a
+//!   sweep every 5 s and `maintain()` every 100 ms in between, as the
+//!   sweeper thread does; nobody misses. Wall times of each sweep and each
+//!   `maintain` call (median, p99, max), and the same in thread CPU time,
+//!   which a busy shared host does not inflate with preemption;
 //! - beats per second from 1 and from 2 threads beating distinct sessions,
 //!   over 2-second runs repeated three times: "hot" (each thread beats one
 //!   session of its own) and "spread" (each thread goes round its own half of
-//!   all sessions, so nearly every beat misses the CPU caches);
-//! - the wall time of sweeps in a steady state, on a manual clock: every
-//!   session beats every 10 s (phases spread evenly), a sweep every 5 s,
-//!   timeout 30 s, nobody misses. Each sweep then re-arms the deadlines that
-//!   came up since the last one (about a sixth of all sessions).
+//!   all sessions, so nearly every beat misses the CPU caches).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use heartbeat::{ManualClock, Monitor, RegisterOptions};
+use heartbeat::{Detector, ManualClock, Monitor, PhiConfig, PhiEstimator, RegisterOptions};
 
 #[path = "../benches/support/counting.rs"]
 mod counting;
@@ -33,16 +38,39 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Fixed,
+    Own,
+    Phi,
+    Window,
+}
+
+fn builder(mode: Mode) -> heartbeat::MonitorBuilder {
+    let phi = |estimator| Detector::Phi(PhiConfig { estimator, ..PhiConfig::default() });
+    match mode {
+        Mode::Fixed | Mode::Own => Monitor::builder(),
+        Mode::Phi => Monitor::builder().detector(phi(PhiEstimator::Ewma)),
+        Mode::Window => Monitor::builder().detector(phi(PhiEstimator::Window)),
+    }
+}
+
 fn main() {
     let n: usize = std::env::args().nth(1).map_or(1_000_000, |a| a.parse().expect("SESSIONS: a number"));
-    let own = std::env::args().nth(2).is_some_and(|a| a == "own");
+    let mode = match std::env::args().nth(2).as_deref() {
+        None | Some("fixed") => Mode::Fixed,
+        Some("own") => Mode::Own,
+        Some("phi") => Mode::Phi,
+        Some("window") => Mode::Window,
+        Some(other) => panic!("{other:?}: fixed, own, phi or window"),
+    };
     let options = RegisterOptions { timeout: Some(Duration::from_secs(60)), ..Default::default() };
     // The ids exist before the measurement: they are the caller's, not the monitor's.
     let ids: Vec<String> = (0..n).map(|i| format!("session-{i:07}")).collect();
-    let monitor = Monitor::builder().build().expect("monitor");
+    let monitor = builder(mode).build().expect("monitor");
     let before = rss_bytes();
     for id in &ids {
-        if own {
+        if mode == Mode::Own {
             monitor.register_with(id, "agent", options).expect("valid options");
         } else {
             monitor.register(id, "agent");
@@ -50,7 +78,13 @@ fn main() {
     }
     let after = rss_bytes();
     let per_session = (after - before) as f64 / n as f64;
-    println!("sessions: {n}{}", if own { ", each with a timeout of its own" } else { "" });
+    let what = match mode {
+        Mode::Fixed => "fixed detector",
+        Mode::Own => "fixed detector, each with a timeout of its own",
+        Mode::Phi => "phi detector, constant-memory estimator",
+        Mode::Window => "phi detector, Akka's window of 1000",
+    };
+    println!("sessions: {n} ({what})");
     println!(
         "rss growth: {:.1} MiB, {per_session:.1} bytes per session",
         (after - before) as f64 / 1048576.0
@@ -62,16 +96,22 @@ fn main() {
     }
     let during_beats = ALLOCATIONS.load(Ordering::Relaxed) - allocations;
     println!("heap allocations during {n} beats: {during_beats}");
-
     drop(monitor);
-    let mut sweeps = steady_state_sweeps(&ids);
-    sweeps.sort();
+
+    let steady = steady_state(&ids, mode);
     println!(
-        "steady-state sweeps of {n} sessions ({} sweeps): median {:.1} ms, max {:.1} ms",
-        sweeps.len(),
-        sweeps[sweeps.len() / 2].as_secs_f64() * 1e3,
-        sweeps[sweeps.len() - 1].as_secs_f64() * 1e3
+        "steady state, {n} sessions, 60 s ({} sweeps, {} maintain calls):",
+        steady.sweeps.len(),
+        steady.maintains.len()
     );
+    println!("  sweep wall:    {}", summary(steady.sweeps.iter().map(|t| t.0).collect()));
+    println!("  sweep cpu:     {}", summary(steady.sweeps.iter().map(|t| t.1).collect()));
+    println!("  maintain wall: {}", summary(steady.maintains.iter().map(|t| t.0).collect()));
+    println!("  maintain cpu:  {}", summary(steady.maintains.iter().map(|t| t.1).collect()));
+    println!("  sweeper busy {:.2} ms per second (wall)", steady.total.as_secs_f64() * 1e3 / 60.0);
+    if mode != Mode::Fixed {
+        return;
+    }
     let monitor = Monitor::builder().build().expect("monitor");
     for id in &ids {
         monitor.register(id, "agent");
@@ -93,30 +133,69 @@ fn main() {
     }
 }
 
-/// Sweep wall times in a simulated steady state (see the module docs).
-fn steady_state_sweeps(ids: &[String]) -> Vec<Duration> {
+/// Median, p99 and max of some wall times, in ms.
+fn summary(mut times: Vec<Duration>) -> String {
+    times.sort();
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
+    format!("median {:.3} ms, p99 {:.3} ms, max {:.3} ms", at(0.5), at(0.99), at(1.0))
+}
+
+/// This thread's CPU time (Linux `CLOCK_THREAD_CPUTIME_ID`).
+fn cpu_now() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid clock id and a valid, writable timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// (wall, cpu) of each call.
+struct Steady {
+    sweeps: Vec<(Duration, Duration)>,
+    maintains: Vec<(Duration, Duration)>,
+    total: Duration,
+}
+
+/// The sweeper's calls in a simulated steady state (see the module docs):
+/// wall and CPU times of the sweeps, of the `maintain` calls, and the total.
+fn steady_state(ids: &[String], mode: Mode) -> Steady {
+    const STEP: Duration = Duration::from_millis(100);
     let clock = ManualClock::new();
-    let monitor = Monitor::builder().clock(clock.clone()).build().expect("monitor");
-    let tenth =
-        |second: usize| ids.iter().enumerate().filter(move |(i, _)| i % 10 == second % 10).map(|(_, id)| id);
-    for second in 0..10 {
-        clock.advance(Duration::from_secs(1));
-        tenth(second).for_each(|id| monitor.register(id, "agent"));
-    }
-    let mut sweeps = Vec::new();
-    for second in 10..130 {
-        clock.advance(Duration::from_secs(1));
-        tenth(second).for_each(|id| assert!(monitor.beat(id)));
-        if second % 5 == 0 {
-            let t = Instant::now();
-            monitor.sweep();
-            if second >= 40 {
-                sweeps.push(t.elapsed()); // past the first timeout: steady
+    let monitor = builder(mode).clock(clock.clone()).build().expect("monitor");
+    // A hundredth of the sessions beats in each 100 ms step of a 10 s period.
+    let phase = |step: usize| ids.iter().skip(step % 100).step_by(100);
+    for step in 0..100 {
+        clock.advance(STEP);
+        phase(step).for_each(|id| {
+            if mode == Mode::Own {
+                let options =
+                    RegisterOptions { timeout: Some(Duration::from_secs(60)), ..Default::default() };
+                monitor.register_with(id, "agent", options).expect("valid options");
+            } else {
+                monitor.register(id, "agent");
             }
+        });
+    }
+    let (mut sweeps, mut maintains, mut total) = (Vec::new(), Vec::new(), Duration::ZERO);
+    // 40 s of warm-up (past the first timeouts), then 60 s measured.
+    for step in 100..1100 {
+        clock.advance(STEP);
+        phase(step).for_each(|id| assert!(monitor.beat(id)));
+        let (t, cpu) = (Instant::now(), cpu_now());
+        let sweep = step % 50 == 0;
+        if sweep {
+            monitor.sweep();
+        } else {
+            monitor.maintain();
+        }
+        let took = (t.elapsed(), cpu_now().saturating_sub(cpu));
+        if step >= 500 {
+            total += took.0;
+            if sweep { sweeps.push(took) } else { maintains.push(took) }
         }
     }
     assert_eq!(monitor.healthy_count(), ids.len(), "nobody should have missed a beat");
-    sweeps
+    Steady { sweeps, maintains, total }
 }
 
 /// Beats per second, summed over one thread per slice of ids, over 2 s.

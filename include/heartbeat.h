@@ -184,12 +184,15 @@ typedef struct hb_beater_callbacks {
 // The phi accrual detector's settings (Akka's); hb_monitor_options_default
 // fills in the library's defaults.
 typedef struct hb_phi_config {
-  // phi at or above which a session is declared dead (default 8.0).
+  // phi at or above which a session is declared dead (default 8.0), at
+  // most 100.
   double threshold;
   // phi at or above which a session is warned about (default 4.0), at
   // most threshold.
   double warn_threshold;
-  // Inter-beat intervals kept per session, 2 to 10000 (default 1000).
+  // How many inter-beat intervals the estimate remembers, 2 to 10000
+  // (default 1000): the span of the exponentially weighted mean and
+  // variance each session keeps (24 bytes whatever the span).
   size_t max_samples;
   // Floor of the standard deviation, in ms (default 100).
   uint64_t min_std_deviation_ms;

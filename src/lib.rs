@@ -84,8 +84,8 @@ pub use crate::{
     error::{Error, HumanDuration, Result},
     monitor::{
         DEFAULT_CLIENT_INTERVAL, DEFAULT_REQUEST_TIMEOUT, Detector, Event, HeartbeatClient, MAX_TIMEOUT,
-        Monitor, MonitorBuilder, MonitorGuard, PhiConfig, RegisterOptions, RemoteOptions, RemovalReason,
-        SessionCounts, SessionSnapshot, SessionStatus, phi, valid_session_id,
+        Monitor, MonitorBuilder, MonitorGuard, PhiConfig, PhiEstimator, RegisterOptions, RemoteOptions,
+        RemovalReason, SessionCounts, SessionSnapshot, SessionStatus, phi, valid_session_id,
     },
     scanner::{
         Cleanup, DEFAULT_IDLE_WINDOW, DEFAULT_SCAN_INTERVAL, DEFAULT_STALE_AFTER, IgnoredFile, Scan,

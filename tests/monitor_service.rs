@@ -225,6 +225,10 @@ fn a_ping_carries_its_settings_and_failures_do_not_pass_for_recoveries() {
     for bad in [
         "?timeout_sec=0",
         "?timeout_sec=-1",
+        "?timeout_sec=nan",
+        "?timeout_sec=inf",
+        "?timeout_sec=1e-12",
+        "?grace_sec=NaN",
         "?timeout_sec=x",
         "?max_missed=0",
         "?colour=red",
@@ -302,6 +306,7 @@ fn registration_errors_say_what_was_wrong_in_the_api_s_terms() {
         ("[]", "must be a JSON object"),
         (r#"{"timeout_sec": 0}"#, "timeout_sec must be a number of seconds above 0 and at most 31536000"),
         (r#"{"timeout_sec": 1e9}"#, "not 1000000000"),
+        (r#"{"timeout_sec": 1e-12}"#, "timeout_sec must be a number of seconds above 0"),
         (r#"{"max_missed": 0}"#, "max_missed must be a whole number from 1"),
         (r#"{"grace_sec": -1}"#, "grace_sec must be a number of seconds from 0"),
     ] {

@@ -41,12 +41,15 @@ pub enum hb_detector {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct hb_phi_config {
-    /// phi at or above which a session is declared dead (default 8.0).
+    /// phi at or above which a session is declared dead (default 8.0), at
+    /// most 100.
     pub threshold: f64,
     /// phi at or above which a session is warned about (default 4.0), at
     /// most threshold.
     pub warn_threshold: f64,
-    /// Inter-beat intervals kept per session, 2 to 10000 (default 1000).
+    /// How many inter-beat intervals the estimate remembers, 2 to 10000
+    /// (default 1000): the span of the exponentially weighted mean and
+    /// variance each session keeps (24 bytes whatever the span).
     pub max_samples: usize,
     /// Floor of the standard deviation, in ms (default 100).
     pub min_std_deviation_ms: u64,
@@ -269,6 +272,7 @@ fn detector_of(o: &hb_monitor_options) -> Result<Detector, Failure> {
                 min_std_deviation: ms(p.min_std_deviation_ms, "options.phi.min_std_deviation_ms")?,
                 acceptable_pause: ms(p.acceptable_pause_ms, "options.phi.acceptable_pause_ms")?,
                 expected_interval: ms(p.expected_interval_ms, "options.phi.expected_interval_ms")?,
+                ..PhiConfig::default()
             }))
         }
         other => Err(Failure::invalid(format!(

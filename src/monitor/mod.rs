@@ -2,20 +2,25 @@
 //!
 //! Sessions live in 64 shards, each behind its own lock: a beat hashes the id
 //! once, locks one shard and updates a timestamp. Deadlines sit in a per-shard
-//! heap that is re-armed lazily: a beat never touches it; a sweep pops only
-//! the entries that are due and, for a session that beat in the meantime,
-//! pushes its real deadline back. A sweep where nothing is due costs a peek
-//! per shard, however many sessions there are.
+//! hashed timing wheel (`wheel.rs`; sweeps in `sweep.rs`) that is re-armed lazily: a beat
+//! never touches it (a phi beat only when it brings the deadline earlier).
+//! When a deadline comes up, a session that beat in the meantime is put
+//! back at its real deadline; one that did not goes on the shard's ready
+//! list, which the next sweep judges.
 //!
-//! Decisions are made in [`Monitor::sweep`], which a sweeper thread
-//! ([`Monitor::start`]) calls every `check_interval`, and which tests call
-//! directly with a manual clock.
+//! The sweeper thread ([`Monitor::start`]) moves the wheel on
+//! ([`Monitor::maintain`]) about fifty times per `check_interval`, so the
+//! re-arming of sessions that keep beating (one per session per timeout) is
+//! spread evenly over time, and a sweep ([`Monitor::sweep`], every
+//! `check_interval`) costs in proportion to the sessions really due. Tests
+//! call both directly with a manual clock.
 
 mod client;
 mod phi;
 mod snapshot;
+mod sweep;
+mod wheel;
 
-use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
 use std::hash::BuildHasher;
@@ -30,9 +35,10 @@ use parking_lot::{Mutex, MutexGuard, RwLock};
 use serde::{Deserialize, Serialize};
 
 pub use self::client::{DEFAULT_CLIENT_INTERVAL, DEFAULT_REQUEST_TIMEOUT, HeartbeatClient, RemoteOptions};
-use self::phi::PhiWindow;
-pub use self::phi::{PhiConfig, phi};
+pub use self::phi::{PhiConfig, PhiEstimator, phi};
+use self::phi::{PhiStats, y_for_phi};
 pub use self::snapshot::SessionSnapshot;
+use self::wheel::{Entry, Wheel};
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::{Error, Result};
 use crate::state::format_timestamp;
@@ -66,6 +72,11 @@ pub fn valid_session_id(id: &str) -> bool {
 /// `last_sweep` before the first sweep: nothing to be late against.
 const NO_SWEEP_YET: u64 = u64::MAX;
 
+/// The sweeper thread moves the wheel on this many times per `check_interval`
+/// (never more often than every [`MIN_MAINTAIN_PERIOD`]).
+const MAINTAIN_PER_SWEEP: u32 = 50;
+const MIN_MAINTAIN_PERIOD: Duration = Duration::from_millis(10);
+
 thread_local! {
     /// The monitor (as an address) whose sweeper runs on this thread, so that
     /// `stop` called from a callback neither joins nor waits for itself.
@@ -85,7 +96,10 @@ pub enum Detector {
     Fixed,
     /// Phi accrual: a sweep that finds phi at or above `warn_threshold`
     /// counts a miss (the first one warns); phi at or above `threshold`
-    /// times the session out.
+    /// times the session out. A phi session is looked at only from the
+    /// instant its statistics say phi reaches `warn_threshold` (and, once
+    /// warned, `threshold`), not at every sweep: its missed beats are 1
+    /// once warned and 2 when it dies (1 if both happen in one sweep).
     Phi(PhiConfig),
 }
 
@@ -254,7 +268,8 @@ impl MonitorBuilder {
     }
 
     /// The detector for sessions registered without one. Default [`Detector::Fixed`].
-    /// A phi detector needs `0 < warn_threshold <= threshold` (finite),
+    /// A phi detector needs `0 < warn_threshold <= threshold <=`
+    /// [`PhiConfig::MAX_THRESHOLD`],
     /// `2 <= max_samples <=` [`PhiConfig::MAX_SAMPLES`] and its durations at
     /// most [`MAX_TIMEOUT`].
     pub fn detector(mut self, detector: Detector) -> Self {
@@ -262,12 +277,13 @@ impl MonitorBuilder {
         self
     }
 
-    /// A sweep that comes more than `check_interval + bound` after the end of
-    /// the previous one (or after `start`) means this process itself was not
-    /// running (stopped, swapped out, suspended): that round counts no misses
-    /// against anyone, and says so in the log. The first sweep is never late.
-    /// Callers of [`Monitor::sweep`] who sweep irregularly should turn the
-    /// guard off. Default: `Some(check_interval)`. `None` turns it off.
+    /// A sweep of the sweeper thread that comes more than
+    /// `check_interval + bound` after the end of its previous one (or after
+    /// `start`) means this process itself was not running (stopped, swapped
+    /// out, suspended): that round counts no misses against anyone, and says
+    /// so in the log. The first sweep is never late, and a [`Monitor::sweep`]
+    /// called by hand never is: the guard belongs to the sweeper thread.
+    /// Default: `Some(check_interval)`. `None` turns it off.
     pub fn pause_guard(mut self, bound: Option<Duration>) -> Self {
         self.pause_guard = Some(bound);
         self
@@ -311,6 +327,10 @@ impl MonitorBuilder {
             check_phi(c)?;
         }
         let epoch = self.clock.now();
+        let mut phi_configs = PhiCache::default();
+        if let Detector::Phi(c) = self.detector {
+            phi_configs.get(c);
+        }
         Ok(Monitor {
             inner: Arc::new(Inner {
                 timeout: nanos(self.timeout),
@@ -335,6 +355,8 @@ impl MonitorBuilder {
                 sweeper: Mutex::new(None),
                 lifecycle: Mutex::new(()),
                 sweepers_started: AtomicU64::new(0),
+                phi_configs: Mutex::new(phi_configs),
+                last_summary: AtomicU64::new(0),
             }),
         })
     }
@@ -360,8 +382,12 @@ fn check_max_missed(max: u32) -> Result<()> {
 
 fn check_phi(c: &PhiConfig) -> Result<()> {
     let bad = |what: String| Err(Error::InvalidConfig(format!("phi detector: {what}")));
-    if !(c.threshold.is_finite() && c.threshold > 0.0) {
-        return bad(format!("threshold must be finite and above zero, got {}", c.threshold));
+    if !(c.threshold.is_finite() && c.threshold > 0.0 && c.threshold <= PhiConfig::MAX_THRESHOLD) {
+        return bad(format!(
+            "threshold must be above zero and at most {}, got {}",
+            PhiConfig::MAX_THRESHOLD,
+            c.threshold
+        ));
     }
     if !(c.warn_threshold.is_finite() && c.warn_threshold > 0.0 && c.warn_threshold <= c.threshold) {
         return bad(format!(
@@ -416,6 +442,12 @@ fn check_options(o: &RegisterOptions) -> Result<()> {
         check_phi(c)?;
     }
     Ok(())
+}
+
+/// Fractional milliseconds as nanoseconds, saturating (infinity: never).
+fn ms_to_nanos(ms: f64) -> u64 {
+    let ns = (ms * 1e6).ceil();
+    if ns >= u64::MAX as f64 { u64::MAX } else { ns.max(0.0) as u64 }
 }
 
 /// Durations as `u64` nanoseconds, saturating (584 years).
@@ -481,6 +513,47 @@ struct Inner {
     /// thread.
     lifecycle: Mutex<()>,
     sweepers_started: AtomicU64,
+    /// Phi settings in use, shared by the sessions that use them.
+    phi_configs: Mutex<PhiCache>,
+    /// When the last summary of unhealthy sessions was logged (ns since epoch).
+    last_summary: AtomicU64,
+}
+
+/// A phi detector's settings with the `y` of its two thresholds worked out
+/// once (each is a Newton iteration), shared by its sessions.
+#[derive(Debug)]
+struct PhiShared {
+    config: PhiConfig,
+    y_warn: f64,
+    y_dead: f64,
+}
+
+/// The distinct phi settings sessions use (a few in practice): a session
+/// holds an `Arc` of its settings, 8 bytes, instead of a copy. At most
+/// [`PhiCache::MAX`] are remembered; sessions with more distinct settings
+/// than that each get their own.
+#[derive(Default)]
+struct PhiCache(Vec<Arc<PhiShared>>);
+
+impl PhiCache {
+    const MAX: usize = 64;
+
+    fn get(&mut self, config: PhiConfig) -> Arc<PhiShared> {
+        // Arcs no session holds any more are forgotten first.
+        self.0.retain(|c| Arc::strong_count(c) > 1 || c.config == config);
+        if let Some(c) = self.0.iter().find(|c| c.config == config) {
+            return c.clone();
+        }
+        let shared = Arc::new(PhiShared {
+            config,
+            y_warn: y_for_phi(config.warn_threshold),
+            y_dead: y_for_phi(config.threshold),
+        });
+        if self.0.len() < Self::MAX {
+            self.0.push(shared.clone());
+        }
+        shared
+    }
 }
 
 struct Sweeper {
@@ -503,20 +576,24 @@ struct Shard {
     index: HashTable<u32>,
     sessions: Vec<Session>,
     free: Vec<u32>,
-    /// (deadline, slot, generation), earliest first. Entries of a slot whose
-    /// generation moved on are stale and skipped.
-    due: BinaryHeap<Reverse<(u64, u32, u32)>>,
+    /// Deadlines. A session has one live entry, in the wheel or on the
+    /// ready list: one of its generation (re-registering, resuming and a phi
+    /// beat that brings its deadline earlier move the generation on), while
+    /// it is live and not paused. Others are stale and skipped.
+    wheel: Wheel,
+    /// (slot, generation) of sessions whose deadline passed: the next sweep
+    /// judges them.
+    ready: Vec<(u32, u32)>,
 }
 
 /// One session. Kept small: a million of them should fit in 200 MB.
-/// Settings of its own (timeout, misses, detector) live in `rules`, boxed,
-/// so a session on the monitor's settings pays one null pointer for them.
+/// Settings of its own (timeout, misses, detector, grace) live in `rules`,
+/// boxed, so a session on the monitor's settings pays one null pointer for
+/// them.
 struct Session {
     id: Box<str>,
     /// The beat (or registration, resume), ns since the monitor's epoch.
     last_beat: u64,
-    /// No misses before this instant (ns since epoch); 0 for none.
-    grace_until: u64,
     /// Index into the monitor's agent-type table.
     agent: u32,
     generation: u32,
@@ -531,36 +608,51 @@ struct Session {
 }
 
 impl Session {
+    /// Whether an entry of `generation` is this session's live one.
+    fn holds(&self, generation: u32) -> bool {
+        self.live && self.generation == generation && !self.paused
+    }
+
+    /// No misses before this instant (ns since epoch); 0 for none.
+    fn grace_until(&self) -> u64 {
+        self.rules.as_ref().map_or(0, |r| r.grace_until)
+    }
+
     /// Counted in `Inner::unhealthy`.
     fn unhealthy(&self) -> bool {
         self.missed > 0 || self.failed
     }
 
     fn phi(&self) -> Option<&PhiState> {
-        self.rules.as_ref()?.phi.as_deref()
+        self.rules.as_ref()?.phi.as_ref()
     }
 
     fn phi_mut(&mut self) -> Option<&mut PhiState> {
-        self.rules.as_mut()?.phi.as_deref_mut()
+        self.rules.as_mut()?.phi.as_mut()
     }
 }
 
-/// What a session does not take from the monitor. 24 bytes.
+/// What a session does not take from the monitor: 56 bytes (a 64-byte
+/// block from the allocator), phi statistics included with the
+/// constant-memory estimator.
+#[derive(Default)]
 struct Rules {
     /// Its own timeout, ns; 0: the monitor's.
     timeout: u64,
+    /// No misses before this instant (ns since epoch); 0 for none.
+    grace_until: u64,
     /// Its own max missed beats; 0: the monitor's.
     max_missed: u32,
     /// Its detector was its own (from [`RegisterOptions`]), not the
     /// monitor's: snapshots say so.
     own_detector: bool,
     /// The phi detector's state, with the phi detector.
-    phi: Option<Box<PhiState>>,
+    phi: Option<PhiState>,
 }
 
 struct PhiState {
-    config: PhiConfig,
-    window: PhiWindow,
+    shared: Arc<PhiShared>,
+    stats: PhiStats,
 }
 
 /// Agent types are few and repeated: each is stored once, and forgotten
@@ -608,14 +700,6 @@ impl Interner {
     }
 }
 
-/// What a sweep decided about one due session.
-enum Verdict {
-    /// Not dying: look again at this instant.
-    Rearm(u64),
-    /// A missed beat: the last one when `dead`, else look again at the next sweep.
-    Missed { phi: Option<f64>, dead: bool },
-}
-
 /// State a restored session brings along into [`Inner::insert`]; the
 /// default is a fresh registration's (healthy, pause state kept).
 #[derive(Default)]
@@ -627,12 +711,6 @@ struct Carried {
     /// Replacing a warned or failed session sends no `Recovered`: only its
     /// settings change (`reconfigure`).
     silent: bool,
-}
-
-/// A callback to run once the shard lock is released.
-enum Pending {
-    Warning(String, u32),
-    Timeout(String, String),
 }
 
 impl Monitor {
@@ -718,22 +796,38 @@ impl Monitor {
         let inner = &*self.inner;
         let now = inner.now();
         let Some((mut shard, slot, _)) = inner.locate(session_id) else { return false };
+        let shard = &mut *shard;
         let s = &mut shard.sessions[slot as usize];
         let (has_beaten, last_beat) = (s.has_beaten, s.last_beat);
-        if let Some(p) = s.phi_mut()
-            && has_beaten
-        {
-            // Akka's rules: the first beat (after register or resume) only
-            // sets the time, and an interval long enough to have been a
-            // failure does not become part of the history.
-            let interval = Duration::from_nanos(now.saturating_sub(last_beat));
-            if p.window.phi(interval, &p.config) < p.config.threshold {
-                p.window.record(interval);
+        let before = s.phi().map(|_| inner.deadline_of(s));
+        let phi = s.phi_mut().map(|p| {
+            if has_beaten {
+                // Akka's rules: the first beat (after register or resume) only
+                // sets the time, and an interval long enough to have been a
+                // failure does not become part of the history.
+                let interval = Duration::from_nanos(now.saturating_sub(last_beat));
+                let c = &p.shared.config;
+                if phi::duration_ms(interval) < p.stats.silence_ms_at(p.shared.y_dead, c) {
+                    p.stats.record(interval, c);
+                }
             }
-        }
+        });
+        let phi = phi.and(before);
         s.has_beaten = true;
         s.last_beat = now;
         inner.recover(s, session_id);
+        if let Some(before) = phi
+            && !s.paused
+        {
+            // New statistics may bring the deadline earlier than it was
+            // before this beat (beats sped up), and so maybe earlier than the
+            // entry armed: only then does a beat arm a new one.
+            let deadline = inner.deadline_of(s);
+            if deadline < before {
+                s.generation = s.generation.wrapping_add(1);
+                shard.arm(slot, deadline);
+            }
+        }
         true
     }
 
@@ -771,13 +865,18 @@ impl Monitor {
         s.paused = false;
         s.last_beat = now;
         s.has_beaten = false;
-        s.grace_until = if grace.is_zero() { 0 } else { now.saturating_add(nanos(grace)) };
+        let grace_until = if grace.is_zero() { 0 } else { now.saturating_add(nanos(grace)) };
+        match &mut s.rules {
+            Some(rules) => rules.grace_until = grace_until,
+            // Allocates under the shard lock, for a resume with grace only.
+            None if grace_until != 0 => s.rules = Some(Box::new(Rules { grace_until, ..Rules::default() })),
+            None => {}
+        }
         inner.recover(s, session_id);
-        // A new generation: any heap entry from before the pause is stale.
+        // A new generation: any entry from before the pause is stale.
         s.generation = s.generation.wrapping_add(1);
-        let first = inner.next_look(s, now);
-        let generation = s.generation;
-        shard.push_due(first, slot, generation);
+        let deadline = inner.deadline_of(s).max(now.saturating_add(1));
+        shard.arm(slot, deadline);
         true
     }
 
@@ -1005,9 +1104,9 @@ impl Monitor {
                         agent_type: agents.names[s.agent as usize].to_string(),
                         timeout: rules.filter(|r| r.timeout != 0).map(|r| Duration::from_nanos(r.timeout)),
                         max_missed_beats: rules.map(|r| r.max_missed).filter(|&m| m != 0),
-                        detector: rules
-                            .filter(|r| r.own_detector)
-                            .map(|r| r.phi.as_ref().map_or(Detector::Fixed, |p| Detector::Phi(p.config))),
+                        detector: rules.filter(|r| r.own_detector).map(|r| {
+                            r.phi.as_ref().map_or(Detector::Fixed, |p| Detector::Phi(p.shared.config))
+                        }),
                         paused: s.paused,
                         failed: s.failed,
                         missed_beats: s.missed,
@@ -1069,45 +1168,31 @@ impl Monitor {
     /// Runs one sweep now, on the calling thread: counts misses, raises
     /// warnings and timeouts, removes the dead, then runs the callbacks.
     /// The sweeper thread calls this every `check_interval`; tests call it
-    /// directly.
+    /// directly. It costs in proportion to the sessions whose deadline
+    /// passed, plus, when [`maintain`](Self::maintain) was not called in
+    /// between, re-arming the sessions that beat since their deadline came
+    /// up. A sweep called by hand is never judged late (see
+    /// [`MonitorBuilder::pause_guard`]).
     pub fn sweep(&self) {
+        self.inner.sweep(false);
+    }
+
+    /// Moves the deadlines on to now without judging anyone: sessions that
+    /// beat since their deadline came up are re-armed at their new one, the
+    /// others are put aside for the next [`sweep`](Self::sweep). The sweeper
+    /// thread calls this about fifty times per `check_interval`, so that
+    /// this work (one re-arm per session per timeout while it beats) is
+    /// spread evenly instead of falling on the sweeps. Never needed for
+    /// correctness; whoever sweeps by hand may call it in between to the
+    /// same effect.
+    pub fn maintain(&self) {
         let inner = &*self.inner;
         let now = inner.now();
-        let previous = inner.last_sweep.load(Ordering::SeqCst);
-        let late = previous != NO_SWEEP_YET
-            && inner.pause_guard.is_some_and(|bound| {
-                now.saturating_sub(previous) > inner.check_interval.saturating_add(bound)
-            });
-        if late {
-            log::warn!(
-                "monitor sweep ran {:.3}s after the previous one (interval {:.3}s): this process was paused; \
-                 counting no misses this round",
-                now.saturating_sub(previous) as f64 / 1e9,
-                inner.check_interval as f64 / 1e9
-            );
-        }
-        let mut pending = Vec::new();
+        let mut expired = Vec::new();
         for Padded(shard) in inner.shards.iter() {
             let mut shard = shard.lock();
-            inner.sweep_shard(&mut shard, now, late, &mut pending);
+            inner.maintain_shard(&mut shard, now, &mut expired);
         }
-        for p in pending {
-            match p {
-                Pending::Warning(id, missed) => {
-                    if let Some(f) = &inner.on_warning {
-                        contained("on_warning", || f(&id, missed));
-                    }
-                }
-                Pending::Timeout(id, agent) => {
-                    if let Some(f) = &inner.on_timeout {
-                        contained("on_timeout", || f(&id, &agent));
-                    }
-                }
-            }
-        }
-        // Lateness is measured from the end of this sweep: slow callbacks
-        // delay the next round, and must not make it look like our pause.
-        inner.last_sweep.store(inner.now(), Ordering::SeqCst);
     }
 
     /// Starts the sweeper thread: a sweep every `check_interval`, the first
@@ -1131,14 +1216,21 @@ impl Monitor {
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
         let monitor = self.clone();
         let interval = Duration::from_nanos(inner.check_interval);
-        let mut ticker = Ticker::new(inner.clock.clone(), interval, interval);
+        let period = (interval / MAINTAIN_PER_SWEEP).max(MIN_MAINTAIN_PERIOD).min(interval);
+        let mut ticks = Ticker::new(inner.clock.clone(), period, period);
+        let mut sweeps = Ticker::new(inner.clock.clone(), interval, interval);
         inner.last_sweep.store(inner.now(), Ordering::SeqCst);
         let handle = thread::Builder::new().name("heartbeat-monitor".into()).spawn(move || {
             let _done = done_tx;
             SWEEPER_OF.with(|c| c.set(Arc::as_ptr(&monitor.inner) as usize));
-            while ticker.wait(&stop_rx) {
-                if ticker.due() {
-                    monitor.sweep();
+            // Wakes every `period` (or when a manual clock moves): a sweep
+            // when one is due, else the wheel moves on.
+            while ticks.wait(&stop_rx) {
+                let tick = ticks.due();
+                if sweeps.due() {
+                    monitor.inner.sweep(true);
+                } else if tick {
+                    monitor.maintain();
                 }
             }
         })?;
@@ -1231,20 +1323,22 @@ impl Drop for MonitorGuard {
 }
 
 impl Shard {
-    /// Queues a look at `slot` at `deadline`. Entries made stale by
-    /// re-register or resume stay until popped; when they outnumber the live
-    /// sessions the heap is rebuilt without them, so it stays within twice
-    /// the sessions whatever the deadlines.
-    fn push_due(&mut self, deadline: u64, slot: u32, generation: u32) {
-        self.due.push(Reverse((deadline, slot, generation)));
+    /// Arms `slot`'s live entry (of its generation) at `deadline`. Stale entries stay until they come up; when they outnumber
+    /// the live sessions the wheel is rebuilt without them, so it stays
+    /// within twice the sessions whatever the deadlines.
+    fn arm(&mut self, slot: u32, deadline: u64) {
+        let generation = self.sessions[slot as usize].generation;
+        self.wheel.insert(Entry { deadline, slot, generation });
         let live = self.sessions.len() - self.free.len();
-        if self.due.len() > 2 * live + 64 {
+        if self.wheel.len() > 2 * live + 64 {
             let sessions = &self.sessions;
-            self.due.retain(|&Reverse((_, slot, generation))| {
-                let s = &sessions[slot as usize];
-                s.live && s.generation == generation
-            });
+            self.wheel.retain(|e| sessions[e.slot as usize].holds(e.generation));
         }
+    }
+
+    /// Puts `slot` on the ready list for the next sweep.
+    fn make_ready(&mut self, slot: u32) {
+        self.ready.push((slot, self.sessions[slot as usize].generation));
     }
 
     fn find(&self, hash: u64, id: &str) -> Option<u32> {
@@ -1256,24 +1350,26 @@ impl Shard {
 impl Inner {
     /// A session's settings apart from the monitor's; `None` if it has none.
     /// Allocates (before any lock is taken).
-    fn rules_for(&self, options: &RegisterOptions) -> Option<Box<Rules>> {
+    fn rules_for(&self, options: &RegisterOptions, grace_until: u64) -> Option<Box<Rules>> {
         let timeout = options.timeout.map(nanos).filter(|&t| t != self.timeout).unwrap_or(0);
         let max_missed = options.max_missed_beats.filter(|&m| m != self.max_missed).unwrap_or(0);
         let own_detector = options.detector.is_some_and(|d| d != self.detector);
         let phi = match options.detector.unwrap_or(self.detector) {
             Detector::Fixed => None,
-            Detector::Phi(config) => Some(Box::new(PhiState { config, window: PhiWindow::new(&config) })),
+            Detector::Phi(config) => {
+                Some(PhiState { shared: self.phi_configs.lock().get(config), stats: PhiStats::new(&config) })
+            }
         };
-        (timeout != 0 || max_missed != 0 || own_detector || phi.is_some())
-            .then(|| Box::new(Rules { timeout, max_missed, own_detector, phi }))
+        (timeout != 0 || max_missed != 0 || own_detector || phi.is_some() || grace_until != 0)
+            .then(|| Box::new(Rules { timeout, grace_until, max_missed, own_detector, phi }))
     }
 
     /// Registers (or replaces) a session, beating now. `options` are valid.
     fn insert(&self, session_id: &str, agent_type: &str, options: &RegisterOptions, carried: Carried) {
         let agent = self.agents.write().acquire(agent_type);
-        let rules = self.rules_for(options);
         let now = self.now();
-        let grace_until = options.grace.map_or(0, |g| now.saturating_add(nanos(g)));
+        let grace_until = options.grace.filter(|g| !g.is_zero()).map_or(0, |g| now.saturating_add(nanos(g)));
+        let rules = self.rules_for(options, grace_until);
         let hash = self.hasher.hash_one(session_id);
         let mut guard = self.shard(hash).lock();
         let shard = &mut *guard;
@@ -1297,7 +1393,6 @@ impl Inner {
                 let session = Session {
                     id: session_id.into(),
                     last_beat: now,
-                    grace_until,
                     agent,
                     generation: 0,
                     missed: 0,
@@ -1328,7 +1423,6 @@ impl Inner {
         };
         let s = &mut shard.sessions[slot as usize];
         s.last_beat = now;
-        s.grace_until = grace_until;
         s.agent = agent;
         s.has_beaten = false;
         s.rules = rules;
@@ -1341,9 +1435,9 @@ impl Inner {
         if s.unhealthy() {
             self.unhealthy.fetch_add(1, Ordering::Relaxed);
         }
-        let first = self.next_look(s, now);
-        let generation = s.generation;
-        shard.push_due(first, slot, generation);
+        // Replacing bumped the generation: any entry of before is stale.
+        let first = self.deadline_of(s).max(now.saturating_add(1));
+        shard.arm(slot, first);
         log::debug!("registered session {session_id} ({agent_type})");
     }
 
@@ -1438,95 +1532,7 @@ impl Inner {
     /// Where silence is measured from: the last beat, or the end of a grace
     /// period, which counts as a beat (a session gets a full timeout after it).
     fn silent_since(s: &Session) -> u64 {
-        s.last_beat.max(s.grace_until)
-    }
-
-    /// When a healthy session should next be looked at.
-    fn next_look(&self, s: &Session, now: u64) -> u64 {
-        match s.phi() {
-            // Strictly after: the seed's miss is "silent for longer than timeout".
-            None => Self::silent_since(s)
-                .saturating_add(self.timeout_of(s))
-                .saturating_add(1)
-                .max(now.saturating_add(1)),
-            // A phi deadline moves earlier when beats tighten the window, and
-            // beats do not touch the heap: phi sessions are looked at every sweep.
-            Some(_) => now.saturating_add(1),
-        }
-    }
-
-    fn judge(&self, s: &Session, now: u64, late: bool) -> Verdict {
-        if now < s.grace_until {
-            return Verdict::Rearm(self.next_look(s, now));
-        }
-        let silence = now.saturating_sub(Self::silent_since(s));
-        let (missed, dead, phi) = match s.phi() {
-            None => {
-                let missed = silence > self.timeout_of(s);
-                (missed, missed && s.missed.saturating_add(1) >= self.max_missed_of(s), None)
-            }
-            Some(p) => {
-                let phi = p.window.phi(Duration::from_nanos(silence), &p.config);
-                (phi >= p.config.warn_threshold, phi >= p.config.threshold, Some(phi))
-            }
-        };
-        if !missed {
-            Verdict::Rearm(self.next_look(s, now))
-        } else if late {
-            // Our own pause, not theirs: look again next round.
-            Verdict::Rearm(now.saturating_add(1))
-        } else {
-            Verdict::Missed { phi, dead }
-        }
-    }
-
-    fn sweep_shard(&self, shard: &mut Shard, now: u64, late: bool, pending: &mut Vec<Pending>) {
-        while let Some(&Reverse((deadline, slot, generation))) = shard.due.peek() {
-            if deadline > now {
-                break;
-            }
-            shard.due.pop();
-            let s = &mut shard.sessions[slot as usize];
-            if !s.live || s.generation != generation || s.paused {
-                continue; // stale, or paused (resume re-arms it)
-            }
-            match self.judge(s, now, late) {
-                Verdict::Rearm(at) => shard.push_due(at, slot, generation),
-                Verdict::Missed { phi, dead } => {
-                    // The first miss warns, also when it is the last one (as the
-                    // seed does with max_missed_beats = 1, and as phi does when it
-                    // passes both thresholds between two sweeps): never dead
-                    // without a warning first.
-                    s.missed = s.missed.saturating_add(1);
-                    let id = s.id.to_string();
-                    if s.missed == 1 {
-                        if !s.failed {
-                            self.unhealthy.fetch_add(1, Ordering::Relaxed);
-                        }
-                        self.emit(Event::Warning { session_id: id.clone(), missed_beats: 1, phi });
-                        pending.push(Pending::Warning(id.clone(), 1));
-                    }
-                    if !dead {
-                        let max = self.max_missed_of(s);
-                        log::warn!("session {id} missed a heartbeat ({}/{max})", s.missed);
-                        shard.push_due(now.saturating_add(1), slot, generation);
-                        continue;
-                    }
-                    let agent = self.agents.read().names[s.agent as usize].to_string();
-                    let missed_beats = s.missed;
-                    log::error!("session {id} ({agent}) timed out");
-                    let hash = self.hasher.hash_one(&*s.id);
-                    self.remove(shard, hash, slot);
-                    self.emit(Event::TimedOut {
-                        session_id: id.clone(),
-                        agent_type: agent.clone(),
-                        missed_beats,
-                    });
-                    self.emit(Event::Removed { session_id: id.clone(), reason: RemovalReason::TimedOut });
-                    pending.push(Pending::Timeout(id, agent));
-                }
-            }
-        }
+        s.last_beat.max(s.grace_until())
     }
 
     fn status_of(
@@ -1538,7 +1544,7 @@ impl Inner {
     ) -> SessionStatus {
         let silence = now.saturating_sub(s.last_beat);
         let judged = Duration::from_nanos(now.saturating_sub(Self::silent_since(s)));
-        let phi = s.phi().map(|p| p.window.phi(judged, &p.config));
+        let phi = s.phi().map(|p| p.stats.phi(judged, &p.shared.config));
         let (timeout, max_missed) = (self.timeout_of(s), self.max_missed_of(s));
         // Misses still to come after the next one.
         let after_next = u64::from(max_missed.saturating_sub(s.missed).saturating_sub(1));
@@ -1553,7 +1559,7 @@ impl Inner {
                 .saturating_add(timeout)
                 .saturating_add(self.check_interval.saturating_mul(after_next)),
             Some(p) => Self::silent_since(s)
-                .saturating_add(nanos(p.window.silence_until(p.config.threshold, &p.config))),
+                .saturating_add(ms_to_nanos(p.stats.silence_ms_at(p.shared.y_dead, &p.shared.config))),
         };
         SessionStatus {
             session_id: s.id.to_string(),
@@ -1602,7 +1608,7 @@ mod tests {
     }
 
     #[test]
-    fn stale_heap_entries_are_compacted() {
+    fn stale_wheel_entries_are_compacted() {
         let monitor = Monitor::builder().build().unwrap();
         let grace = RegisterOptions { grace: Some(MAX_TIMEOUT), ..Default::default() };
         monitor.register_with("s", "w", grace).unwrap();
@@ -1611,12 +1617,80 @@ mod tests {
             monitor.resume_with_grace("s", Duration::MAX);
             monitor.register_with("s", "w", grace).unwrap();
         }
-        let total: usize = monitor.inner.shards.iter().map(|Padded(s)| s.lock().due.len()).sum();
+        let total: usize = monitor.inner.shards.iter().map(|Padded(s)| s.lock().wheel.len()).sum();
         assert!(total <= 2 + 64, "{total} heap entries for one session");
     }
 
     #[test]
+    fn the_sweeper_threads_pause_guard_suppresses_a_late_round() {
+        use crate::clock::ManualClock;
+        for guard in [true, false] {
+            let clock = ManualClock::new();
+            let mut builder = Monitor::builder().clock(clock.clone());
+            if !guard {
+                builder = builder.pause_guard(None);
+            }
+            let monitor = builder.build().unwrap();
+            let events = monitor.subscribe();
+            monitor.register("s1", "worker");
+            // What the sweeper thread runs.
+            let sweep = |secs| {
+                clock.advance(Duration::from_secs(secs));
+                monitor.inner.sweep(true);
+            };
+            sweep(5);
+            sweep(5); // t = 10
+            sweep(60); // t = 70: this process was stopped for a minute
+            let warned = events.try_iter().any(|e| matches!(e, Event::Warning { .. }));
+            assert_eq!(warned, !guard, "guard {guard}");
+            if guard {
+                assert_eq!(monitor.status("s1").unwrap().missed_beats, 0);
+                sweep(5); // t = 75: an on-time round counts again
+                assert!(matches!(events.try_recv(), Ok(Event::Warning { .. })));
+            }
+        }
+    }
+
+    #[test]
+    fn a_phi_session_is_looked_at_when_its_deadline_comes_earlier() {
+        use crate::clock::ManualClock;
+        let clock = ManualClock::new();
+        let config = PhiConfig { acceptable_pause: Duration::ZERO, ..PhiConfig::default() };
+        let monitor =
+            Monitor::builder().clock(clock.clone()).detector(Detector::Phi(config)).build().unwrap();
+        monitor.register("p", "w");
+        let armed = || {
+            let (shard, slot, _) = monitor.inner.locate("p").unwrap();
+            let s = &shard.sessions[slot as usize];
+            monitor.inner.deadline_of(s)
+        };
+        let first = armed();
+        // Beats every 100 ms: the expected 10 s interval shrinks fast.
+        for _ in 0..50 {
+            clock.advance(Duration::from_millis(100));
+            assert!(monitor.beat("p"));
+        }
+        assert!(armed() < first, "{} not before {first}", armed());
+        // Silent from t = 5 s, it is warned about at the earlier deadline
+        // (about 12.4 s: mean 0.49 s, std 1.9 s with the seeds), well before
+        // the first one (19.1 s: 10 s + y(4) * 2.5 s).
+        let events = monitor.subscribe();
+        for _ in 0..100 {
+            clock.advance(Duration::from_millis(100));
+            monitor.maintain();
+            monitor.sweep();
+            if events.try_iter().any(|e| matches!(e, Event::Warning { .. })) {
+                assert!(monitor.inner.now() < first, "warned at {} ns", monitor.inner.now());
+                return;
+            }
+        }
+        panic!("not warned by t = 15 s");
+    }
+
+    #[test]
     fn a_session_stays_small() {
-        assert!(std::mem::size_of::<Session>() <= 64, "{}", std::mem::size_of::<Session>());
+        assert!(std::mem::size_of::<Session>() <= 48, "{}", std::mem::size_of::<Session>());
+        // With the allocator's 8-byte header, a 64-byte block.
+        assert!(std::mem::size_of::<Rules>() <= 56, "{}", std::mem::size_of::<Rules>());
     }
 }

@@ -12,6 +12,18 @@
 //! than now. phi 1 means a 10 % chance that the peer is still alive and merely
 //! late, phi 8 (Akka's default threshold) a 10^-8 chance.
 //!
+//! Two estimators of that mean and deviation are offered
+//! ([`PhiEstimator`]):
+//! - `Ewma` (the default): a few words per session. For the first
+//!   `(max_samples + 1) / 2` intervals (seeds included) it is the exact mean
+//!   and population variance of all of them (Welford's update with weight
+//!   `1/n`), the same numbers Akka's window gives; from then on each new
+//!   interval has weight `2 / (max_samples + 1)`, so the estimate has the
+//!   window's average age, and older intervals fade exponentially where
+//!   Akka's window drops the oldest at once.
+//! - `Window`: Akka's sliding window itself, `max_samples` intervals of 4
+//!   bytes per session (4 KB at the default 1000).
+//!
 //! Recording a beat and computing phi never allocate: the window allocates its
 //! ring buffer once, when it is created.
 
@@ -45,9 +57,11 @@ pub struct PhiConfig {
     /// phi at or above which a session is warned about, before it reaches
     /// `threshold` (4.0).
     pub warn_threshold: f64,
-    /// How many inter-beat intervals the sliding window keeps (Akka: 1000).
-    /// Each costs 4 bytes per session; at least 2 are kept, at most
-    /// [`PhiConfig::MAX_SAMPLES`] accepted.
+    /// How many inter-beat intervals the estimate remembers (Akka: 1000):
+    /// the window's length with [`PhiEstimator::Window`] (4 bytes each per
+    /// session), the span of the weighted estimate (weight
+    /// `2 / (max_samples + 1)`) with [`PhiEstimator::Ewma`], which costs the
+    /// same whatever it is. From 2 to [`PhiConfig::MAX_SAMPLES`].
     pub max_samples: usize,
     /// Floor of the standard deviation used to compute phi (Akka: 100 ms), so
     /// that a very regular peer is not declared dead by a small delay. Should
@@ -64,6 +78,45 @@ pub struct PhiConfig {
     /// samples, `expected - expected / 4` and `expected + expected / 4`.
     #[serde(rename = "expected_interval_sec", with = "super::snapshot::secs")]
     pub expected_interval: Duration,
+    /// How the mean and deviation of the intervals are kept: constant
+    /// memory (`Ewma`, the default) or Akka's window of `max_samples`
+    /// intervals. In JSON `"estimator": "ewma"` or `"window"`, left out
+    /// when it is the default.
+    #[serde(skip_serializing_if = "PhiEstimator::is_default")]
+    pub estimator: PhiEstimator,
+}
+
+/// How a phi detector estimates the mean and standard deviation of a
+/// session's inter-beat intervals (see [`PhiConfig::estimator`]).
+///
+/// Both give the same numbers for the first `(max_samples + 1) / 2`
+/// intervals (the exact mean and population deviation of all of them,
+/// seeds included). After that the window forgets its oldest interval at
+/// each beat, all at once, and the exponentially weighted estimate (weight
+/// `2 / (max_samples + 1)`, the window's average age) lets every old
+/// interval fade a little. After a change of pace (a drift, a new rhythm
+/// after a restart) the window has fully moved after `max_samples` beats,
+/// the weighted estimate about 86% of the way, with the rest fading
+/// geometrically; an outlier (a long pause that was not a death) counts
+/// fully in the window for `max_samples` beats and then vanishes, where it
+/// weighs most at once in the weighted estimate and then fades. A session
+/// of steady rhythm gets the same verdicts from both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PhiEstimator {
+    /// Exponentially weighted mean and variance: 24 bytes per session.
+    /// In JSON `"ewma"`.
+    #[default]
+    Ewma,
+    /// Akka's sliding window of `max_samples` intervals: 4 bytes each.
+    /// In JSON `"window"`.
+    Window,
+}
+
+impl PhiEstimator {
+    fn is_default(&self) -> bool {
+        *self == PhiEstimator::Ewma
+    }
 }
 
 impl PhiConfig {
@@ -71,6 +124,11 @@ impl PhiConfig {
     /// per session (ten times Akka's default). Longer windows adapt no better
     /// and make a session cost more than its beats are worth.
     pub const MAX_SAMPLES: usize = 10_000;
+
+    /// The largest `threshold` a monitor accepts: phi 100, a 10^-100 chance
+    /// of being wrong. Larger ones only postpone death without meaning
+    /// anything more.
+    pub const MAX_THRESHOLD: f64 = 100.0;
 }
 
 impl Default for PhiConfig {
@@ -82,6 +140,7 @@ impl Default for PhiConfig {
             min_std_deviation: Duration::from_millis(100),
             acceptable_pause: Duration::from_secs(3),
             expected_interval: Duration::from_secs(10),
+            estimator: PhiEstimator::Ewma,
         }
     }
 }
@@ -177,6 +236,7 @@ impl PhiWindow {
 
     /// phi after `since_last` of silence:
     /// `phi(since_last_ms, mean + acceptable_pause_ms, max(std, min_std_ms))`.
+    #[cfg(test)]
     pub(crate) fn phi(&self, since_last: Duration, config: &PhiConfig) -> f64 {
         phi(duration_ms(since_last), self.pause_mean_ms(config), self.effective_std_ms(config))
     }
@@ -186,6 +246,7 @@ impl PhiWindow {
     ///
     /// Saturates at zero (a `target` at or below zero is reached at once) and
     /// at [`Duration::MAX`] (an infinite or NaN `target` is never reached).
+    #[cfg(test)]
     pub(crate) fn silence_until(&self, target: f64, config: &PhiConfig) -> Duration {
         let y = y_for_phi(target);
         if y.is_nan() {
@@ -223,6 +284,7 @@ impl PhiWindow {
     }
 
     /// The mean phi is computed against: window mean plus acceptable pause, ms.
+    #[cfg(test)]
     fn pause_mean_ms(&self, config: &PhiConfig) -> f64 {
         self.mean_ms() + duration_ms(config.acceptable_pause)
     }
@@ -231,7 +293,97 @@ impl PhiWindow {
     /// `min_std_deviation`, and never zero (a zero `min_std_deviation` with a
     /// constant window would make phi a step from `log10(2)` to infinity
     /// rather than NaN at the mean).
+    #[cfg(test)]
     fn effective_std_ms(&self, config: &PhiConfig) -> f64 {
+        self.std_dev_ms().max(duration_ms(config.min_std_deviation)).max(f64::MIN_POSITIVE)
+    }
+}
+
+/// A session's interval statistics, by either estimator.
+///
+/// `Ewma` is the constant-memory estimate: exponentially weighted mean and
+/// variance (West's incremental update), in milliseconds, seeded as
+/// [`PhiWindow::new`] seeds its window (two samples around the expected
+/// interval). The `n`-th sample has weight `max(1/n, 2 / (max_samples + 1))`:
+/// with weight `1/n` the update is Welford's, and gives the exact mean and
+/// population variance of every sample so far; then the weight stays at
+/// `2 / (max_samples + 1)`. (Its fields are the variant's own, not a struct's,
+/// so that the enum is 24 bytes: the tag shares a word with `n`.)
+#[derive(Debug, Clone)]
+pub(crate) enum PhiStats {
+    Ewma {
+        mean: f64,
+        variance: f64,
+        /// Samples so far, counting the two seeds (saturating).
+        n: u32,
+    },
+    Window(Box<PhiWindow>),
+}
+
+impl PhiStats {
+    pub(crate) fn new(config: &PhiConfig) -> Self {
+        match config.estimator {
+            PhiEstimator::Ewma => {
+                let mean = config.expected_interval.as_millis();
+                let std_deviation = mean / 4;
+                let low = f64::from(saturate_ms(mean - std_deviation));
+                let high = f64::from(saturate_ms(mean + std_deviation));
+                let half = (high - low) / 2.0;
+                PhiStats::Ewma { mean: (low + high) / 2.0, variance: half * half, n: 2 }
+            }
+            PhiEstimator::Window => PhiStats::Window(Box::new(PhiWindow::new(config))),
+        }
+    }
+
+    /// Adds one interval, as whole milliseconds saturating at `u32::MAX` (as
+    /// the window stores them).
+    pub(crate) fn record(&mut self, interval: Duration, config: &PhiConfig) {
+        match self {
+            PhiStats::Ewma { mean, variance, n } => {
+                let x = f64::from(saturate_ms(interval.as_millis()));
+                *n = n.saturating_add(1);
+                let floor = 2.0 / (config.max_samples.max(2) as f64 + 1.0);
+                let alpha = (1.0 / f64::from(*n)).max(floor);
+                let diff = x - *mean;
+                let increment = alpha * diff;
+                *mean += increment;
+                *variance = ((1.0 - alpha) * (*variance + diff * increment)).max(0.0);
+            }
+            PhiStats::Window(w) => w.record(interval),
+        }
+    }
+
+    pub(crate) fn mean_ms(&self) -> f64 {
+        match self {
+            PhiStats::Ewma { mean, .. } => *mean,
+            PhiStats::Window(w) => w.mean_ms(),
+        }
+    }
+
+    pub(crate) fn std_dev_ms(&self) -> f64 {
+        match self {
+            PhiStats::Ewma { variance, .. } => variance.sqrt(),
+            PhiStats::Window(w) => w.std_dev_ms(),
+        }
+    }
+
+    /// phi after `since_last` of silence.
+    pub(crate) fn phi(&self, since_last: Duration, config: &PhiConfig) -> f64 {
+        phi(
+            duration_ms(since_last),
+            self.mean_ms() + duration_ms(config.acceptable_pause),
+            self.effective_std(config),
+        )
+    }
+
+    /// The silence, in ms, at which phi reaches the level whose `y` (from
+    /// [`y_for_phi`]) is given: `mean + acceptable_pause + y * std`, at least 0.
+    pub(crate) fn silence_ms_at(&self, y: f64, config: &PhiConfig) -> f64 {
+        let ms = self.mean_ms() + duration_ms(config.acceptable_pause) + y * self.effective_std(config);
+        if ms.is_nan() { f64::INFINITY } else { ms.max(0.0) }
+    }
+
+    fn effective_std(&self, config: &PhiConfig) -> f64 {
         self.std_dev_ms().max(duration_ms(config.min_std_deviation)).max(f64::MIN_POSITIVE)
     }
 }
@@ -292,7 +444,7 @@ fn saturate_ms(ms: u128) -> u32 {
 }
 
 /// A duration in (fractional) milliseconds.
-fn duration_ms(duration: Duration) -> f64 {
+pub(crate) fn duration_ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
@@ -578,6 +730,12 @@ mod tests {
         }
         assert!(window.phi(Duration::from_secs(13), &config) < 0.31);
         assert!(window.phi(Duration::from_secs(30), &config) > config.threshold);
+    }
+
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn constant_memory_stats_are_24_bytes() {
+        assert_eq!(std::mem::size_of::<PhiStats>(), 24);
     }
 
     #[cfg(target_pointer_width = "64")]

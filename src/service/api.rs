@@ -343,7 +343,8 @@ impl Settings {
         let max_secs = MAX_TIMEOUT.as_secs();
         let secs = |field: &str, value: Option<f64>, zero_ok: bool| -> Result<Option<Duration>, Response> {
             let Some(v) = value else { return Ok(None) };
-            let ok = v.is_finite() && (v > 0.0 || (zero_ok && v == 0.0)) && v <= max_secs as f64;
+            // Below a nanosecond rounds to zero: as zero, not a session that dies at once.
+            let ok = v.is_finite() && (v >= 1e-9 || (zero_ok && v == 0.0)) && v <= max_secs as f64;
             if !ok {
                 let low = if zero_ok { "from 0" } else { "above 0" };
                 return Err(Response::error(
