@@ -112,6 +112,11 @@ impl HeartbeatState {
             Some(key) => Error::DuplicateKey { path: path.to_owned(), key },
             None => Error::NotJson { path: path.to_owned(), source },
         })?;
+        // Checked here: serde would quote a top-level string whole in its error.
+        if !bytes.trim_ascii_start().starts_with(b"{") {
+            let source = serde::de::Error::custom("its top level is not an object");
+            return Err(Error::NotJson { path: path.to_owned(), source });
+        }
         let obj: Map<String, Value> = serde_json::from_slice(bytes)
             .map_err(|source| Error::NotJson { path: path.to_owned(), source })?;
         let fields = Fields { obj: &obj, path };
@@ -726,6 +731,16 @@ mod tests {
         let json = br#"{"pid":7,"timestamp":"2026-01-12T10:00:00Z","metadata":{"v":1,"v":2}}"#;
         let err = HeartbeatState::from_json(json, Path::new("d.json")).unwrap_err();
         assert!(matches!(&err, Error::DuplicateKey { key, .. } if key == "v"), "{err:?}");
+        // A top level that is not an object is NotJson, and a huge string
+        // there is not quoted back (found by the state_file fuzz target:
+        // fuzz/regressions/state_file/top-level-string-quoted).
+        let huge = format!("{:?}", "G".repeat(100_000));
+        let err = HeartbeatState::from_json(huge.as_bytes(), Path::new("d.json")).unwrap_err();
+        assert!(matches!(err, Error::NotJson { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "heartbeat file d.json is not a JSON object: its top level is not an object"
+        );
         // A syntax error is still NotJson.
         let err = HeartbeatState::from_json(br#"{"pid":7,"timest"#, Path::new("d.json")).unwrap_err();
         assert!(matches!(err, Error::NotJson { .. }), "{err:?}");
