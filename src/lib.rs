@@ -56,6 +56,8 @@ mod beater;
 pub mod capi;
 mod clock;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 mod json;
 mod monitor;

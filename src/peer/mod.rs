@@ -7,7 +7,7 @@
 mod client;
 mod io;
 mod limits;
-mod lines;
+pub(crate) mod lines;
 mod output;
 mod registry;
 mod server;

@@ -78,7 +78,7 @@ const MAX_LOCATION: usize = 72;
 /// Length of every nick: `J5`, base58 characters, `O` padding.
 const NICK_LEN: usize = 16;
 /// Random bytes behind a nick (jmcore's and the reference's `NICK_HASH_LENGTH`).
-const NICK_HASH_LEN: usize = 10;
+pub(crate) const NICK_HASH_LEN: usize = 10;
 /// The base58 alphabet (Bitcoin's): no `0`, `O`, `I` or `l`.
 const BASE58: &[u8; 58] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
 /// Most characters of untrusted input quoted in an error message.
@@ -523,7 +523,7 @@ pub fn random_nick() -> String {
 /// first 10 bytes of its key's hash. 10 bytes never take more than 14
 /// characters (58^14 > 2^80, and each leading zero costs one character but
 /// removes 8 bits), so the result is always 16 characters.
-fn nick_from_hash(hash: [u8; NICK_HASH_LEN]) -> String {
+pub(crate) fn nick_from_hash(hash: [u8; NICK_HASH_LEN]) -> String {
     let mut nick = String::with_capacity(NICK_LEN);
     nick.push_str("J5");
     for _ in hash.iter().take_while(|&&byte| byte == 0) {
