@@ -41,6 +41,14 @@ pub enum Error {
         /// What the parser said.
         source: serde_json::Error,
     },
+    /// A heartbeat file repeats a key in one of its objects. Readers
+    /// differ on which value counts, so the file is refused as a whole.
+    DuplicateKey {
+        /// The file.
+        path: PathBuf,
+        /// The repeated key.
+        key: String,
+    },
     /// A field the heartbeat file must carry is absent.
     MissingField {
         /// The file.
@@ -152,6 +160,12 @@ impl fmt::Display for Error {
             Error::NotJson { path, source } => {
                 write!(f, "heartbeat file {} is not a JSON object: {source}", path.display())
             }
+            Error::DuplicateKey { path, key } => write!(
+                f,
+                "heartbeat file {} repeats the key {} (refused: readers differ on which value counts)",
+                path.display(),
+                crate::json::quote_key(key)
+            ),
             Error::MissingField { path, field } => {
                 // One name per pair of backticks: `last_refresh` or `timestamp`.
                 let names: Vec<String> = field.split(" or ").map(|name| format!("`{name}`")).collect();

@@ -58,12 +58,15 @@ mod builder;
 pub mod capi;
 mod clock;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
+mod json;
 mod monitor;
 pub mod peer;
 pub mod process;
 mod random;
-mod scanner;
+pub(crate) mod scanner;
 pub mod service;
 mod state;
 mod sys;

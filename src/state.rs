@@ -103,7 +103,20 @@ impl HeartbeatState {
     }
 
     /// Parses a heartbeat file's bytes; `path` is only used in errors.
+    ///
+    /// The bytes must be one JSON object, and no object in it may repeat a
+    /// key ([`Error::DuplicateKey`]): the scanner reads files by the same
+    /// rule, so a file never has two readings.
     pub fn from_json(bytes: &[u8], path: &Path) -> Result<Self> {
+        crate::json::check_unique_keys(bytes).map_err(|(source, duplicate)| match duplicate {
+            Some(key) => Error::DuplicateKey { path: path.to_owned(), key },
+            None => Error::NotJson { path: path.to_owned(), source },
+        })?;
+        // Checked here: serde would quote a top-level string whole in its error.
+        if !bytes.trim_ascii_start().starts_with(b"{") {
+            let source = serde::de::Error::custom("its top level is not an object");
+            return Err(Error::NotJson { path: path.to_owned(), source });
+        }
         let obj: Map<String, Value> = serde_json::from_slice(bytes)
             .map_err(|source| Error::NotJson { path: path.to_owned(), source })?;
         let fields = Fields { obj: &obj, path };
@@ -469,8 +482,8 @@ fn create_exclusive(path: &Path) -> io::Result<File> {
 /// Reads and parses the heartbeat file at `path`.
 ///
 /// Each failure is its own error, naming the path: [`Error::NotFound`],
-/// [`Error::Unreadable`], [`Error::NotJson`], [`Error::MissingField`],
-/// [`Error::InvalidField`].
+/// [`Error::Unreadable`], [`Error::NotJson`], [`Error::DuplicateKey`],
+/// [`Error::MissingField`], [`Error::InvalidField`].
 ///
 /// Only regular files of at most [`MAX_STATE_BYTES`] are read: a FIFO, a
 /// device or a huge file planted at the path is `Unreadable`, never a hang
@@ -702,6 +715,35 @@ mod tests {
             msg,
             r#"heartbeat file f.json has a bad `last_refresh`: "soon" is not an RFC 3339 timestamp"#
         );
+    }
+
+    #[test]
+    fn a_repeated_key_is_refused_with_its_name() {
+        // Finding 1 of the fuzzing round: this read as the last `timestamp`.
+        let json = br#"{"pid":7,"timestamp":7,"timestamp":"1151-12-31T23:59:60Z"}"#;
+        let err = HeartbeatState::from_json(json, Path::new("d.json")).unwrap_err();
+        assert!(matches!(&err, Error::DuplicateKey { key, .. } if key == "timestamp"), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "heartbeat file d.json repeats the key \"timestamp\" (refused: readers differ on which value counts)"
+        );
+        // In metadata too: one rule at every depth.
+        let json = br#"{"pid":7,"timestamp":"2026-01-12T10:00:00Z","metadata":{"v":1,"v":2}}"#;
+        let err = HeartbeatState::from_json(json, Path::new("d.json")).unwrap_err();
+        assert!(matches!(&err, Error::DuplicateKey { key, .. } if key == "v"), "{err:?}");
+        // A top level that is not an object is NotJson, and a huge string
+        // there is not quoted back (found by the state_file fuzz target:
+        // fuzz/regressions/state_file/top-level-string-quoted).
+        let huge = format!("{:?}", "G".repeat(100_000));
+        let err = HeartbeatState::from_json(huge.as_bytes(), Path::new("d.json")).unwrap_err();
+        assert!(matches!(err, Error::NotJson { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "heartbeat file d.json is not a JSON object: its top level is not an object"
+        );
+        // A syntax error is still NotJson.
+        let err = HeartbeatState::from_json(br#"{"pid":7,"timest"#, Path::new("d.json")).unwrap_err();
+        assert!(matches!(err, Error::NotJson { .. }), "{err:?}");
     }
 
     #[test]

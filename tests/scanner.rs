@@ -287,6 +287,39 @@ fn valid_json_without_a_beat_time_falls_back_too() {
     assert_eq!(e.fallback.as_deref(), Some("no last_refresh or timestamp"));
 }
 
+/// Findings 1 and 2 of the first fuzzing round: a file `read_state` reads
+/// one way must not be read another way by the scanner. Both refuse these,
+/// and the scanner judges them by name and mtime.
+#[test]
+fn files_read_state_refuses_the_scanner_judges_by_name_and_mtime() {
+    let clock = manual_clock();
+    let beat = format_timestamp(clock.wall() - secs(1));
+    let cases = [
+        // A repeated key: read_state took the last value, the scanner refused.
+        (
+            format!(r#"{{"pid": {DEAD_PID}, "last_refresh": "{beat}", "last_refresh": "{beat}"}}"#),
+            "duplicate key",
+        ),
+        (
+            format!(r#"{{"pid": {DEAD_PID}, "timestamp": "{beat}", "metadata": {{"v": 1, "v": 2}}}}"#),
+            "duplicate key",
+        ),
+        // An array: the scanner read it as pid 123, read_state refused.
+        (format!(r#"[123, "u", "{HOST}", "{beat}", null, null, null]"#), "not a JSON object"),
+    ];
+    for (contents, says) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = put_raw(dir.path(), &name_for(me(), "named"), &contents, clock.wall() - secs(200));
+        let e = only(&scanner(dir.path(), &clock).scan().unwrap()).clone();
+        let why = e.fallback.unwrap_or_else(|| panic!("{contents} was read as pid {}", e.pid));
+        assert!(why.contains(says), "{why}");
+        assert_eq!((e.pid, e.uuid.as_str(), e.status), (me(), "named", ScanStatus::Stale), "name and mtime");
+        let err = heartbeat::read_state(&path).unwrap_err();
+        assert!(matches!(err, Error::DuplicateKey { .. } | Error::NotJson { .. }), "{err:?}");
+        assert_eq!(says == "duplicate key", matches!(err, Error::DuplicateKey { .. }), "{err}");
+    }
+}
+
 #[test]
 fn a_timestamp_field_serves_when_there_is_no_last_refresh() {
     let dir = tempfile::tempdir().unwrap();

@@ -113,7 +113,10 @@ pub fn code_of(e: &Error) -> hb_result {
     match e {
         Error::Io(_) | Error::Write { .. } | Error::Unreadable { .. } | Error::Directory { .. } => HB_ERR_IO,
         Error::NotFound { .. } => HB_ERR_NOT_FOUND,
-        Error::NotJson { .. } | Error::MissingField { .. } | Error::InvalidField { .. } => HB_ERR_BAD_FILE,
+        Error::NotJson { .. }
+        | Error::DuplicateKey { .. }
+        | Error::MissingField { .. }
+        | Error::InvalidField { .. } => HB_ERR_BAD_FILE,
         Error::ClockSkew { .. } => HB_ERR_CLOCK_SKEW,
         Error::AlreadyRunning | Error::Locked { .. } => HB_ERR_ALREADY_RUNNING,
         Error::TakenOver { .. } => HB_ERR_IO,

@@ -109,6 +109,10 @@ impl Response {
     }
 
     /// The body: none at all for a 204 or 304, whatever was given.
+    pub(crate) fn content_type(&self) -> &'static str {
+        self.content_type
+    }
+
     pub(crate) fn body(&self) -> &[u8] {
         if self.has_body() { &self.body } else { &[] }
     }

@@ -43,7 +43,7 @@ use std::time::Duration;
 
 mod message;
 pub mod metrics;
-mod server;
+pub(crate) mod server;
 mod stream;
 
 pub use message::{Reply, Request, Response};

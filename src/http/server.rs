@@ -220,7 +220,7 @@ enum Close {
 }
 
 /// What the buffered input amounts to.
-enum Outcome {
+pub(crate) enum Outcome {
     NeedMore,
     /// Send `100 Continue`, then read the body.
     Continue,
@@ -520,75 +520,20 @@ impl Loop {
     /// What the buffered input amounts to; a whole request is handed to
     /// the handler here.
     fn parse(&self, conn: &Conn) -> Outcome {
-        if conn.input.is_empty() {
-            return Outcome::NeedMore;
-        }
-        let max_head = self.config.max_head;
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
-        let head_len = match request.parse(&conn.input) {
-            Ok(httparse::Status::Complete(n)) if n <= max_head => n,
-            Ok(httparse::Status::Partial) if conn.input.len() <= max_head => return Outcome::NeedMore,
-            Ok(_) => {
-                return Outcome::Refuse(431, format!("the request line and headers pass {max_head} bytes"));
-            }
-            Err(httparse::Error::TooManyHeaders) => {
-                return Outcome::Refuse(431, format!("more than {MAX_HEADERS} headers"));
-            }
-            Err(e) => return Outcome::Refuse(400, format!("cannot parse the request: {e}")),
-        };
-        let version = request.version.unwrap_or(1);
-        let mut fields = Fields::default();
-        for header in request.headers.iter() {
-            if let Err(message) = fields.take(header) {
-                return Outcome::Refuse(400, message);
-            }
-        }
-        if fields.transfer_encoding {
-            return Outcome::Refuse(
-                400,
-                "chunked request bodies are not supported: send the body with a Content-Length".into(),
-            );
-        }
-        if version >= 1 && !fields.host {
-            return Outcome::Refuse(400, "an HTTP/1.1 request must carry a Host header".into());
-        }
-        let body_len = fields.content_length.unwrap_or(0);
-        if body_len > self.config.max_body as u64 {
-            return Outcome::Refuse(
-                413,
-                format!("a body of {body_len} bytes passes the limit of {} bytes", self.config.max_body),
-            );
-        }
-        let total = head_len + body_len as usize;
-        if conn.input.len() < total {
-            if fields.expect_continue && version >= 1 && !conn.continue_sent {
-                return Outcome::Continue;
-            }
-            return Outcome::NeedMore;
-        }
-        let method = request.method.unwrap_or_default();
-        let target = request.path.unwrap_or_default();
-        let (path, query) = match target.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (target, None),
-        };
-        let keep_alive = !fields.close && (version >= 1 || fields.keep_alive);
-        let view = Request {
-            method,
-            path,
-            query,
-            headers: request.headers,
-            body: &conn.input[head_len..total],
-            peer: conn.peer,
-        };
-        Counters::add(&self.shared.counters.requests);
-        let reply = catch_unwind(AssertUnwindSafe(|| self.handler.handle(&view))).unwrap_or_else(|panic| {
-            let why = crate::ticker::panic_message(&*panic);
-            log::error!("http: the handler panicked on {method} {path} from {}: {why}", conn.peer);
-            Response::error(500, "the handler panicked; see the server's log").into()
-        });
-        Outcome::Handled { consumed: total, keep_alive, head: method == "HEAD", reply }
+        let limits = (self.config.max_head, self.config.max_body);
+        parse_request(&conn.input, limits, conn.continue_sent, conn.peer, |view| {
+            Counters::add(&self.shared.counters.requests);
+            catch_unwind(AssertUnwindSafe(|| self.handler.handle(view))).unwrap_or_else(|panic| {
+                let why = crate::ticker::panic_message(&*panic);
+                log::error!(
+                    "http: the handler panicked on {} {} from {}: {why}",
+                    view.method,
+                    view.path,
+                    view.peer
+                );
+                Response::error(500, "the handler panicked; see the server's log").into()
+            })
+        })
     }
 
     fn open_stream(
@@ -813,6 +758,86 @@ fn read_some(conn: &mut Conn, scratch: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// What the buffered `input` amounts to, for a connection whose request
+/// may already have had its `100 Continue` (`continue_sent`). A whole
+/// request is handed to `handle` here. `limits` are `(max_head, max_body)`.
+///
+/// No sockets: the server calls it on a connection's input, the `http`
+/// fuzz target on arbitrary bytes.
+pub(crate) fn parse_request(
+    input: &[u8],
+    (max_head, max_body): (usize, usize),
+    continue_sent: bool,
+    peer: SocketAddr,
+    handle: impl FnOnce(&Request<'_>) -> Reply,
+) -> Outcome {
+    if input.is_empty() {
+        return Outcome::NeedMore;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let head_len = match request.parse(input) {
+        Ok(httparse::Status::Complete(n)) if n <= max_head => n,
+        Ok(httparse::Status::Partial) if input.len() <= max_head => return Outcome::NeedMore,
+        Ok(_) => {
+            return Outcome::Refuse(431, format!("the request line and headers pass {max_head} bytes"));
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Outcome::Refuse(431, format!("more than {MAX_HEADERS} headers"));
+        }
+        Err(e) => return Outcome::Refuse(400, format!("cannot parse the request: {e}")),
+    };
+    let version = request.version.unwrap_or(1);
+    let mut fields = Fields::default();
+    for header in request.headers.iter() {
+        if let Err(message) = fields.take(header) {
+            return Outcome::Refuse(400, message);
+        }
+    }
+    if fields.transfer_encoding {
+        return Outcome::Refuse(
+            400,
+            "chunked request bodies are not supported: send the body with a Content-Length".into(),
+        );
+    }
+    if version >= 1 && !fields.host {
+        return Outcome::Refuse(400, "an HTTP/1.1 request must carry a Host header".into());
+    }
+    let body_len = fields.content_length.unwrap_or(0);
+    if body_len > max_body as u64 {
+        return Outcome::Refuse(
+            413,
+            format!("a body of {body_len} bytes passes the limit of {max_body} bytes"),
+        );
+    }
+    let total = head_len + body_len as usize;
+    if input.len() < total {
+        if fields.expect_continue && version >= 1 && !continue_sent {
+            return Outcome::Continue;
+        }
+        return Outcome::NeedMore;
+    }
+    let method = request.method.unwrap_or_default();
+    let target = request.path.unwrap_or_default();
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    let keep_alive = !fields.close && (version >= 1 || fields.keep_alive);
+    let view = Request { method, path, query, headers: request.headers, body: &input[head_len..total], peer };
+    let reply = handle(&view);
+    Outcome::Handled { consumed: total, keep_alive, head: method == "HEAD", reply }
+}
+
+/// `s` Debug-quoted and cut to 64 characters: refusals quote what a client
+/// sent, and a client may send kilobytes.
+fn quote(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((cut, _)) => format!("{:?}...", &s[..cut]),
+        None => format!("{s:?}"),
+    }
+}
+
 /// The headers the server itself looks at.
 #[derive(Default)]
 struct Fields {
@@ -841,7 +866,7 @@ impl Fields {
                     .all(|b| b.is_ascii_digit())
                     .then(|| part.parse::<u64>().ok())
                     .flatten()
-                    .ok_or_else(|| format!("bad Content-Length: {value:?}"))?;
+                    .ok_or_else(|| format!("bad Content-Length: {}", quote(&value)))?;
                 if self.content_length.is_some_and(|m| m != n) {
                     return Err("conflicting Content-Length headers".into());
                 }
@@ -883,6 +908,18 @@ mod tests {
         }
         let err = fields(&[("Content-Length", "5"), ("Content-Length", "6")]).err().unwrap();
         assert!(err.contains("conflicting"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_content_length_is_quoted_short() {
+        // Found by the `http` fuzz target (fuzz/regressions/http/long-content-length):
+        // the refusal quoted the whole header value, up to max_head bytes.
+        let long = format!("5{}", "x".repeat(5_000));
+        let mut fields = Fields::default();
+        let err =
+            fields.take(&httparse::Header { name: "Content-Length", value: long.as_bytes() }).unwrap_err();
+        assert!(err.len() < 100 && err.ends_with("..."), "{err}");
+        assert!(err.starts_with("bad Content-Length: \"5xxx"), "{err}");
     }
 
     #[test]

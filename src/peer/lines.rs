@@ -19,8 +19,8 @@ pub(crate) struct LineBuffer {
     start: usize,
     /// Offset up to which `bytes[start..]` is known to hold no `\n`.
     scanned: usize,
-    /// Bytes examined by the `\n` search, for the test that keeps it linear.
-    #[cfg(test)]
+    /// Bytes examined by the `\n` search, for the checks that keep it
+    /// linear (a unit test, and the `lines` fuzz target).
     examined: usize,
 }
 
@@ -59,10 +59,7 @@ impl LineBuffer {
         let from = self.scanned.max(self.start);
         if from < limit {
             let found = self.bytes[from..limit].iter().position(|&b| b == b'\n');
-            #[cfg(test)]
-            {
-                self.examined += found.map_or(limit - from, |i| i + 1);
-            }
+            self.examined += found.map_or(limit - from, |i| i + 1);
             if let Some(i) = found {
                 let end = from + i;
                 let line_start = self.start;
@@ -80,6 +77,12 @@ impl LineBuffer {
     #[allow(dead_code, reason = "the hub's reader asks; the client does not")]
     pub(crate) fn len(&self) -> usize {
         self.bytes.len() - self.start
+    }
+
+    /// Bytes the `\n` search has examined so far: at most the bytes
+    /// extended, each byte searched at most once.
+    pub(crate) fn examined(&self) -> usize {
+        self.examined
     }
 
     /// Drops consumed bytes and, when the capacity is above `keep` while at

@@ -9,7 +9,7 @@ pub mod auth;
 mod client;
 mod io;
 mod limits;
-mod lines;
+pub(crate) mod lines;
 mod output;
 mod registry;
 mod server;

@@ -78,7 +78,7 @@ const MAX_LOCATION: usize = 72;
 /// Length of every nick: `J5`, base58 characters, `O` padding.
 const NICK_LEN: usize = 16;
 /// Random bytes behind a nick (jmcore's and the reference's `NICK_HASH_LENGTH`).
-const NICK_HASH_LEN: usize = 10;
+pub(crate) const NICK_HASH_LEN: usize = 10;
 /// The base58 alphabet (Bitcoin's): no `0`, `O`, `I` or `l`.
 const BASE58: &[u8; 58] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
 /// Most characters of untrusted input quoted in an error message.

@@ -10,7 +10,6 @@
 mod proc;
 mod watch;
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::{CStr, OsStr, OsString};
 use std::fmt;
@@ -25,10 +24,11 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
-use serde::Deserialize;
+use serde::de::{DeserializeSeed, MapAccess, Visitor};
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::{Error, Result};
+use crate::json::{JsonStr, KeySet, ObjectOrNull, UniqueKeys};
 use crate::state::{MAX_STATE_BYTES, beat_age, parse_timestamp};
 use proc::StartTimes;
 
@@ -547,62 +547,121 @@ impl Reader<'_> {
     }
 }
 
-/// The fields a scanner reads. Strings are borrowed from the file's bytes
-/// unless they hold escapes; other fields (metadata, ...) are skipped
-/// without being built.
-#[derive(Deserialize)]
+/// The fields a scanner reads, borrowed from the file's bytes unless they
+/// hold escapes; `metadata` and unknown keys are checked (unique keys at
+/// every depth) without being built.
+///
+/// The scanner refuses exactly the files [`read_state`](crate::read_state)
+/// refuses, by the same rules, so a file has one reading: the top level must
+/// be an object (serde's derived structs would also take an array, reading
+/// `[123, ...]` as pid 123), no object may repeat a key, and every field
+/// `read_state` checks is checked here too, even those a verdict does not
+/// use (`started_at`, `interval_sec`, `schema_version`, `metadata`, and
+/// `timestamp` beside a `last_refresh`). `null` counts as absent.
+#[derive(Default)]
 struct Raw<'a> {
     pid: Option<i64>,
-    #[serde(borrow)]
-    uuid: Option<Str<'a>>,
-    #[serde(borrow)]
-    hostname: Option<Str<'a>>,
-    #[serde(borrow)]
-    last_refresh: Option<Str<'a>>,
-    #[serde(borrow)]
-    timestamp: Option<Str<'a>>,
+    uuid: Option<JsonStr<'a>>,
+    hostname: Option<JsonStr<'a>>,
+    last_refresh: Option<JsonStr<'a>>,
+    timestamp: Option<JsonStr<'a>>,
+    started_at: Option<JsonStr<'a>>,
+    interval_sec: Option<f64>,
     process_start_ticks: Option<u64>,
-    #[serde(borrow)]
-    boot_id: Option<Str<'a>>,
+    boot_id: Option<JsonStr<'a>>,
 }
 
-/// A JSON string, borrowed when it can be. (serde borrows a bare `Cow<str>`
-/// field but not one inside an `Option`; this type borrows in both.)
-struct Str<'a>(Cow<'a, str>);
+/// The keys [`RawSeed`] reads or checks the type of.
+const FIELDS: [&str; 11] = [
+    "pid",
+    "uuid",
+    "hostname",
+    "last_refresh",
+    "timestamp",
+    "started_at",
+    "interval_sec",
+    "process_start_ticks",
+    "boot_id",
+    "schema_version",
+    "metadata",
+];
 
-impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
-            type Value = Str<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Str<'a>, E> {
-                Ok(Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Str<'a>, E> {
-                Ok(Str(Cow::Owned(v.to_owned())))
+/// Reads a [`Raw`] from one JSON object, refusing repeated keys.
+struct RawSeed<'s> {
+    check: UniqueKeys<'s>,
+}
+
+impl<'de, 's> DeserializeSeed<'de> for RawSeed<'s> {
+    type Value = Raw<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Raw<'de>, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de, 's> Visitor<'de> for RawSeed<'s> {
+    type Value = Raw<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Raw<'de>, A::Error> {
+        let mut raw = Raw::default();
+        let mut keys = KeySet::default();
+        while let Some(JsonStr(key)) = map.next_key::<JsonStr<'de>>()? {
+            let field = FIELDS.iter().position(|&f| f == key);
+            // Before the value, as `read_state`'s check does: both stop at the same key.
+            self.check.insert(&mut keys, key)?;
+            match field.map(|i| FIELDS[i]) {
+                Some("pid") => raw.pid = map.next_value()?,
+                Some("uuid") => raw.uuid = map.next_value()?,
+                Some("hostname") => raw.hostname = map.next_value()?,
+                Some("last_refresh") => raw.last_refresh = map.next_value()?,
+                Some("timestamp") => raw.timestamp = map.next_value()?,
+                Some("started_at") => raw.started_at = map.next_value()?,
+                Some("interval_sec") => raw.interval_sec = map.next_value()?,
+                Some("process_start_ticks") => raw.process_start_ticks = map.next_value()?,
+                Some("boot_id") => raw.boot_id = map.next_value()?,
+                Some("schema_version") => {
+                    map.next_value::<Option<u64>>()?;
+                }
+                Some("metadata") => map.next_value_seed(ObjectOrNull(self.check))?,
+                _ => map.next_value_seed(self.check)?,
             }
         }
-        deserializer.deserialize_str(Visitor(std::marker::PhantomData))
+        Ok(raw)
     }
 }
 
 /// The facts a verdict is made from.
-struct Record {
-    pid: i64,
-    uuid: String,
-    hostname: Option<String>,
-    last_beat: SystemTime,
-    start_ticks: Option<u64>,
+pub(crate) struct Record {
+    pub(crate) pid: i64,
+    pub(crate) uuid: String,
+    pub(crate) hostname: Option<String>,
+    pub(crate) last_beat: SystemTime,
+    pub(crate) start_ticks: Option<u64>,
     /// Whether the file names a boot, and it is not this one.
-    other_boot: bool,
-    fallback: Option<String>,
+    pub(crate) other_boot: bool,
+    pub(crate) fallback: Option<String>,
+}
+
+/// A parser's message cut to at most about 200 bytes: it may quote a value
+/// of the file whole, and the file may be a megabyte of anything.
+fn cut(message: &str) -> String {
+    const MAX: usize = 200;
+    if message.len() <= MAX {
+        return message.to_owned();
+    }
+    let mut end = MAX;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &message[..end])
 }
 
 /// The PID and uuid a heartbeat file's name carries: `heartbeat-<pid>-<uuid>.json`.
-fn name_parts(name: &OsStr) -> Option<(i64, &str)> {
+pub(crate) fn name_parts(name: &OsStr) -> Option<(i64, &str)> {
     let stem = name.as_bytes().strip_prefix(PREFIX.as_bytes())?.strip_suffix(SUFFIX.as_bytes())?;
     let dash = stem.iter().position(|&b| b == b'-')?;
     let pid = std::str::from_utf8(&stem[..dash]).ok()?.parse().ok()?;
@@ -613,12 +672,43 @@ fn name_parts(name: &OsStr) -> Option<(i64, &str)> {
 
 impl Record {
     /// The record in a file's contents, or why they are unusable.
-    fn parse(bytes: &[u8], name: &OsStr, our_boot: Option<&str>) -> Result<Record, String> {
-        let raw: Raw<'_> =
-            serde_json::from_slice(bytes).map_err(|e| format!("not a heartbeat object: {e}"))?;
+    pub(crate) fn parse(bytes: &[u8], name: &OsStr, our_boot: Option<&str>) -> Result<Record, String> {
+        let duplicate = std::cell::RefCell::new(None);
+        let seed = RawSeed { check: UniqueKeys { duplicate: &duplicate } };
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        // Checked here so that serde never quotes a whole top-level string back.
+        if !bytes.trim_ascii_start().starts_with(b"{") {
+            return Err("not a heartbeat object: not a JSON object".into());
+        }
+        let raw = seed.deserialize(&mut de).and_then(|raw| de.end().map(|()| raw)).map_err(|e| {
+            // serde quotes a value of the wrong type whole: cut it short.
+            let e = cut(&e.to_string());
+            if duplicate.borrow().is_some() {
+                format!("refused: {e} (readers differ on which value counts)")
+            } else {
+                format!("not a heartbeat object: {e}")
+            }
+        })?;
+        // Checked as read_state checks them, though no verdict uses them.
+        if let Some(secs) = raw.interval_sec {
+            Duration::try_from_secs_f64(secs).map_err(|_| "interval_sec is not a number of seconds >= 0")?;
+        }
+        if raw.started_at.is_some_and(|t| parse_timestamp(&t.0).is_none()) {
+            return Err("started_at is not an RFC 3339 timestamp".into());
+        }
+        let last_beat = match (raw.last_refresh, raw.timestamp) {
+            (None, None) => return Err("no last_refresh or timestamp".into()),
+            (None, Some(t)) => parse_timestamp(&t.0).ok_or("timestamp is not an RFC 3339 timestamp")?,
+            (Some(r), t) => {
+                let last_beat = parse_timestamp(&r.0).ok_or("last_refresh is not an RFC 3339 timestamp")?;
+                // Writers put the same text in both: parsed once then.
+                if t.is_some_and(|t| t.0 != r.0 && parse_timestamp(&t.0).is_none()) {
+                    return Err("timestamp is not an RFC 3339 timestamp".into());
+                }
+                last_beat
+            }
+        };
         let pid = raw.pid.ok_or("no pid")?;
-        let beat = raw.last_refresh.or(raw.timestamp).ok_or("no last_refresh or timestamp")?;
-        let last_beat = parse_timestamp(&beat.0).ok_or("last_refresh is not an RFC 3339 timestamp")?;
         let uuid = match raw.uuid {
             Some(uuid) => uuid.0.into_owned(),
             None => name_parts(name).map(|(_, uuid)| uuid.to_owned()).unwrap_or_default(),
@@ -975,13 +1065,100 @@ fn not_a_file(t: std::fs::FileType) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
+
+    fn raw(json: &[u8]) -> Result<Raw<'_>, serde_json::Error> {
+        let duplicate = std::cell::RefCell::new(None);
+        let seed = RawSeed { check: UniqueKeys { duplicate: &duplicate } };
+        seed.deserialize(&mut serde_json::Deserializer::from_slice(json))
+    }
 
     #[test]
     fn strings_are_borrowed_unless_they_hold_escapes() {
-        let raw: Raw<'_> =
-            serde_json::from_slice(br#"{"pid": 1, "uuid": "plain", "hostname": "a\u0041"}"#).unwrap();
-        assert!(matches!(raw.uuid, Some(Str(Cow::Borrowed("plain")))));
-        assert!(matches!(raw.hostname, Some(Str(Cow::Owned(ref h))) if h == "aA"));
+        let raw = raw(br#"{"pid": 1, "uuid": "plain", "hostname": "a\u0041"}"#).unwrap();
+        assert!(matches!(raw.uuid, Some(JsonStr(Cow::Borrowed("plain")))));
+        assert!(matches!(raw.hostname, Some(JsonStr(Cow::Owned(ref h))) if h == "aA"));
+    }
+
+    #[test]
+    fn errors_never_quote_a_whole_value() {
+        // Found by the `state_file` fuzz target (fuzz/regressions/state_file/
+        // long-string-quoted): serde's "invalid type" quotes the value whole.
+        let name = OsStr::new("heartbeat-1-x.json");
+        let long = "a".repeat(100_000);
+        for json in [format!("{long:?}"), format!(r#"{{"pid": {long:?}}}"#), format!(r#" [{long:?}]"#)] {
+            let why = Record::parse(json.as_bytes(), name, None).err().unwrap();
+            assert!(why.len() <= 300, "{} bytes: {}", why.len(), &why[..300]);
+        }
+        let why = Record::parse(b"  \"x\"", name, None).err().unwrap();
+        assert_eq!(why, "not a heartbeat object: not a JSON object");
+    }
+
+    #[test]
+    fn an_array_is_not_a_record() {
+        // Finding 2 of the fuzzing round (fuzz/regressions/state_file/array-record):
+        // serde's derived structs take a sequence, so this read as pid 123.
+        let array = br#"[123,"u","h","2026-05-02T15:14:30Z",null,null,null]"#;
+        let why = Record::parse(array, OsStr::new("heartbeat-1-x.json"), None).err().unwrap();
+        assert_eq!(why, "not a heartbeat object: not a JSON object");
+        assert!(HeartbeatStateReader::refuses(array));
+    }
+
+    #[test]
+    fn a_repeated_key_is_refused_as_read_state_refuses_it() {
+        // Finding 1 (fuzz/regressions/state_file/duplicate-timestamp): the
+        // scanner refused it, read_state took the last value.
+        let name = OsStr::new("heartbeat-7-x.json");
+        let finding = br#"{"pid":7,"timestamp":7,"timestamp":"1151-12-31T23:59:60Z"}"#;
+        // The scanner stops at the first `timestamp` (not a string); read_state
+        // at the second (repeated): both refuse.
+        assert!(Record::parse(finding, name, None).is_err());
+        assert!(HeartbeatStateReader::refuses(finding));
+        for json in [
+            br#"{"pid":7,"timestamp":"2026-05-02T15:14:30Z","timestamp":"2026-05-02T15:14:30Z"}"#,
+            &br#"{"pid":7,"timestamp":"2026-05-02T15:14:30Z","pid":8}"#[..],
+            br#"{"pid":7,"timestamp":"2026-05-02T15:14:30Z","x":1,"x":1}"#,
+            br#"{"pid":7,"timestamp":"2026-05-02T15:14:30Z","metadata":{"a":1,"a":2}}"#,
+        ] {
+            let why = Record::parse(json, name, None).err().unwrap();
+            assert!(why.starts_with("refused: duplicate key"), "{why}");
+            assert!(HeartbeatStateReader::refuses(json));
+        }
+        // Once each: read by both.
+        let ok = br#"{"pid":7,"timestamp":"2026-05-02T15:14:30Z","x":{"a":1},"y":{"a":1}}"#;
+        assert_eq!(Record::parse(ok, name, None).unwrap().pid, 7);
+        assert!(!HeartbeatStateReader::refuses(ok));
+    }
+
+    #[test]
+    fn fields_no_verdict_uses_are_still_checked() {
+        let name = OsStr::new("heartbeat-7-x.json");
+        let beat = r#""pid": 7, "last_refresh": "2026-05-02T15:14:30Z""#;
+        for extra in [
+            r#""timestamp": "soon""#,
+            r#""started_at": "yesterday""#,
+            r#""interval_sec": -1"#,
+            r#""schema_version": "1""#,
+            r#""metadata": [1]"#,
+        ] {
+            let json = format!("{{{beat}, {extra}}}");
+            assert!(Record::parse(json.as_bytes(), name, None).is_err(), "{json}");
+            assert!(HeartbeatStateReader::refuses(json.as_bytes()), "{json}");
+        }
+        let json = format!(
+            r#"{{{beat}, "timestamp": null, "metadata": null, "started_at": "2026-05-02T15:00:00Z"}}"#
+        );
+        assert!(Record::parse(json.as_bytes(), name, None).is_ok());
+        assert!(!HeartbeatStateReader::refuses(json.as_bytes()));
+    }
+
+    /// `read_state`'s parser, for comparison.
+    struct HeartbeatStateReader;
+
+    impl HeartbeatStateReader {
+        fn refuses(bytes: &[u8]) -> bool {
+            crate::HeartbeatState::from_json(bytes, Path::new("f.json")).is_err()
+        }
     }
 
     #[test]

@@ -11,10 +11,10 @@
 //! README under "Session monitor as a service"; `heartbeat monitor` is this
 //! service as a command.
 
-mod api;
+pub(crate) mod api;
 mod hooks;
-mod persist;
-mod udp;
+pub(crate) mod persist;
+pub(crate) mod udp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,7 +52,7 @@ pub(crate) fn valid_agent_type(agent_type: &str) -> bool {
 
 /// What the API would refuse is refused from a state file too: bad ids or
 /// agent types, more sessions than allowed.
-fn check_restored(
+pub(crate) fn check_restored(
     path: &std::path::Path,
     sessions: &[crate::monitor::SessionSnapshot],
     max: usize,
@@ -165,8 +165,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// A bare one around `monitor`, for tests of one part.
-    #[cfg(test)]
+    /// A bare one around `monitor`, for tests of one part and the fuzz checks.
     pub(crate) fn for_tests(monitor: Monitor) -> Shared {
         let now = monitor.clock().now();
         Shared {

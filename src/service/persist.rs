@@ -11,8 +11,6 @@
 use std::io;
 use std::path::Path;
 
-use std::io::Write as _;
-
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -45,27 +43,39 @@ pub fn save_state(path: &Path, monitor: &Monitor) -> Result<()> {
     let mut count = 0usize;
     let saved_at = format_timestamp(monitor.clock().wall());
     write_atomic_with(path, WriteOptions { fsync: true, mode: 0o600 }, |file| {
-        let mut out = io::BufWriter::with_capacity(256 << 10, file);
-        write!(
-            out,
-            "{{\"format\":\"{FORMAT}\",\"version\":{VERSION},\"saved_at\":\"{saved_at}\",\"sessions\":["
-        )?;
-        monitor.snapshot_shards(|sessions| {
-            for session in sessions {
-                if count > 0 {
-                    out.write_all(b",\n")?;
-                }
-                serde_json::to_writer(&mut out, session)?;
-                count += 1;
-            }
-            Ok::<(), io::Error>(())
-        })?;
-        out.write_all(b"]}\n")?;
-        out.flush()
+        count = write_sessions(io::BufWriter::with_capacity(256 << 10, file), monitor, &saved_at)?;
+        Ok(())
     })
     .map_err(|e| state_error(path, format!("cannot be written: {e}")))?;
     log::debug!("saved {count} sessions to {} in {:?}", path.display(), started.elapsed());
     Ok(())
+}
+
+/// Writes the state file's contents for `monitor`'s sessions to `out`
+/// (flushed at the end); how many sessions.
+pub(crate) fn write_sessions(
+    mut out: impl io::Write,
+    monitor: &Monitor,
+    saved_at: &str,
+) -> io::Result<usize> {
+    let mut count = 0;
+    write!(
+        out,
+        "{{\"format\":\"{FORMAT}\",\"version\":{VERSION},\"saved_at\":\"{saved_at}\",\"sessions\":["
+    )?;
+    monitor.snapshot_shards(|sessions| {
+        for session in sessions {
+            if count > 0 {
+                out.write_all(b",\n")?;
+            }
+            serde_json::to_writer(&mut out, session)?;
+            count += 1;
+        }
+        Ok::<(), io::Error>(())
+    })?;
+    out.write_all(b"]}\n")?;
+    out.flush()?;
+    Ok(count)
 }
 
 /// Reads a state file: `None` when there is none, the sessions when it
@@ -86,19 +96,20 @@ pub fn load_state(path: &Path) -> Result<Option<Vec<SessionSnapshot>>> {
         }
         Err(e) => return Err(state_error(path, format!("cannot read: {e}"))),
     };
-    let state: StateIn = serde_json::from_reader(reader).map_err(|e| {
-        state_error(path, format!("is corrupt ({e}); fix or remove it, or start with --state-reset"))
-    })?;
+    parse_sessions(reader).map(Some).map_err(|why| state_error(path, why))
+}
+
+/// The sessions in a state file's contents, or what is wrong with them.
+pub(crate) fn parse_sessions(reader: impl io::Read) -> Result<Vec<SessionSnapshot>, String> {
+    let state: StateIn = serde_json::from_reader(reader)
+        .map_err(|e| format!("is corrupt ({e}); fix or remove it, or start with --state-reset"))?;
     if state.format != FORMAT || state.version != VERSION {
-        return Err(state_error(
-            path,
-            format!(
-                "is a {:?} file of version {}, not a {FORMAT:?} file of version {VERSION}",
-                state.format, state.version
-            ),
+        return Err(format!(
+            "is a {:?} file of version {}, not a {FORMAT:?} file of version {VERSION}",
+            state.format, state.version
         ));
     }
-    Ok(Some(state.sessions))
+    Ok(state.sessions)
 }
 
 /// The file, buffered and cut at [`MAX_STATE_FILE`]: read as a stream, so

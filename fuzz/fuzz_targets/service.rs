@@ -1,0 +1,3 @@
+#![no_main]
+//! `cargo +nightly fuzz run service`: see `heartbeat::fuzzing` and the README's Fuzzing section.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| heartbeat::fuzzing::check("service")(data));
