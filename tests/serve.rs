@@ -476,3 +476,57 @@ fn peer_prints_events_as_json_lines() {
     assert_eq!(last["event"], "disconnected");
     hub.stop();
 }
+
+/// Bytes waiting in a pipe (`FIONREAD`).
+fn pipe_bytes(pipe: &impl std::os::fd::AsRawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which is valid.
+    let rc = unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut n) };
+    assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
+    usize::try_from(n).unwrap()
+}
+
+#[test]
+fn serve_with_a_stdout_nobody_reads_still_stops_on_sigterm() {
+    let mut child = heartbeat()
+        .args(["serve", "--listen", "127.0.0.1:0", "--network", "regtest", "--format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut child = Spawned(child);
+    // The smallest pipe there is, so a few events fill it.
+    // SAFETY: fcntl on a pipe descriptor this test owns.
+    let size = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&stdout), libc::F_SETPIPE_SZ, 4096) };
+    assert!(size >= 4096, "F_SETPIPE_SZ: {}", std::io::Error::last_os_error());
+    let size = usize::try_from(size).unwrap();
+    // The first line only, byte by byte: the rest stays in the pipe.
+    let mut first = Vec::new();
+    let mut byte = [0u8; 1];
+    while first.last() != Some(&b'\n') {
+        assert_eq!(stdout.read(&mut byte).unwrap(), 1, "serve closed stdout");
+        first.push(byte[0]);
+    }
+    let listening: Value = serde_json::from_slice(&first).unwrap();
+    let hub: SocketAddr = listening["addr"].as_str().unwrap().parse().unwrap();
+
+    // Joins and leaves until the pipe is full and stays full: whatever
+    // prints the events is then blocked in a write.
+    let mut unchanged = 0;
+    let mut before = pipe_bytes(&stdout);
+    for _ in 0..2000 {
+        let (_, stream) = join(hub, "regtest", false);
+        drop(stream);
+        let now = pipe_bytes(&stdout);
+        unchanged = if now == before && now + 512 > size { unchanged + 1 } else { 0 };
+        before = now;
+        if unchanged == 20 {
+            break;
+        }
+    }
+    assert_eq!(unchanged, 20, "the pipe never filled: {before} of {size} bytes");
+
+    child.signal(libc::SIGTERM);
+    assert!(child.wait_bounded(BOUND, "serve with a full stdout").success());
+}
