@@ -380,6 +380,15 @@ impl LockFile {
                 .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(&path)
                 .map_err(err)?;
+            // O_NOFOLLOW stops a symlink; a hard link to someone's file, or a
+            // FIFO, planted in a shared directory must not be truncated or
+            // written either.
+            let meta = file.metadata().map_err(err)?;
+            if !meta.file_type().is_file() || std::os::unix::fs::MetadataExt::nlink(&meta) != 1 {
+                return Err(err(std::io::Error::other(
+                    "not a regular file with a single link: refusing to use it as a lock file",
+                )));
+            }
             match file.try_lock() {
                 Ok(()) => {}
                 Err(std::fs::TryLockError::WouldBlock) => {
