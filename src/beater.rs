@@ -745,4 +745,23 @@ mod tests {
         assert_eq!(b.interval(), Duration::from_secs(300));
         assert_eq!(Beater::builder().build().unwrap().interval(), DEFAULT_INTERVAL);
     }
+
+    #[test]
+    fn a_lock_file_planted_as_a_hard_link_or_fifo_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("app.json");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        std::fs::hard_link(&victim, LockFile::path_for(&state)).unwrap();
+        let e = Beater::builder().state_file(&state).exclusive(true).build().unwrap_err();
+        assert!(e.to_string().contains("single link"), "{e}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        assert!(!state.exists());
+
+        let state = dir.path().join("fifo.json");
+        let made = std::process::Command::new("mkfifo").arg(LockFile::path_for(&state)).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        let e = Beater::builder().state_file(&state).exclusive(true).build().unwrap_err();
+        assert!(e.to_string().contains("regular file"), "{e}");
+    }
 }
