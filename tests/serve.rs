@@ -530,3 +530,31 @@ fn serve_with_a_stdout_nobody_reads_still_stops_on_sigterm() {
     child.signal(libc::SIGTERM);
     assert!(child.wait_bounded(BOUND, "serve with a full stdout").success());
 }
+
+#[test]
+fn serve_with_systemd_says_ready_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let systemd = UnixDatagram::bind(&notify).unwrap();
+    systemd.set_read_timeout(Some(BOUND)).unwrap();
+    let child = heartbeat()
+        .args(["serve", "--listen", "127.0.0.1:0", "--systemd"])
+        .env("NOTIFY_SOCKET", &notify)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Spawned(child);
+    let mut message = [0u8; 256];
+    let n = systemd.recv(&mut message).expect("READY=1 within the bound");
+    assert!(String::from_utf8_lossy(&message[..n]).contains("READY=1"));
+    child.signal(libc::SIGTERM);
+    loop {
+        let n = systemd.recv(&mut message).expect("STOPPING=1 within the bound");
+        if &message[..n] == b"STOPPING=1" {
+            break;
+        }
+    }
+    assert!(child.wait_bounded(BOUND, "serve --systemd").success());
+}

@@ -103,7 +103,7 @@ pub struct ServeArgs {
     /// Keep a heartbeat file at PATH (every 10 s, removed on exit) for `heartbeat check`.
     #[arg(long, value_name = "PATH")]
     beat_file: Option<PathBuf>,
-    /// Notify systemd (READY=1, then WATCHDOG=1 every 10 s) when run as a Type=notify unit.
+    /// Notify systemd (READY=1, then WATCHDOG=1 every 10 s, STOPPING=1 on a stop) when run as a Type=notify unit.
     #[arg(long)]
     systemd: bool,
     /// Print the start line and every join, leave, eviction and rejection
@@ -260,6 +260,8 @@ pub fn run(args: ServeArgs) -> ExitCode {
         }
     };
     signals.close();
+    // Stopping takes a moment (closing every peer): say so first.
+    super::notify_stopping(args.systemd);
 
     // The hub first: a status client that does not read must not keep peers connected.
     hub.stop();
