@@ -558,3 +558,54 @@ fn serve_with_systemd_says_ready_and_stopping() {
     }
     assert!(child.wait_bounded(BOUND, "serve --systemd").success());
 }
+
+#[test]
+fn peer_with_a_stdout_nobody_reads_still_stops_on_sigterm() {
+    let hub = heartbeat::peer::Hub::start(heartbeat::peer::HubConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        network: "regtest".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let addr = hub.local_addr();
+    let mut child = heartbeat()
+        .args(["peer", &addr.to_string(), "--network", "regtest", "--format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut child = Spawned(child);
+    // SAFETY: fcntl on a pipe descriptor this test owns.
+    let size = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&stdout), libc::F_SETPIPE_SZ, 4096) };
+    let size = usize::try_from(size).expect("F_SETPIPE_SZ");
+    eventually("the peer joined", || (hub.peer_count() > 0).then_some(()));
+
+    // Another peer's PUBMSGs (the hub relays 30 a minute), relayed to it:
+    // far more than its stdout holds. Once the pipe is full and stays full,
+    // whatever writes the lines is blocked.
+    let (nick, mut sender) = join(addr, "regtest", false);
+    for n in 0..30 {
+        let mut line = format!("{nick}!PUBLIC!hp2 {n:06} ");
+        line.push_str(&"x".repeat(600));
+        let mut out = Vec::new();
+        wire::encode(wire::PUBMSG, &line, &mut out);
+        sender.write_all(&out).unwrap();
+    }
+    let mut unchanged = 0;
+    let mut before = pipe_bytes(&stdout);
+    for _ in 0..1000 {
+        thread::sleep(Duration::from_millis(10));
+        let now = pipe_bytes(&stdout);
+        unchanged = if now == before && now + 1024 > size { unchanged + 1 } else { 0 };
+        before = now;
+        if unchanged == 20 {
+            break;
+        }
+    }
+    assert_eq!(unchanged, 20, "the pipe never filled: {before} of {size} bytes");
+
+    child.signal(libc::SIGTERM);
+    assert!(child.wait_bounded(BOUND, "peer with a full stdout").success());
+    hub.stop();
+}
