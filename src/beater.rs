@@ -380,6 +380,15 @@ impl LockFile {
                 .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(&path)
                 .map_err(err)?;
+            // O_NOFOLLOW stops a symlink; a hard link to someone's file, or a
+            // FIFO, planted in a shared directory must not be truncated or
+            // written either.
+            let meta = file.metadata().map_err(err)?;
+            if !meta.file_type().is_file() || std::os::unix::fs::MetadataExt::nlink(&meta) != 1 {
+                return Err(err(std::io::Error::other(
+                    "not a regular file with a single link: refusing to use it as a lock file",
+                )));
+            }
             match file.try_lock() {
                 Ok(()) => {}
                 Err(std::fs::TryLockError::WouldBlock) => {
@@ -735,5 +744,24 @@ mod tests {
         let b = Beater::builder().interval(Duration::from_secs(1000)).build().unwrap();
         assert_eq!(b.interval(), Duration::from_secs(300));
         assert_eq!(Beater::builder().build().unwrap().interval(), DEFAULT_INTERVAL);
+    }
+
+    #[test]
+    fn a_lock_file_planted_as_a_hard_link_or_fifo_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("app.json");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        std::fs::hard_link(&victim, LockFile::path_for(&state)).unwrap();
+        let e = Beater::builder().state_file(&state).exclusive(true).build().unwrap_err();
+        assert!(e.to_string().contains("single link"), "{e}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        assert!(!state.exists());
+
+        let state = dir.path().join("fifo.json");
+        let made = std::process::Command::new("mkfifo").arg(LockFile::path_for(&state)).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        let e = Beater::builder().state_file(&state).exclusive(true).build().unwrap_err();
+        assert!(e.to_string().contains("regular file"), "{e}");
     }
 }

@@ -61,6 +61,12 @@ macro_rules! config_builder {
             }
         }
 
+        // Every field has a setter: a field added to the configuration but
+        // not listed here fails to compile ("pattern does not mention field").
+        const _: fn($config) = |config| {
+            let $config { $( $field: _, )* $( $conv: _, )* $( $opt: _, )* } = config;
+        };
+
         impl From<$config> for $builder {
             fn from(config: $config) -> Self {
                 $builder { config }

@@ -808,6 +808,13 @@ fn the_monitor_beats_its_own_file_and_tells_systemd_it_is_ready() {
     assert_eq!(state.metadata["role"], "monitor");
     assert_eq!(state.metadata["http"], service.http.to_string());
     service.signal(libc::SIGTERM);
+    // STOPPING=1 as it stops (WATCHDOG=1 may come before it).
+    loop {
+        let n = systemd.recv(&mut message).expect("STOPPING=1 within the bound");
+        if &message[..n] == b"STOPPING=1" {
+            break;
+        }
+    }
     assert!(service.wait().success());
     assert!(!beat_file.exists(), "removed at a clean stop");
 }

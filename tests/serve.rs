@@ -476,3 +476,136 @@ fn peer_prints_events_as_json_lines() {
     assert_eq!(last["event"], "disconnected");
     hub.stop();
 }
+
+/// Bytes waiting in a pipe (`FIONREAD`).
+fn pipe_bytes(pipe: &impl std::os::fd::AsRawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which is valid.
+    let rc = unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut n) };
+    assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
+    usize::try_from(n).unwrap()
+}
+
+#[test]
+fn serve_with_a_stdout_nobody_reads_still_stops_on_sigterm() {
+    let mut child = heartbeat()
+        .args(["serve", "--listen", "127.0.0.1:0", "--network", "regtest", "--format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut child = Spawned(child);
+    // The smallest pipe there is, so a few events fill it.
+    // SAFETY: fcntl on a pipe descriptor this test owns.
+    let size = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&stdout), libc::F_SETPIPE_SZ, 4096) };
+    assert!(size >= 4096, "F_SETPIPE_SZ: {}", std::io::Error::last_os_error());
+    let size = usize::try_from(size).unwrap();
+    // The first line only, byte by byte: the rest stays in the pipe.
+    let mut first = Vec::new();
+    let mut byte = [0u8; 1];
+    while first.last() != Some(&b'\n') {
+        assert_eq!(stdout.read(&mut byte).unwrap(), 1, "serve closed stdout");
+        first.push(byte[0]);
+    }
+    let listening: Value = serde_json::from_slice(&first).unwrap();
+    let hub: SocketAddr = listening["addr"].as_str().unwrap().parse().unwrap();
+
+    // Joins and leaves until the pipe is full and stays full: whatever
+    // prints the events is then blocked in a write.
+    let mut unchanged = 0;
+    let mut before = pipe_bytes(&stdout);
+    for _ in 0..2000 {
+        let (_, stream) = join(hub, "regtest", false);
+        drop(stream);
+        let now = pipe_bytes(&stdout);
+        unchanged = if now == before && now + 512 > size { unchanged + 1 } else { 0 };
+        before = now;
+        if unchanged == 20 {
+            break;
+        }
+    }
+    assert_eq!(unchanged, 20, "the pipe never filled: {before} of {size} bytes");
+
+    child.signal(libc::SIGTERM);
+    assert!(child.wait_bounded(BOUND, "serve with a full stdout").success());
+}
+
+#[test]
+fn serve_with_systemd_says_ready_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let systemd = UnixDatagram::bind(&notify).unwrap();
+    systemd.set_read_timeout(Some(BOUND)).unwrap();
+    let child = heartbeat()
+        .args(["serve", "--listen", "127.0.0.1:0", "--systemd"])
+        .env("NOTIFY_SOCKET", &notify)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Spawned(child);
+    let mut message = [0u8; 256];
+    let n = systemd.recv(&mut message).expect("READY=1 within the bound");
+    assert!(String::from_utf8_lossy(&message[..n]).contains("READY=1"));
+    child.signal(libc::SIGTERM);
+    loop {
+        let n = systemd.recv(&mut message).expect("STOPPING=1 within the bound");
+        if &message[..n] == b"STOPPING=1" {
+            break;
+        }
+    }
+    assert!(child.wait_bounded(BOUND, "serve --systemd").success());
+}
+
+#[test]
+fn peer_with_a_stdout_nobody_reads_still_stops_on_sigterm() {
+    let hub = heartbeat::peer::Hub::start(heartbeat::peer::HubConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        network: "regtest".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let addr = hub.local_addr();
+    let mut child = heartbeat()
+        .args(["peer", &addr.to_string(), "--network", "regtest", "--format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut child = Spawned(child);
+    // SAFETY: fcntl on a pipe descriptor this test owns.
+    let size = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&stdout), libc::F_SETPIPE_SZ, 4096) };
+    let size = usize::try_from(size).expect("F_SETPIPE_SZ");
+    eventually("the peer joined", || (hub.peer_count() > 0).then_some(()));
+
+    // Another peer's PUBMSGs (the hub relays 30 a minute), relayed to it:
+    // far more than its stdout holds. Once the pipe is full and stays full,
+    // whatever writes the lines is blocked.
+    let (nick, mut sender) = join(addr, "regtest", false);
+    for n in 0..30 {
+        let mut line = format!("{nick}!PUBLIC!hp2 {n:06} ");
+        line.push_str(&"x".repeat(600));
+        let mut out = Vec::new();
+        wire::encode(wire::PUBMSG, &line, &mut out);
+        sender.write_all(&out).unwrap();
+    }
+    let mut unchanged = 0;
+    let mut before = pipe_bytes(&stdout);
+    for _ in 0..1000 {
+        thread::sleep(Duration::from_millis(10));
+        let now = pipe_bytes(&stdout);
+        unchanged = if now == before && now + 1024 > size { unchanged + 1 } else { 0 };
+        before = now;
+        if unchanged == 20 {
+            break;
+        }
+    }
+    assert_eq!(unchanged, 20, "the pipe never filled: {before} of {size} bytes");
+
+    child.signal(libc::SIGTERM);
+    assert!(child.wait_bounded(BOUND, "peer with a full stdout").success());
+    hub.stop();
+}

@@ -160,18 +160,8 @@ pub fn run(args: BeatArgs) -> ExitCode {
     let code =
         if wrapping { supervise(&args.command, &mut signals) } else { wait_for_stop(&mut signals, &missed) };
     drop(guard); // stops the thread and removes the file unless --keep
-    if args.systemd {
-        // The process is on its way out: now systemd may start its stop timeout.
-        match heartbeat::Notifier::from_env() {
-            Ok(Some(mut n)) => {
-                if let Err(e) = n.stopping() {
-                    log::warn!("systemd notification failed: {e}");
-                }
-            }
-            Ok(None) => {}
-            Err(e) => log::warn!("systemd notification failed: {e}"),
-        }
-    }
+    // The process is on its way out: now systemd may start its stop timeout.
+    super::notify_stopping(args.systemd);
     code
 }
 

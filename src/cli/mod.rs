@@ -179,6 +179,23 @@ impl SignalChannel {
     }
 }
 
+/// With --systemd: tells systemd the service is stopping (`STOPPING=1`),
+/// once the process is on its way out. Failures are logged, never fatal.
+fn notify_stopping(systemd: bool) {
+    if !systemd {
+        return;
+    }
+    match heartbeat::Notifier::from_env() {
+        Ok(Some(mut n)) => {
+            if let Err(e) = n.stopping() {
+                log::warn!("systemd notification failed: {e}");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => log::warn!("systemd notification failed: {e}"),
+    }
+}
+
 /// Parses a non-negative, finite number of seconds such as `10` or `0.5`.
 fn parse_seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s.trim().parse().map_err(|_| "not a number of seconds".to_owned())?;

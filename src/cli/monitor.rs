@@ -107,7 +107,7 @@ pub struct MonitorArgs {
     /// Keep a heartbeat file of the monitor itself (for `heartbeat check`).
     #[arg(long, value_name = "PATH")]
     beat_file: Option<PathBuf>,
-    /// Notify systemd (READY=1, then WATCHDOG=1 every 10 s) when run as a Type=notify unit.
+    /// Notify systemd (READY=1, then WATCHDOG=1 every 10 s, STOPPING=1 on a stop) when run as a Type=notify unit.
     #[arg(long)]
     systemd: bool,
 }
@@ -255,6 +255,8 @@ pub fn run(args: MonitorArgs) -> ExitCode {
         }
     };
     signals.close();
+    // Stopping takes a moment (the last save of the state): say so first.
+    super::notify_stopping(args.systemd);
     if let Err(e) = service.stop() {
         eprintln!("heartbeat monitor: {e}");
         code = ExitCode::from(1);

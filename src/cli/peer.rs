@@ -156,28 +156,96 @@ pub fn run(args: PeerArgs) -> ExitCode {
     };
     log::info!("peer {} connecting to {}", client.nick(), client.addr());
 
-    let mut stdout = io::stdout();
-    let mut open = true;
-    while open && !stop.load(Ordering::Relaxed) {
+    // Lines are written on a thread of their own through a bounded queue: a
+    // stdout nobody reads neither grows memory with what the directory sends
+    // nor keeps a signal from stopping the peer.
+    let printer = match Printer::start() {
+        Ok(printer) => printer,
+        Err(e) => return failed(&format_args!("cannot start the output thread: {e}")),
+    };
+    while !printer.closed() && !stop.load(Ordering::Relaxed) {
         match client.events().recv_timeout(SIGNAL_CHECK) {
-            Ok(event) => open = print(&mut stdout, &line(&event)).is_ok(),
+            Ok(event) => printer.print(line(&event)),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 return failed(&"the client thread stopped unexpectedly");
             }
         }
     }
-    if !open {
+    if printer.closed() {
         log::info!("stdout is closed; stopping");
     }
     client.stop();
     // The end of the session (`disconnected client stopped`), already sent.
     for event in client.events().try_iter() {
-        if !open || print(&mut stdout, &line(&event)).is_err() {
-            break;
+        printer.print(line(&event));
+    }
+    printer.finish();
+    ExitCode::SUCCESS
+}
+
+/// Lines waiting to be written at most; beyond, they are dropped and counted.
+const LINE_QUEUE: usize = 4096;
+
+/// How long the end of `peer` waits for the last lines to be written before
+/// it leaves them (and a thread blocked on stdout) to the process's exit.
+const PRINTER_WAIT: Duration = Duration::from_secs(1);
+
+/// The thread that writes the lines to stdout.
+struct Printer {
+    lines: crossbeam_channel::Sender<String>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    dropped: std::cell::Cell<u64>,
+    done: crossbeam_channel::Receiver<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Printer {
+    fn start() -> io::Result<Printer> {
+        let (lines, rx) = crossbeam_channel::bounded::<String>(LINE_QUEUE);
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        let closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let closed_flag = closed.clone();
+        let thread = std::thread::Builder::new().name("heartbeat-output".into()).spawn(move || {
+            let mut stdout = io::stdout();
+            for line in rx {
+                if print(&mut stdout, &line).is_err() {
+                    closed_flag.store(true, Ordering::Relaxed);
+                    break;
+                }
+            }
+            let _ = done_tx.send(());
+        })?;
+        Ok(Printer { lines, closed, dropped: std::cell::Cell::new(0), done, thread })
+    }
+
+    /// Whether stdout was found closed.
+    fn closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Queues a line, or drops it (counted) when the queue is full.
+    fn print(&self, line: String) {
+        if let Err(crossbeam_channel::TrySendError::Full(_)) = self.lines.try_send(line) {
+            if self.dropped.get() == 0 {
+                log::warn!("stdout is too slow: lines are being dropped");
+            }
+            self.dropped.set(self.dropped.get() + 1);
         }
     }
-    ExitCode::SUCCESS
+
+    /// Lets the thread write what is queued, for at most [`PRINTER_WAIT`].
+    fn finish(self) {
+        if self.dropped.get() > 0 {
+            log::warn!("{} lines not printed: stdout was too slow", self.dropped.get());
+        }
+        drop(self.lines);
+        if self.done.recv_timeout(PRINTER_WAIT).is_ok() {
+            let _ = self.thread.join();
+        } else {
+            log::warn!("stdout is not being read; exiting without the lines still to print");
+        }
+    }
 }
 
 /// A bad command line: reported on stderr, exit 2.

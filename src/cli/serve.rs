@@ -103,7 +103,7 @@ pub struct ServeArgs {
     /// Keep a heartbeat file at PATH (every 10 s, removed on exit) for `heartbeat check`.
     #[arg(long, value_name = "PATH")]
     beat_file: Option<PathBuf>,
-    /// Notify systemd (READY=1, then WATCHDOG=1 every 10 s) when run as a Type=notify unit.
+    /// Notify systemd (READY=1, then WATCHDOG=1 every 10 s, STOPPING=1 on a stop) when run as a Type=notify unit.
     #[arg(long)]
     systemd: bool,
     /// Print the start line and every join, leave, eviction and rejection
@@ -176,7 +176,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
         log::info!("nick authentication ({}) for directory id {id}", hub.nick_auth());
     }
     // Bounded: peers that come and go must not grow memory while stdout is slow.
-    let mut events = hub.subscribe_bounded(EVENT_QUEUE);
+    let events = hub.subscribe_bounded(EVENT_QUEUE);
     let status = match args.status.map(|addr| StatusServer::start(addr, hub.clone())).transpose() {
         Ok(status) => status,
         Err(e) => {
@@ -223,7 +223,6 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
     let _ = out.flush();
     drop(out);
-    let mut dropped_seen = 0;
 
     // Signals wake the main thread through a channel: no polling of the flag.
     let signals = match super::SignalChannel::new() {
@@ -235,6 +234,17 @@ pub fn run(args: ServeArgs) -> ExitCode {
         }
     };
 
+    // Events are logged and printed on a thread of their own: a stdout that
+    // nobody reads blocks that thread only, never the stop on a signal.
+    let printer = match EventPrinter::start(events, hub.clone(), args.format == super::Format::Json) {
+        Ok(printer) => printer,
+        Err(e) => {
+            eprintln!("heartbeat serve: cannot start the event thread: {e}");
+            signals.close();
+            hub.stop();
+            return ExitCode::from(1);
+        }
+    };
     let code = loop {
         if stop.load(Ordering::SeqCst) {
             log::info!("signal received; stopping");
@@ -246,25 +256,12 @@ pub fn run(args: ServeArgs) -> ExitCode {
         }
         select! {
             recv(signals.rx) -> _ => {}
-            recv(events) -> event => match event {
-                Ok(event) => {
-                    log_event(&event);
-                    if args.format == super::Format::Json {
-                        print_json(&event);
-                        let dropped = hub.events_dropped();
-                        if dropped > dropped_seen {
-                            log::warn!("{} events not printed: stdout was too slow", dropped - dropped_seen);
-                            dropped_seen = dropped;
-                        }
-                    }
-                }
-                // Only if the hub were gone; keep waiting on the signals alone.
-                Err(_) => events = crossbeam_channel::never(),
-            },
             default(HUB_CHECK) => {}
         }
     };
     signals.close();
+    // Stopping takes a moment (closing every peer): say so first.
+    super::notify_stopping(args.systemd);
 
     // The hub first: a status client that does not read must not keep peers connected.
     hub.stop();
@@ -272,7 +269,65 @@ pub fn run(args: ServeArgs) -> ExitCode {
         status.stop();
     }
     drop(beating); // stops the beat thread and removes the file
+    printer.stop();
     code
+}
+
+/// How long the end of `serve` waits for the event thread, which may be
+/// stuck writing to a stdout nobody reads; the process's exit ends it then.
+const PRINTER_WAIT: Duration = Duration::from_secs(1);
+
+/// The thread that logs the hub's events and, with --format json, prints
+/// them as JSON lines.
+struct EventPrinter {
+    quit: crossbeam_channel::Sender<()>,
+    done: crossbeam_channel::Receiver<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl EventPrinter {
+    fn start(
+        events: crossbeam_channel::Receiver<HubEvent>,
+        hub: Arc<Hub>,
+        json: bool,
+    ) -> std::io::Result<Self> {
+        let (quit, quit_rx) = crossbeam_channel::bounded::<()>(0);
+        let (done_tx, done) = crossbeam_channel::bounded::<()>(1);
+        let thread = std::thread::Builder::new().name("heartbeat-events".into()).spawn(move || {
+            let mut dropped_seen = 0;
+            loop {
+                select! {
+                    recv(events) -> event => {
+                        // Only if the hub were gone: nothing more will come.
+                        let Ok(event) = event else { break };
+                        log_event(&event);
+                        if json {
+                            print_json(&event);
+                            let dropped = hub.events_dropped();
+                            if dropped > dropped_seen {
+                                log::warn!("{} events not printed: stdout was too slow", dropped - dropped_seen);
+                                dropped_seen = dropped;
+                            }
+                        }
+                    }
+                    recv(quit_rx) -> _ => break,
+                }
+            }
+            let _ = done_tx.send(());
+        })?;
+        Ok(EventPrinter { quit, done, thread })
+    }
+
+    /// Stops the thread and joins it, unless it is blocked on stdout for
+    /// longer than [`PRINTER_WAIT`]: then it is left to the process's exit.
+    fn stop(self) {
+        drop(self.quit);
+        if self.done.recv_timeout(PRINTER_WAIT).is_ok() {
+            let _ = self.thread.join();
+        } else {
+            log::warn!("stdout is not being read; exiting without the events still to print");
+        }
+    }
 }
 
 /// With --beat-file or --systemd: a beater writing the file (with the hub's
