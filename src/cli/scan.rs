@@ -145,7 +145,7 @@ fn list(scanner: &Scanner, format: Format) -> ExitCode {
 /// Removes (or, dry, lists) the STALE and ORPHAN files, then scans again for the exit code.
 fn cleanup(scanner: &Scanner, format: Format, dry_run: bool) -> ExitCode {
     let result = if dry_run { scanner.cleanup_plan() } else { scanner.cleanup() };
-    let Cleanup { mut removed, mut kept, failed: mut not_removed } = match result {
+    let Cleanup { mut removed, mut kept, failed: mut not_removed, .. } = match result {
         Ok(done) => done,
         Err(e) => return failed(&e),
     };

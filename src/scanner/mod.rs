@@ -217,6 +217,7 @@ impl Scan {
 
 /// What [`Scanner::cleanup`] did.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct Cleanup {
     /// Files removed (or, in a dry run, that would be). A file that was
     /// already gone counts as removed.
