@@ -18,6 +18,7 @@ mod files;
 mod http;
 mod input;
 mod lines;
+mod nick_auth;
 mod roundtrip;
 mod service;
 mod wire;
@@ -40,6 +41,7 @@ pub const TARGETS: &[Target] = &[
     Target { name: "time_and_names", check: files::time_and_names },
     Target { name: "http", check: http::check },
     Target { name: "service", check: service::check },
+    Target { name: "nick_auth", check: nick_auth::check },
     #[cfg(feature = "capi")]
     Target { name: "capi", check: capi::check },
 ];
