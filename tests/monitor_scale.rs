@@ -543,3 +543,54 @@ fn every_setting_is_checked_wherever_it_enters() {
     assert_eq!(serde_json::from_str::<Detector>(&json).unwrap(), window);
     assert!(!serde_json::to_string(&Detector::Phi(d)).unwrap().contains("estimator"));
 }
+
+/// A failure report (or a touch of a failed session) forgets a phi
+/// session's misses, so its next warning is due at the warning threshold
+/// again, not at the death threshold its entry was armed for: the next
+/// warning must come as soon as a sweep every 100 ms would find phi past it.
+#[test]
+fn a_warned_phi_session_that_fails_or_is_touched_is_warned_again_in_time() {
+    for touch in [false, true] {
+        let clock = ManualClock::new();
+        let config = PhiConfig {
+            expected_interval: secs(1),
+            min_std_deviation: secs(1),
+            acceptable_pause: Duration::ZERO,
+            warn_threshold: 1.0,
+            threshold: 8.0,
+            ..PhiConfig::default()
+        };
+        let monitor = Monitor::builder()
+            .clock(clock.clone())
+            .check_interval(Duration::from_millis(100))
+            .detector(Detector::Phi(config))
+            .build()
+            .unwrap();
+        let events = monitor.subscribe();
+        monitor.register("p", "agent");
+        let step = Duration::from_millis(100);
+        let warned = |monitor: &Monitor, clock: &ManualClock, limit: u32| -> Option<u32> {
+            (1..=limit).find(|_| {
+                clock.advance(step);
+                monitor.sweep();
+                drain(&events).iter().any(|e| matches!(e, Event::Warning { .. }))
+            })
+        };
+        // From silence alone: the sweeps it takes to reach the warning threshold.
+        let first = warned(&monitor, &clock, 200).expect("warned");
+        if touch {
+            assert!(monitor.fail("p"));
+            clock.advance(step);
+            monitor.sweep();
+            assert!(monitor.touch("p"));
+        } else {
+            assert!(monitor.fail("p"));
+        }
+        // The same silence again (statistics unchanged): the same sweeps.
+        let again = warned(&monitor, &clock, 200).expect("warned again");
+        assert!(
+            again <= first + 1,
+            "touch {touch}: warned {first} sweeps after register, {again} after the report"
+        );
+    }
+}

@@ -816,18 +816,9 @@ impl Monitor {
         s.has_beaten = true;
         s.last_beat = now;
         inner.recover(s, session_id);
-        if let Some(before) = phi
-            && !s.paused
-        {
-            // New statistics may bring the deadline earlier than it was
-            // before this beat (beats sped up), and so maybe earlier than the
-            // entry armed: only then does a beat arm a new one.
-            let deadline = inner.deadline_of(s);
-            if deadline < before {
-                s.generation = s.generation.wrapping_add(1);
-                shard.arm(slot, deadline);
-            }
-        }
+        // New statistics (beats sped up) or forgotten misses may bring the
+        // deadline earlier than it was before this beat.
+        inner.rearm_if_earlier(shard, slot, phi);
         true
     }
 
@@ -985,7 +976,7 @@ impl Monitor {
     pub fn fail(&self, session_id: &str) -> bool {
         let inner = &*self.inner;
         let now = inner.now();
-        let agent = inner.with_session(session_id, |inner, s| {
+        let agent = inner.with_session_in_shard(session_id, |inner, s| {
             // Counted unhealthy once: it may already be, by its misses.
             if !s.unhealthy() {
                 inner.unhealthy.fetch_add(1, Ordering::Relaxed);
@@ -1016,7 +1007,7 @@ impl Monitor {
     pub fn touch(&self, session_id: &str) -> bool {
         let inner = &*self.inner;
         let now = inner.now();
-        let touched = inner.with_session(session_id, |_, s| {
+        let touched = inner.with_session_in_shard(session_id, |_, s| {
             if !s.failed {
                 return false;
             }
@@ -1497,6 +1488,41 @@ impl Inner {
     fn with_session<R>(&self, session_id: &str, f: impl FnOnce(&Inner, &mut Session) -> R) -> Option<R> {
         let (mut shard, slot, _) = self.locate(session_id)?;
         Some(f(self, &mut shard.sessions[slot as usize]))
+    }
+
+    /// [`with_session`](Self::with_session) for a change that may bring a
+    /// phi session's deadline earlier (its misses forgotten: the warning
+    /// threshold applies again instead of the death threshold): the session
+    /// is then armed at its new deadline.
+    fn with_session_in_shard<R>(
+        &self,
+        session_id: &str,
+        f: impl FnOnce(&Inner, &mut Session) -> R,
+    ) -> Option<R> {
+        let (mut guard, slot, _) = self.locate(session_id)?;
+        let shard = &mut *guard;
+        let s = &mut shard.sessions[slot as usize];
+        let before = s.phi().map(|_| self.deadline_of(s));
+        let out = f(self, s);
+        self.rearm_if_earlier(shard, slot, before);
+        Some(out)
+    }
+
+    /// Arms a new entry for a phi session whose deadline is now earlier than
+    /// `before` (its deadline before a change), so earlier than its live
+    /// entry may be: a new generation, the old entry stale. Only then: a
+    /// later deadline is found lazily when the old entry comes up.
+    fn rearm_if_earlier(&self, shard: &mut Shard, slot: u32, before: Option<u64>) {
+        let s = &mut shard.sessions[slot as usize];
+        let Some(before) = before else { return };
+        if s.paused || !s.live {
+            return;
+        }
+        let deadline = self.deadline_of(s);
+        if deadline < before {
+            s.generation = s.generation.wrapping_add(1);
+            shard.arm(slot, deadline);
+        }
     }
 
     /// Clears a session's misses and failure; if it had been warned or had
