@@ -1633,6 +1633,34 @@ mod tests {
         assert!(!monitor.inner.has_subscribers.load(Ordering::Relaxed));
     }
 
+    /// A client beating a phi session ever faster brings its deadline
+    /// earlier at many beats, each arming a new entry: the wheel stays
+    /// bounded all the same.
+    #[test]
+    fn a_phi_session_beating_in_a_loop_keeps_the_wheel_bounded() {
+        let clock = crate::clock::ManualClock::new();
+        let config = PhiConfig { expected_interval: Duration::from_secs(60), ..PhiConfig::default() };
+        let monitor =
+            Monitor::builder().clock(clock.clone()).detector(Detector::Phi(config)).build().unwrap();
+        monitor.register("s", "w");
+        let wheel = || monitor.inner.shards.iter().map(|Padded(s)| s.lock().wheel.len()).sum::<usize>();
+        let mut most = 0;
+        for _ in 0..20_000 {
+            clock.advance(Duration::from_millis(1));
+            assert!(monitor.beat("s"));
+            most = most.max(wheel());
+        }
+        assert!(most <= 2 + 64, "{most} wheel entries for one session");
+        let generation = {
+            let hash = monitor.inner.hasher.hash_one("s");
+            let shard = monitor.inner.shard(hash).lock();
+            let slot = shard.find(hash, "s").unwrap();
+            shard.sessions[slot as usize].generation
+        };
+        // The loop did arm new entries (else this test proves nothing).
+        assert!(generation > 100, "generation {generation}");
+    }
+
     #[test]
     fn stale_wheel_entries_are_compacted() {
         let monitor = Monitor::builder().build().unwrap();
