@@ -134,6 +134,8 @@ struct ModelSession {
     last_beat: u64,
     missed: u32,
     paused: bool,
+    /// Reported a failure (healthchecks.io's `/fail`), not yet cleared by a beat.
+    failed: bool,
     timeout: u64,
     max_missed: u32,
 }
@@ -146,21 +148,45 @@ struct Model {
 impl Model {
     fn register(&mut self, id: &str, now: u64, timeout: u64, max_missed: u32, out: &mut Vec<String>) {
         let paused = self.sessions.get(id).is_some_and(|s| s.paused);
-        if self.sessions.get(id).is_some_and(|s| s.missed > 0) {
+        if self.sessions.get(id).is_some_and(|s| s.missed > 0 || s.failed) {
             out.push(format!("recovered {id}"));
         }
-        self.sessions
-            .insert(id.into(), ModelSession { last_beat: now, missed: 0, paused, timeout, max_missed });
+        self.sessions.insert(
+            id.into(),
+            ModelSession { last_beat: now, missed: 0, paused, failed: false, timeout, max_missed },
+        );
     }
 
     fn beat(&mut self, id: &str, now: u64, out: &mut Vec<String>) -> bool {
         let Some(s) = self.sessions.get_mut(id) else { return false };
         s.last_beat = now;
-        if s.missed > 0 {
+        if s.missed > 0 || s.failed {
             s.missed = 0;
+            s.failed = false;
             out.push(format!("recovered {id}"));
         }
         true
+    }
+
+    /// A failure report: a sign of life that leaves the session unhealthy
+    /// until its next beat.
+    fn fail(&mut self, id: &str, now: u64, out: &mut Vec<String>) {
+        let s = self.sessions.get_mut(id).unwrap();
+        s.last_beat = now;
+        s.missed = 0;
+        s.failed = true;
+        out.push(format!("failed {id}"));
+    }
+
+    /// A beat that leaves a failure standing.
+    fn touch(&mut self, id: &str, now: u64, out: &mut Vec<String>) {
+        let s = self.sessions.get_mut(id).unwrap();
+        if s.failed {
+            s.last_beat = now;
+            s.missed = 0;
+        } else {
+            self.beat(id, now, out);
+        }
     }
 
     fn sweep(&mut self, now: u64, out: &mut Vec<String>) {
@@ -192,6 +218,7 @@ fn describe(e: &Event) -> Option<String> {
             Some(format!("timed out {session_id} after {missed_beats}"))
         }
         Event::Removed { reason: RemovalReason::TimedOut, .. } => None,
+        Event::Failed { session_id, .. } => Some(format!("failed {session_id}")),
         other => Some(format!("{other:?}")),
     }
 }
@@ -229,9 +256,17 @@ fn ten_thousand_random_sessions_agree_with_the_seeds_rules_at_every_sweep() {
         agenda[1 + rng.below(periods[i]) as usize].push(i as u32);
     }
     let (mut sweeps, mut checked_events, mut warnings, mut deaths) = (0, 0, 0, 0);
+    // Every half hour the whole world stops for up to three days (a manual
+    // clock moved at once): deadlines of every size come up together.
+    let mut jumped = 0;
     for second in 1..=HOURS * 3600 {
+        if second % 1800 == 0 {
+            let jump = rng.below(3 * 86_400);
+            clock.advance(secs(jump));
+            jumped += jump;
+        }
         clock.advance(secs(1));
-        let now = second * S;
+        let now = (second + jumped) * S;
         for i in std::mem::take(&mut agenda[second as usize]) {
             let i = i as usize;
             let id = &ids[i];
@@ -268,6 +303,14 @@ fn ten_thousand_random_sessions_agree_with_the_seeds_rules_at_every_sweep() {
                         next = 1 + rng.below(300);
                     }
                     3..=8 => next = 1 + rng.below(3600), // goes silent, maybe for good
+                    10 => {
+                        assert!(monitor.fail(id));
+                        model.fail(id, now, &mut expected);
+                    }
+                    11 => {
+                        assert!(monitor.touch(id));
+                        model.touch(id, now, &mut expected);
+                    }
                     9 => {
                         // Registered again: replaced, pause kept.
                         let (options, timeout, max) = settings(i);
@@ -302,7 +345,7 @@ fn ten_thousand_random_sessions_agree_with_the_seeds_rules_at_every_sweep() {
         deaths += got.iter().filter(|e| e.starts_with("timed out")).count();
         expected.clear();
         assert_eq!(monitor.registered_count(), model.sessions.len(), "at {second} s");
-        let unhealthy = model.sessions.values().filter(|s| s.missed > 0).count();
+        let unhealthy = model.sessions.values().filter(|s| s.missed > 0 || s.failed).count();
         assert_eq!(monitor.healthy_count(), model.sessions.len() - unhealthy, "at {second} s");
         if second % 600 == 0 {
             for status in monitor.all_status() {
