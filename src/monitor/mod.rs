@@ -281,8 +281,9 @@ impl MonitorBuilder {
     /// `check_interval + bound` after the end of its previous one (or after
     /// `start`) means this process itself was not running (stopped, swapped
     /// out, suspended): that round counts no misses against anyone, and says
-    /// so in the log. The first sweep is never late, and a [`Monitor::sweep`]
-    /// called by hand never is: the guard belongs to the sweeper thread.
+    /// so in the log. The thread's first sweep is measured from `start`; a
+    /// [`Monitor::sweep`] called by hand is never late: the guard belongs to
+    /// the sweeper thread.
     /// Default: `Some(check_interval)`. `None` turns it off.
     pub fn pause_guard(mut self, bound: Option<Duration>) -> Self {
         self.pause_guard = Some(bound);
