@@ -167,7 +167,7 @@ mod tests {
     #[test]
     fn passes_look_only_at_the_slots_crossed() {
         let mut wheel = Wheel::default();
-        let far = 100 * SLOTS << SLOT_SHIFT;
+        let far = (100 * SLOTS) << SLOT_SHIFT;
         wheel.insert(entry(far, 1));
         let mut due = Vec::new();
         for pass in 1..=3 * SLOTS {
