@@ -134,6 +134,8 @@ struct ModelSession {
     last_beat: u64,
     missed: u32,
     paused: bool,
+    /// Reported a failure (healthchecks.io's `/fail`), not yet cleared by a beat.
+    failed: bool,
     timeout: u64,
     max_missed: u32,
 }
@@ -146,21 +148,45 @@ struct Model {
 impl Model {
     fn register(&mut self, id: &str, now: u64, timeout: u64, max_missed: u32, out: &mut Vec<String>) {
         let paused = self.sessions.get(id).is_some_and(|s| s.paused);
-        if self.sessions.get(id).is_some_and(|s| s.missed > 0) {
+        if self.sessions.get(id).is_some_and(|s| s.missed > 0 || s.failed) {
             out.push(format!("recovered {id}"));
         }
-        self.sessions
-            .insert(id.into(), ModelSession { last_beat: now, missed: 0, paused, timeout, max_missed });
+        self.sessions.insert(
+            id.into(),
+            ModelSession { last_beat: now, missed: 0, paused, failed: false, timeout, max_missed },
+        );
     }
 
     fn beat(&mut self, id: &str, now: u64, out: &mut Vec<String>) -> bool {
         let Some(s) = self.sessions.get_mut(id) else { return false };
         s.last_beat = now;
-        if s.missed > 0 {
+        if s.missed > 0 || s.failed {
             s.missed = 0;
+            s.failed = false;
             out.push(format!("recovered {id}"));
         }
         true
+    }
+
+    /// A failure report: a sign of life that leaves the session unhealthy
+    /// until its next beat.
+    fn fail(&mut self, id: &str, now: u64, out: &mut Vec<String>) {
+        let s = self.sessions.get_mut(id).unwrap();
+        s.last_beat = now;
+        s.missed = 0;
+        s.failed = true;
+        out.push(format!("failed {id}"));
+    }
+
+    /// A beat that leaves a failure standing.
+    fn touch(&mut self, id: &str, now: u64, out: &mut Vec<String>) {
+        let s = self.sessions.get_mut(id).unwrap();
+        if s.failed {
+            s.last_beat = now;
+            s.missed = 0;
+        } else {
+            self.beat(id, now, out);
+        }
     }
 
     fn sweep(&mut self, now: u64, out: &mut Vec<String>) {
@@ -192,6 +218,7 @@ fn describe(e: &Event) -> Option<String> {
             Some(format!("timed out {session_id} after {missed_beats}"))
         }
         Event::Removed { reason: RemovalReason::TimedOut, .. } => None,
+        Event::Failed { session_id, .. } => Some(format!("failed {session_id}")),
         other => Some(format!("{other:?}")),
     }
 }
@@ -229,9 +256,17 @@ fn ten_thousand_random_sessions_agree_with_the_seeds_rules_at_every_sweep() {
         agenda[1 + rng.below(periods[i]) as usize].push(i as u32);
     }
     let (mut sweeps, mut checked_events, mut warnings, mut deaths) = (0, 0, 0, 0);
+    // Every half hour the whole world stops for up to three days (a manual
+    // clock moved at once): deadlines of every size come up together.
+    let mut jumped = 0;
     for second in 1..=HOURS * 3600 {
+        if second % 1800 == 0 {
+            let jump = rng.below(3 * 86_400);
+            clock.advance(secs(jump));
+            jumped += jump;
+        }
         clock.advance(secs(1));
-        let now = second * S;
+        let now = (second + jumped) * S;
         for i in std::mem::take(&mut agenda[second as usize]) {
             let i = i as usize;
             let id = &ids[i];
@@ -268,6 +303,14 @@ fn ten_thousand_random_sessions_agree_with_the_seeds_rules_at_every_sweep() {
                         next = 1 + rng.below(300);
                     }
                     3..=8 => next = 1 + rng.below(3600), // goes silent, maybe for good
+                    10 => {
+                        assert!(monitor.fail(id));
+                        model.fail(id, now, &mut expected);
+                    }
+                    11 => {
+                        assert!(monitor.touch(id));
+                        model.touch(id, now, &mut expected);
+                    }
                     9 => {
                         // Registered again: replaced, pause kept.
                         let (options, timeout, max) = settings(i);
@@ -302,7 +345,7 @@ fn ten_thousand_random_sessions_agree_with_the_seeds_rules_at_every_sweep() {
         deaths += got.iter().filter(|e| e.starts_with("timed out")).count();
         expected.clear();
         assert_eq!(monitor.registered_count(), model.sessions.len(), "at {second} s");
-        let unhealthy = model.sessions.values().filter(|s| s.missed > 0).count();
+        let unhealthy = model.sessions.values().filter(|s| s.missed > 0 || s.failed).count();
         assert_eq!(monitor.healthy_count(), model.sessions.len() - unhealthy, "at {second} s");
         if second % 600 == 0 {
             for status in monitor.all_status() {
@@ -542,4 +585,55 @@ fn every_setting_is_checked_wherever_it_enters() {
     assert!(json.contains(r#""estimator":"window""#), "{json}");
     assert_eq!(serde_json::from_str::<Detector>(&json).unwrap(), window);
     assert!(!serde_json::to_string(&Detector::Phi(d)).unwrap().contains("estimator"));
+}
+
+/// A failure report (or a touch of a failed session) forgets a phi
+/// session's misses, so its next warning is due at the warning threshold
+/// again, not at the death threshold its entry was armed for: the next
+/// warning must come as soon as a sweep every 100 ms would find phi past it.
+#[test]
+fn a_warned_phi_session_that_fails_or_is_touched_is_warned_again_in_time() {
+    for touch in [false, true] {
+        let clock = ManualClock::new();
+        let config = PhiConfig {
+            expected_interval: secs(1),
+            min_std_deviation: secs(1),
+            acceptable_pause: Duration::ZERO,
+            warn_threshold: 1.0,
+            threshold: 8.0,
+            ..PhiConfig::default()
+        };
+        let monitor = Monitor::builder()
+            .clock(clock.clone())
+            .check_interval(Duration::from_millis(100))
+            .detector(Detector::Phi(config))
+            .build()
+            .unwrap();
+        let events = monitor.subscribe();
+        monitor.register("p", "agent");
+        let step = Duration::from_millis(100);
+        let warned = |monitor: &Monitor, clock: &ManualClock, limit: u32| -> Option<u32> {
+            (1..=limit).find(|_| {
+                clock.advance(step);
+                monitor.sweep();
+                drain(&events).iter().any(|e| matches!(e, Event::Warning { .. }))
+            })
+        };
+        // From silence alone: the sweeps it takes to reach the warning threshold.
+        let first = warned(&monitor, &clock, 200).expect("warned");
+        if touch {
+            assert!(monitor.fail("p"));
+            clock.advance(step);
+            monitor.sweep();
+            assert!(monitor.touch("p"));
+        } else {
+            assert!(monitor.fail("p"));
+        }
+        // The same silence again (statistics unchanged): the same sweeps.
+        let again = warned(&monitor, &clock, 200).expect("warned again");
+        assert!(
+            again <= first + 1,
+            "touch {touch}: warned {first} sweeps after register, {again} after the report"
+        );
+    }
 }

@@ -281,8 +281,9 @@ impl MonitorBuilder {
     /// `check_interval + bound` after the end of its previous one (or after
     /// `start`) means this process itself was not running (stopped, swapped
     /// out, suspended): that round counts no misses against anyone, and says
-    /// so in the log. The first sweep is never late, and a [`Monitor::sweep`]
-    /// called by hand never is: the guard belongs to the sweeper thread.
+    /// so in the log. The thread's first sweep is measured from `start`; a
+    /// [`Monitor::sweep`] called by hand is never late: the guard belongs to
+    /// the sweeper thread.
     /// Default: `Some(check_interval)`. `None` turns it off.
     pub fn pause_guard(mut self, bound: Option<Duration>) -> Self {
         self.pause_guard = Some(bound);
@@ -816,18 +817,9 @@ impl Monitor {
         s.has_beaten = true;
         s.last_beat = now;
         inner.recover(s, session_id);
-        if let Some(before) = phi
-            && !s.paused
-        {
-            // New statistics may bring the deadline earlier than it was
-            // before this beat (beats sped up), and so maybe earlier than the
-            // entry armed: only then does a beat arm a new one.
-            let deadline = inner.deadline_of(s);
-            if deadline < before {
-                s.generation = s.generation.wrapping_add(1);
-                shard.arm(slot, deadline);
-            }
-        }
+        // New statistics (beats sped up) or forgotten misses may bring the
+        // deadline earlier than it was before this beat.
+        inner.rearm_if_earlier(shard, slot, phi);
         true
     }
 
@@ -985,7 +977,7 @@ impl Monitor {
     pub fn fail(&self, session_id: &str) -> bool {
         let inner = &*self.inner;
         let now = inner.now();
-        let agent = inner.with_session(session_id, |inner, s| {
+        let agent = inner.with_session_in_shard(session_id, |inner, s| {
             // Counted unhealthy once: it may already be, by its misses.
             if !s.unhealthy() {
                 inner.unhealthy.fetch_add(1, Ordering::Relaxed);
@@ -1016,7 +1008,7 @@ impl Monitor {
     pub fn touch(&self, session_id: &str) -> bool {
         let inner = &*self.inner;
         let now = inner.now();
-        let touched = inner.with_session(session_id, |_, s| {
+        let touched = inner.with_session_in_shard(session_id, |_, s| {
             if !s.failed {
                 return false;
             }
@@ -1499,6 +1491,41 @@ impl Inner {
         Some(f(self, &mut shard.sessions[slot as usize]))
     }
 
+    /// [`with_session`](Self::with_session) for a change that may bring a
+    /// phi session's deadline earlier (its misses forgotten: the warning
+    /// threshold applies again instead of the death threshold): the session
+    /// is then armed at its new deadline.
+    fn with_session_in_shard<R>(
+        &self,
+        session_id: &str,
+        f: impl FnOnce(&Inner, &mut Session) -> R,
+    ) -> Option<R> {
+        let (mut guard, slot, _) = self.locate(session_id)?;
+        let shard = &mut *guard;
+        let s = &mut shard.sessions[slot as usize];
+        let before = s.phi().map(|_| self.deadline_of(s));
+        let out = f(self, s);
+        self.rearm_if_earlier(shard, slot, before);
+        Some(out)
+    }
+
+    /// Arms a new entry for a phi session whose deadline is now earlier than
+    /// `before` (its deadline before a change), so earlier than its live
+    /// entry may be: a new generation, the old entry stale. Only then: a
+    /// later deadline is found lazily when the old entry comes up.
+    fn rearm_if_earlier(&self, shard: &mut Shard, slot: u32, before: Option<u64>) {
+        let s = &mut shard.sessions[slot as usize];
+        let Some(before) = before else { return };
+        if s.paused || !s.live {
+            return;
+        }
+        let deadline = self.deadline_of(s);
+        if deadline < before {
+            s.generation = s.generation.wrapping_add(1);
+            shard.arm(slot, deadline);
+        }
+    }
+
     /// Clears a session's misses and failure; if it had been warned or had
     /// failed, it is healthy again and `Recovered` is sent.
     fn recover(&self, s: &mut Session, session_id: &str) {
@@ -1605,6 +1632,34 @@ mod tests {
         monitor.unregister("s");
         assert!(monitor.inner.subscribers.lock().is_empty());
         assert!(!monitor.inner.has_subscribers.load(Ordering::Relaxed));
+    }
+
+    /// A client beating a phi session ever faster brings its deadline
+    /// earlier at many beats, each arming a new entry: the wheel stays
+    /// bounded all the same.
+    #[test]
+    fn a_phi_session_beating_in_a_loop_keeps_the_wheel_bounded() {
+        let clock = crate::clock::ManualClock::new();
+        let config = PhiConfig { expected_interval: Duration::from_secs(60), ..PhiConfig::default() };
+        let monitor =
+            Monitor::builder().clock(clock.clone()).detector(Detector::Phi(config)).build().unwrap();
+        monitor.register("s", "w");
+        let wheel = || monitor.inner.shards.iter().map(|Padded(s)| s.lock().wheel.len()).sum::<usize>();
+        let mut most = 0;
+        for _ in 0..20_000 {
+            clock.advance(Duration::from_millis(1));
+            assert!(monitor.beat("s"));
+            most = most.max(wheel());
+        }
+        assert!(most <= 2 + 64, "{most} wheel entries for one session");
+        let generation = {
+            let hash = monitor.inner.hasher.hash_one("s");
+            let shard = monitor.inner.shard(hash).lock();
+            let slot = shard.find(hash, "s").unwrap();
+            shard.sessions[slot as usize].generation
+        };
+        // The loop did arm new entries (else this test proves nothing).
+        assert!(generation > 100, "generation {generation}");
     }
 
     #[test]

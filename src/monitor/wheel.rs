@@ -161,6 +161,24 @@ mod tests {
         assert_eq!(due, vec![entry(at, 1)]);
     }
 
+    /// A pass looks only at the slots the clock went through since the
+    /// last one: the cursor follows the clock, so entries a revolution or
+    /// more away are not looked at by every pass.
+    #[test]
+    fn passes_look_only_at_the_slots_crossed() {
+        let mut wheel = Wheel::default();
+        let far = (100 * SLOTS) << SLOT_SHIFT;
+        wheel.insert(entry(far, 1));
+        let mut due = Vec::new();
+        for pass in 1..=3 * SLOTS {
+            let now = pass << SLOT_SHIFT;
+            wheel.expire(now, &mut due);
+            assert_eq!(wheel.cursor, now >> SLOT_SHIFT);
+        }
+        assert!(due.is_empty());
+        assert_eq!(wheel.len(), 1);
+    }
+
     #[test]
     fn retain_drops_entries_and_keeps_the_rest_in_order() {
         let mut wheel = Wheel::default();
