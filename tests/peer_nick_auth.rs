@@ -445,3 +445,26 @@ fn max_peers_holds_for_proofs_that_arrive_together() {
     }
     assert_eq!(hub.peer_count(), 1);
 }
+
+#[test]
+fn a_nick_auth_message_after_authentication_closes_the_peer_with_its_notice() {
+    // As joinmarket-ng: an 803, 805 or 807 from a registered peer closes it, with `;D`.
+    let hub = hub(|_| {});
+    let mut events = Events::of(&hub);
+    let mut observer = Raw::connect(hub.local_addr());
+    observer.join(&wire::random_nick(), &Location::Taker, None);
+    for kind in [auth::CHALLENGE, auth::PROOF, auth::RESULT] {
+        let owner = Identity::generate().unwrap();
+        let mut real = Raw::connect(hub.local_addr());
+        assert_eq!(real.join(owner.nick(), &maker('r'), Some(&owner)), Some(Code::Ok));
+        real.send(kind, &auth::encode_result(Code::Ok));
+        assert!(real.until_closed().is_empty(), "closed after a type {kind}");
+        let (_, reason) = events.evicted(owner.nick());
+        assert!(
+            matches!(reason, EvictReason::Protocol(ref why) if why.contains(&kind.to_string())),
+            "{reason}"
+        );
+        assert_eq!(observer.expect(wire::PEERLIST), wire::peerlist_entry(owner.nick(), &maker('r'), true));
+    }
+    assert_eq!(hub.peer_count(), 1);
+}

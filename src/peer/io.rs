@@ -756,6 +756,13 @@ impl Io {
                 return self.privmsg(conn, &envelope.line, now);
             }
             wire::DISCONNECT => return Some(Close::Left("said DISCONNECT".into())),
+            // joinmarket-ng closes a peer that sends a nick-auth message once
+            // past authentication (a second proof is no use, and no client sends one).
+            auth::CHALLENGE | auth::PROOF | auth::RESULT if self.nick_auth() => {
+                counters.message(Kind::Other);
+                let why = format!("nick-auth message type {} after the handshake", envelope.kind);
+                return Some(Close::Evicted(EvictReason::Protocol(why)));
+            }
             _ => counters.message(Kind::Other), // 797 and unknown types: ignored
         }
         None
