@@ -803,14 +803,15 @@ impl Io {
         }
         Counters::add(&counters.relayed_pubmsg);
         let message = SharedBytes::new(bytes, self.budget.clone());
-        self.broadcast(&message, true);
+        self.broadcast(&message, true, &HashSet::new());
         None
     }
 
     /// Hands one shared message to every handshaked peer in `conns` (the
     /// connection being read is out of the map, so never to the sender).
     /// A relay skips peers too far behind; the hub's own notices do not.
-    fn broadcast(&mut self, message: &Arc<SharedBytes>, relay: bool) -> u64 {
+    /// Never to the connections in `skip`.
+    fn broadcast(&mut self, message: &Arc<SharedBytes>, relay: bool, skip: &HashSet<u64>) -> u64 {
         let out = Outbox {
             registry: self.poll.registry(),
             budget: &self.budget,
@@ -822,7 +823,7 @@ impl Io {
         let mut failed = Vec::new();
         let mut delivered = 0;
         for (&id, conn) in self.conns.iter_mut() {
-            if conn.peer.is_none() {
+            if conn.peer.is_none() || skip.contains(&id) {
                 continue;
             }
             if relay && conn.too_far_behind(len, out.max_queued) {
@@ -1067,6 +1068,10 @@ impl Io {
             Some((old, _)) => {
                 log::info!("hub: {nick} proved its nick from {}: displacing connection {old}", conn.addr);
                 self.close(old, Close::Evicted(EvictReason::Displaced));
+                // Its `;D` now if the notice interval allows, before the new
+                // owner is routed: a `;D` after its first messages would make
+                // the others drop them. (Not to the new owner: it is no peer yet.)
+                self.send_notices();
             }
         }
         if !self.register(conn, pending.handshake, Some(pubkey)) {
@@ -1172,6 +1177,16 @@ impl Io {
         }
     }
 
+    /// Sends encoded messages of the hub's own to a connection in the map.
+    fn send_bytes(&mut self, id: u64, bytes: &[u8]) {
+        let Some(mut conn) = self.conns.remove(&id) else { return };
+        let result = self.hand_to(&mut conn, Payload::Bytes(bytes));
+        self.conns.insert(id, conn);
+        if let Some(close) = result {
+            self.close(id, close);
+        }
+    }
+
     /// Sends the hub's own message to a connection in the map.
     fn send_own(&mut self, id: u64, kind: u32, line: &str) {
         let Some(mut conn) = self.conns.remove(&id) else { return };
@@ -1265,21 +1280,43 @@ impl Io {
         }
         let registry = &self.shared.registry;
         // A nick that left and joined again is not gone.
-        let entries: Vec<String> = self
+        let gone: Vec<(String, String, bool)> = self
             .notices
             .gone
             .drain(..)
             .filter(|(nick, _, always)| *always || registry.id_of(nick).is_none())
-            .map(|(_, e, _)| e)
             .collect();
-        if entries.is_empty() {
+        if gone.is_empty() {
             return;
         }
+        // A displaced peer's `;D` (its offers go) is not for the connection
+        // that took its nick over: that one would drop its own offers.
+        let holders: Vec<(u64, usize)> = gone
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, _, always))| *always)
+            .filter_map(|(i, (nick, _, _))| Some((registry.id_of(nick)?, i)))
+            .collect();
+        let skip: HashSet<u64> = holders.iter().map(|(id, _)| *id).collect();
         self.notices.last_sent = Some(now);
+        let entries: Vec<String> = gone.iter().map(|(_, entry, _)| entry.clone()).collect();
         let (bytes, lines) = peerlist_lines(&entries, self.config.max_line);
         let message = SharedBytes::new(bytes, self.budget.clone());
-        let sent = self.broadcast(&message, false);
-        Counters::add_n(&self.shared.counters.notices, sent * lines);
+        let mut sent = self.broadcast(&message, false, &skip) * lines;
+        for &holder in &skip {
+            let others: Vec<String> = gone
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !holders.contains(&(holder, *i)))
+                .map(|(_, (_, entry, _))| entry.clone())
+                .collect();
+            if !others.is_empty() && self.conns.get(&holder).is_some_and(|c| c.peer.is_some()) {
+                let (bytes, lines) = peerlist_lines(&others, self.config.max_line);
+                self.send_bytes(holder, &bytes);
+                sent += lines;
+            }
+        }
+        Counters::add_n(&self.shared.counters.notices, sent);
     }
 
     fn shutdown(&mut self) {
