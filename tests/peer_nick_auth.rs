@@ -503,3 +503,36 @@ fn a_displaced_nicks_notice_precedes_the_new_owners_messages_and_never_reaches_i
     assert!(listed.iter().any(|(nick, _, _)| nick == second.nick()), "{listed:?}");
     drop((squatter, squatter2));
 }
+
+#[test]
+fn challenges_past_the_rate_are_refused_so_proofs_cannot_flood_the_hub() {
+    // A frozen clock: the budget refills only when the test moves it.
+    let clock = heartbeat::ManualClock::new();
+    let hub = hub(|c| {
+        c.max_challenges_per_sec = 2;
+        c.clock = clock.clone();
+    });
+    let challenged = |hub: &Hub| {
+        let mut raw = Raw::connect(hub.local_addr());
+        raw.hello(&wire::random_nick(), &Location::Taker, true);
+        let reply = wire::parse_dn_handshake(&raw.expect(wire::DN_HANDSHAKE)).unwrap();
+        if reply.accepted {
+            raw.expect(auth::CHALLENGE);
+        } else {
+            let motd = reply.motd.unwrap_or_default();
+            assert_eq!(motd, "Rejected: too many nick authentications, try again later");
+            assert!(raw.until_closed().is_empty());
+        }
+        (reply.accepted, raw)
+    };
+    let first: Vec<_> = (0..3).map(|_| challenged(&hub)).collect();
+    assert_eq!(first.iter().map(|(ok, _)| *ok).collect::<Vec<_>>(), [true, true, false]);
+    // Clients that do not offer nick authentication are not held back.
+    let mut plain = Raw::connect(hub.local_addr());
+    assert_eq!(plain.join(&wire::random_nick(), &Location::Taker, None), None);
+    // Half a second refills one challenge.
+    clock.advance(ms(500));
+    assert!(challenged(&hub).0);
+    assert!(!challenged(&hub).0);
+    assert_eq!(hub.counters().refused, 2);
+}

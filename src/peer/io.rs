@@ -210,6 +210,9 @@ pub(super) struct Io {
     /// shared by every requester until a maker joins or leaves.
     peerlists: [Option<Arc<SharedBytes>>; 2],
     refusals: RefusalLog,
+    /// Nick-auth challenges that may still be sent (`max_challenges_per_sec`
+    /// a second, as many in a burst), and when they were last counted.
+    challenges: (f64, Instant),
     scratch: Vec<u8>,
     line: Vec<u8>,
     encoded: Vec<u8>,
@@ -245,6 +248,7 @@ impl Io {
             notices: Notices::default(),
             peerlists: [None, None],
             refusals: RefusalLog::default(),
+            challenges: (f64::from(config.max_challenges_per_sec), awake),
             scratch: vec![0; 64 * 1024],
             line: Vec::new(),
             encoded: Vec::new(),
@@ -990,6 +994,13 @@ impl Io {
             }
             return self.accept(conn);
         }
+        if !self.take_challenge() {
+            self.refuse(conn, Some("Rejected: too many nick authentications, try again later"));
+            return Some(Close::Refused(format!(
+                "over {} nick-auth challenges a second",
+                self.config.max_challenges_per_sec
+            )));
+        }
         let challenge = match auth::random_challenge() {
             Ok(challenge) => challenge,
             Err(e) => {
@@ -1009,6 +1020,21 @@ impl Io {
         self.authenticating.push_back((deadline, conn.id));
         log::debug!("hub: challenged {} for its nick-auth proof", conn.addr);
         self.reply(conn, auth::CHALLENGE, &payload)
+    }
+
+    /// Takes one challenge from the budget (a token bucket refilled at
+    /// `max_challenges_per_sec`); `false` when it is spent.
+    fn take_challenge(&mut self) -> bool {
+        let now = self.now();
+        let rate = f64::from(self.config.max_challenges_per_sec);
+        let (tokens, since) = self.challenges;
+        let tokens = (tokens + now.saturating_duration_since(since).as_secs_f64() * rate).min(rate);
+        if tokens < 1.0 {
+            self.challenges = (tokens, now);
+            return false;
+        }
+        self.challenges = (tokens - 1.0, now);
+        true
     }
 
     /// The accepting 795, advertising `nick_auth` when it is on.
