@@ -216,12 +216,8 @@ fn a_squatter_is_displaced_by_the_verified_owner_with_its_disconnect_notice() {
     // Another connection of the same key takes over from the verified one.
     let mut again = Raw::connect(hub.local_addr());
     assert_eq!(again.join(owner.nick(), &maker('r'), Some(&owner)), Some(Code::Ok));
-    // Closed; before that it had heard only of the squatter's departure.
-    assert_eq!(
-        real.until_closed(),
-        [(wire::PEERLIST, squatted)],
-        "the earlier connection of the key is closed"
-    );
+    // Closed, and never told of its own nick's departure (the squatter's `;D`).
+    assert_eq!(real.until_closed(), [], "the earlier connection of the key is closed");
     assert_eq!(counter(&hub.counters().evictions, "displaced"), 2);
     assert_eq!(hub.verified_peer_count(), 1);
 }
@@ -444,4 +440,99 @@ fn max_peers_holds_for_proofs_that_arrive_together() {
         assert_eq!(auth::parse_result(&raw.expect(auth::RESULT)), Ok(code));
     }
     assert_eq!(hub.peer_count(), 1);
+}
+
+#[test]
+fn a_nick_auth_message_after_authentication_closes_the_peer_with_its_notice() {
+    // As joinmarket-ng: an 803, 805 or 807 from a registered peer closes it, with `;D`.
+    let hub = hub(|_| {});
+    let mut events = Events::of(&hub);
+    let mut observer = Raw::connect(hub.local_addr());
+    observer.join(&wire::random_nick(), &Location::Taker, None);
+    for kind in [auth::CHALLENGE, auth::PROOF, auth::RESULT] {
+        let owner = Identity::generate().unwrap();
+        let mut real = Raw::connect(hub.local_addr());
+        assert_eq!(real.join(owner.nick(), &maker('r'), Some(&owner)), Some(Code::Ok));
+        real.send(kind, &auth::encode_result(Code::Ok));
+        assert!(real.until_closed().is_empty(), "closed after a type {kind}");
+        let (_, reason) = events.evicted(owner.nick());
+        assert!(
+            matches!(reason, EvictReason::Protocol(ref why) if why.contains(&kind.to_string())),
+            "{reason}"
+        );
+        assert_eq!(observer.expect(wire::PEERLIST), wire::peerlist_entry(owner.nick(), &maker('r'), true));
+    }
+    assert_eq!(hub.peer_count(), 1);
+}
+
+#[test]
+fn a_displaced_nicks_notice_precedes_the_new_owners_messages_and_never_reaches_it() {
+    let hub = hub(|c| c.notice_interval = Duration::from_secs(1));
+    let mut observer = Raw::connect(hub.local_addr());
+    observer.join(&wire::random_nick(), &Location::Taker, None);
+
+    // The first notice: sent as the proof is accepted, before the new owner's
+    // PUBMSG (sent with the proof, in one write) is relayed.
+    let owner = Identity::generate().unwrap();
+    let mut squatter = Raw::connect(hub.local_addr());
+    squatter.join(owner.nick(), &maker('s'), None);
+    let mut real = Raw::connect(hub.local_addr());
+    let hello = real.hello(owner.nick(), &maker('r'), true);
+    real.expect(wire::DN_HANDSHAKE);
+    let challenge = auth::parse_challenge(&real.expect(auth::CHALLENGE)).unwrap();
+    let proof = owner.sign(&challenge.challenge, DIRECTORY_ID, &hello);
+    let pubmsg = format!("{}!PUBLIC!hello", owner.nick());
+    let mut both = encoded(auth::PROOF, &auth::encode_proof(&proof));
+    both.extend_from_slice(&encoded(wire::PUBMSG, &pubmsg));
+    real.writer.write_all(&both).unwrap();
+    assert_eq!(auth::parse_result(&real.expect(auth::RESULT)), Ok(Code::Ok));
+    assert_eq!(observer.expect(wire::PEERLIST), wire::peerlist_entry(owner.nick(), &maker('s'), true));
+    assert_eq!(observer.expect(wire::PUBMSG), pubmsg, "the `;D` first, then the new owner's message");
+
+    // A notice held back by the interval: when it goes out, the new owner is
+    // not told of its own nick's departure, and the others are.
+    let second = Identity::generate().unwrap();
+    let mut squatter2 = Raw::connect(hub.local_addr());
+    squatter2.join(second.nick(), &maker('t'), None);
+    let mut real2 = Raw::connect(hub.local_addr());
+    assert_eq!(real2.join(second.nick(), &maker('u'), Some(&second)), Some(Code::Ok));
+    assert_eq!(observer.expect(wire::PEERLIST), wire::peerlist_entry(second.nick(), &maker('t'), true));
+    // By now the notice went out: the new owner's next 789 is its GETPEERLIST answer.
+    let listed = real2.peerlist();
+    assert!(listed.iter().all(|(_, _, gone)| !gone), "no `;D` for the new owner: {listed:?}");
+    assert!(listed.iter().any(|(nick, _, _)| nick == second.nick()), "{listed:?}");
+    drop((squatter, squatter2));
+}
+
+#[test]
+fn challenges_past_the_rate_are_refused_so_proofs_cannot_flood_the_hub() {
+    // A frozen clock: the budget refills only when the test moves it.
+    let clock = heartbeat::ManualClock::new();
+    let hub = hub(|c| {
+        c.max_challenges_per_sec = 2;
+        c.clock = clock.clone();
+    });
+    let challenged = |hub: &Hub| {
+        let mut raw = Raw::connect(hub.local_addr());
+        raw.hello(&wire::random_nick(), &Location::Taker, true);
+        let reply = wire::parse_dn_handshake(&raw.expect(wire::DN_HANDSHAKE)).unwrap();
+        if reply.accepted {
+            raw.expect(auth::CHALLENGE);
+        } else {
+            let motd = reply.motd.unwrap_or_default();
+            assert_eq!(motd, "Rejected: too many nick authentications, try again later");
+            assert!(raw.until_closed().is_empty());
+        }
+        (reply.accepted, raw)
+    };
+    let first: Vec<_> = (0..3).map(|_| challenged(&hub)).collect();
+    assert_eq!(first.iter().map(|(ok, _)| *ok).collect::<Vec<_>>(), [true, true, false]);
+    // Clients that do not offer nick authentication are not held back.
+    let mut plain = Raw::connect(hub.local_addr());
+    assert_eq!(plain.join(&wire::random_nick(), &Location::Taker, None), None);
+    // Half a second refills one challenge.
+    clock.advance(ms(500));
+    assert!(challenged(&hub).0);
+    assert!(!challenged(&hub).0);
+    assert_eq!(hub.counters().refused, 2);
 }

@@ -63,8 +63,9 @@ pub struct PeerArgs {
     /// Our nick (J5, then base58, padded with O to 16 characters); random by default.
     #[arg(long, value_name = "NICK", value_parser = parse_nick, conflicts_with = "key_file")]
     nick: Option<String>,
-    /// Our secp256k1 secret key (64 hex characters), created with mode 0600 when missing;
-    /// the nick is derived from it. Never printed or logged.
+    /// Our secp256k1 secret key (64 hex characters), created with mode 0600 when missing,
+    /// refused when its group or others may read or write it; the nick is derived from it.
+    /// Never printed or logged.
     #[arg(long, value_name = "FILE")]
     key_file: Option<PathBuf>,
     /// The directory id to expect in nick-auth challenges; default HOST:PORT when it is

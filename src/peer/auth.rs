@@ -432,10 +432,32 @@ impl Identity {
     /// Reads the key in `path` (64 hex characters, surrounding whitespace
     /// ignored), or, when there is no such file, creates it with a new key
     /// and mode 0600. Never logs or returns the secret in an error.
+    ///
+    /// On Unix an existing key file that its group or others may read or
+    /// write (mode `& 0o077`) is refused, as ssh refuses such a private key.
+    /// A new file appears whole or not at all: the key is written to a
+    /// temporary file in the same directory, then linked to `path` (never
+    /// over an existing file); when another process created `path`
+    /// meanwhile, its key is read instead.
     pub fn load_or_create(path: &Path) -> io::Result<Identity> {
         let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
         match std::fs::File::open(path) {
             Ok(file) => {
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let mode = file.metadata()?.permissions().mode();
+                    if mode & 0o077 != 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::PermissionDenied,
+                            format!(
+                                "key file {} is open to its group or others (mode {:o}): run chmod 600 on it",
+                                path.display(),
+                                mode & 0o777
+                            ),
+                        ));
+                    }
+                }
                 let mut text = String::new();
                 // A key file is 65 bytes: anything much longer is not one.
                 file.take(4096).read_to_string(&mut text).map_err(|e| {
@@ -446,16 +468,15 @@ impl Identity {
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let identity = Identity::generate()?;
-                let mut options = std::fs::OpenOptions::new();
-                options.write(true).create_new(true);
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                let mut file = options.open(path).map_err(|e| {
-                    io::Error::new(e.kind(), format!("cannot create the key file {}: {e}", path.display()))
-                })?;
-                writeln!(file, "{}", hex(&identity.secret.secret_bytes()))?;
-                file.sync_all()?;
-                Ok(identity)
+                match create_whole(path, &format!("{}\n", hex(&identity.secret.secret_bytes()))) {
+                    Ok(()) => Ok(identity),
+                    // Another process created it first: its key is the one.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Identity::load_or_create(path),
+                    Err(e) => Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot create the key file {}: {e}", path.display()),
+                    )),
+                }
             }
             Err(e) => {
                 Err(io::Error::new(e.kind(), format!("cannot open the key file {}: {e}", path.display())))
@@ -482,6 +503,32 @@ impl Identity {
         let signature = Secp256k1::signing_only().sign_ecdsa(Message::from_digest(digest), &self.secret);
         Proof { pubkey: self.pubkey.clone(), signature: BASE64.encode(signature.serialize_der()) }
     }
+}
+
+/// Creates `path` (mode 0600) holding `text`, whole or not at all: written
+/// and synced in a temporary file next to it, then hard-linked to `path`,
+/// which fails with `AlreadyExists` rather than replace a file.
+fn create_whole(path: &Path, text: &str) -> io::Result<()> {
+    let mut suffix = [0u8; 8];
+    os_random(&mut suffix)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temp = path.with_file_name(format!(".{name}.{}.tmp", hex(&suffix)));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let written = options.open(&temp).and_then(|mut file| {
+        file.write_all(text.as_bytes())?;
+        file.sync_all()
+    });
+    let linked = written.and_then(|()| std::fs::hard_link(&temp, path));
+    let _ = std::fs::remove_file(&temp);
+    linked?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // The new name durable too, best effort.
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
 }
 
 /// Fills `buf` from the operating system's random source (`/dev/urandom`):
@@ -931,6 +978,51 @@ mod tests {
         let e = Identity::load_or_create(&path).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         assert!(!e.to_string().contains("not a key"), "the file's content is not quoted: {e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_open_to_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peer.key");
+        let created = Identity::load_or_create(&path).unwrap();
+        let secret = hex(&created.secret.secret_bytes());
+        for mode in [0o644, 0o640, 0o604, 0o620] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = Identity::load_or_create(&path).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "mode {mode:o}: {e}");
+            assert!(e.to_string().contains("chmod 600") && !e.to_string().contains(&secret), "{e}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert_eq!(Identity::load_or_create(&path).unwrap(), created, "owner-only modes are fine");
+    }
+
+    #[test]
+    fn processes_creating_one_key_file_at_once_get_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..20 {
+            let path = dir.path().join(format!("peer{round}.key"));
+            let barrier = std::sync::Barrier::new(4);
+            let keys: Vec<io::Result<Identity>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..4)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            Identity::load_or_create(&path)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let first = keys[0].as_ref().unwrap();
+            for key in &keys {
+                assert_eq!(key.as_ref().unwrap(), first, "round {round}");
+            }
+        }
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 20, "{names:?}");
     }
 
     #[test]

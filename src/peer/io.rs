@@ -210,6 +210,9 @@ pub(super) struct Io {
     /// shared by every requester until a maker joins or leaves.
     peerlists: [Option<Arc<SharedBytes>>; 2],
     refusals: RefusalLog,
+    /// Nick-auth challenges that may still be sent (`max_challenges_per_sec`
+    /// a second, as many in a burst), and when they were last counted.
+    challenges: (f64, Instant),
     scratch: Vec<u8>,
     line: Vec<u8>,
     encoded: Vec<u8>,
@@ -245,6 +248,7 @@ impl Io {
             notices: Notices::default(),
             peerlists: [None, None],
             refusals: RefusalLog::default(),
+            challenges: (f64::from(config.max_challenges_per_sec), awake),
             scratch: vec![0; 64 * 1024],
             line: Vec::new(),
             encoded: Vec::new(),
@@ -756,6 +760,13 @@ impl Io {
                 return self.privmsg(conn, &envelope.line, now);
             }
             wire::DISCONNECT => return Some(Close::Left("said DISCONNECT".into())),
+            // joinmarket-ng closes a peer that sends a nick-auth message once
+            // past authentication (a second proof is no use, and no client sends one).
+            auth::CHALLENGE | auth::PROOF | auth::RESULT if self.nick_auth() => {
+                counters.message(Kind::Other);
+                let why = format!("nick-auth message type {} after the handshake", envelope.kind);
+                return Some(Close::Evicted(EvictReason::Protocol(why)));
+            }
             _ => counters.message(Kind::Other), // 797 and unknown types: ignored
         }
         None
@@ -796,14 +807,15 @@ impl Io {
         }
         Counters::add(&counters.relayed_pubmsg);
         let message = SharedBytes::new(bytes, self.budget.clone());
-        self.broadcast(&message, true);
+        self.broadcast(&message, true, &HashSet::new());
         None
     }
 
     /// Hands one shared message to every handshaked peer in `conns` (the
     /// connection being read is out of the map, so never to the sender).
     /// A relay skips peers too far behind; the hub's own notices do not.
-    fn broadcast(&mut self, message: &Arc<SharedBytes>, relay: bool) -> u64 {
+    /// Never to the connections in `skip`.
+    fn broadcast(&mut self, message: &Arc<SharedBytes>, relay: bool, skip: &HashSet<u64>) -> u64 {
         let out = Outbox {
             registry: self.poll.registry(),
             budget: &self.budget,
@@ -815,7 +827,7 @@ impl Io {
         let mut failed = Vec::new();
         let mut delivered = 0;
         for (&id, conn) in self.conns.iter_mut() {
-            if conn.peer.is_none() {
+            if conn.peer.is_none() || skip.contains(&id) {
                 continue;
             }
             if relay && conn.too_far_behind(len, out.max_queued) {
@@ -982,6 +994,13 @@ impl Io {
             }
             return self.accept(conn);
         }
+        if !self.take_challenge() {
+            self.refuse(conn, Some("Rejected: too many nick authentications, try again later"));
+            return Some(Close::Refused(format!(
+                "over {} nick-auth challenges a second",
+                self.config.max_challenges_per_sec
+            )));
+        }
         let challenge = match auth::random_challenge() {
             Ok(challenge) => challenge,
             Err(e) => {
@@ -1001,6 +1020,21 @@ impl Io {
         self.authenticating.push_back((deadline, conn.id));
         log::debug!("hub: challenged {} for its nick-auth proof", conn.addr);
         self.reply(conn, auth::CHALLENGE, &payload)
+    }
+
+    /// Takes one challenge from the budget (a token bucket refilled at
+    /// `max_challenges_per_sec`); `false` when it is spent.
+    fn take_challenge(&mut self) -> bool {
+        let now = self.now();
+        let rate = f64::from(self.config.max_challenges_per_sec);
+        let (tokens, since) = self.challenges;
+        let tokens = (tokens + now.saturating_duration_since(since).as_secs_f64() * rate).min(rate);
+        if tokens < 1.0 {
+            self.challenges = (tokens, now);
+            return false;
+        }
+        self.challenges = (tokens - 1.0, now);
+        true
     }
 
     /// The accepting 795, advertising `nick_auth` when it is on.
@@ -1060,6 +1094,10 @@ impl Io {
             Some((old, _)) => {
                 log::info!("hub: {nick} proved its nick from {}: displacing connection {old}", conn.addr);
                 self.close(old, Close::Evicted(EvictReason::Displaced));
+                // Its `;D` now if the notice interval allows, before the new
+                // owner is routed: a `;D` after its first messages would make
+                // the others drop them. (Not to the new owner: it is no peer yet.)
+                self.send_notices();
             }
         }
         if !self.register(conn, pending.handshake, Some(pubkey)) {
@@ -1165,6 +1203,16 @@ impl Io {
         }
     }
 
+    /// Sends encoded messages of the hub's own to a connection in the map.
+    fn send_bytes(&mut self, id: u64, bytes: &[u8]) {
+        let Some(mut conn) = self.conns.remove(&id) else { return };
+        let result = self.hand_to(&mut conn, Payload::Bytes(bytes));
+        self.conns.insert(id, conn);
+        if let Some(close) = result {
+            self.close(id, close);
+        }
+    }
+
     /// Sends the hub's own message to a connection in the map.
     fn send_own(&mut self, id: u64, kind: u32, line: &str) {
         let Some(mut conn) = self.conns.remove(&id) else { return };
@@ -1258,21 +1306,43 @@ impl Io {
         }
         let registry = &self.shared.registry;
         // A nick that left and joined again is not gone.
-        let entries: Vec<String> = self
+        let gone: Vec<(String, String, bool)> = self
             .notices
             .gone
             .drain(..)
             .filter(|(nick, _, always)| *always || registry.id_of(nick).is_none())
-            .map(|(_, e, _)| e)
             .collect();
-        if entries.is_empty() {
+        if gone.is_empty() {
             return;
         }
+        // A displaced peer's `;D` (its offers go) is not for the connection
+        // that took its nick over: that one would drop its own offers.
+        let holders: Vec<(u64, usize)> = gone
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, _, always))| *always)
+            .filter_map(|(i, (nick, _, _))| Some((registry.id_of(nick)?, i)))
+            .collect();
+        let skip: HashSet<u64> = holders.iter().map(|(id, _)| *id).collect();
         self.notices.last_sent = Some(now);
+        let entries: Vec<String> = gone.iter().map(|(_, entry, _)| entry.clone()).collect();
         let (bytes, lines) = peerlist_lines(&entries, self.config.max_line);
         let message = SharedBytes::new(bytes, self.budget.clone());
-        let sent = self.broadcast(&message, false);
-        Counters::add_n(&self.shared.counters.notices, sent * lines);
+        let mut sent = self.broadcast(&message, false, &skip) * lines;
+        for &holder in &skip {
+            let others: Vec<String> = gone
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !holders.contains(&(holder, *i)))
+                .map(|(_, (_, entry, _))| entry.clone())
+                .collect();
+            if !others.is_empty() && self.conns.get(&holder).is_some_and(|c| c.peer.is_some()) {
+                let (bytes, lines) = peerlist_lines(&others, self.config.max_line);
+                self.send_bytes(holder, &bytes);
+                sent += lines;
+            }
+        }
+        Counters::add_n(&self.shared.counters.notices, sent);
     }
 
     fn shutdown(&mut self) {

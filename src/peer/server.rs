@@ -96,6 +96,14 @@ pub struct HubConfig {
     /// A challenged client must send its proof within this. At most (and
     /// by default) 30 s, joinmarket-ng's cap.
     pub nick_auth_timeout: Duration,
+    /// Nick-auth challenges sent per second at most, over all connections
+    /// (a burst of as many): each lets one proof in, and checking a proof
+    /// costs the I/O thread about 80 µs, so a flood of connections that
+    /// each send one cannot take more than this many checks a second. Past
+    /// it a client offering nick authentication gets a 795 `accepted:
+    /// false`, motd `Rejected: too many nick authentications, try again
+    /// later`, and reconnects after its backoff. Default 1,000.
+    pub max_challenges_per_sec: u32,
     /// A sweep later than this was held up by a stall of the hub itself (a
     /// stopped process, a suspended machine): the stall counts against no
     /// peer's idle time or pong wait, and what peers sent meanwhile is read
@@ -132,6 +140,7 @@ impl Default for HubConfig {
             nick_auth_id: None,
             nick_auth: Mode::Prefer,
             nick_auth_timeout: auth::MAX_TIMEOUT,
+            max_challenges_per_sec: 1_000,
             stall_threshold: Duration::from_secs(2),
             clock: Arc::new(SystemClock),
         }
@@ -163,6 +172,9 @@ impl HubConfig {
             auth::check_directory_id(id).or_else(bad)?;
         } else if self.nick_auth == Mode::Require {
             return bad("nick authentication cannot be required without a directory id".into());
+        }
+        if self.max_challenges_per_sec == 0 {
+            return bad("max challenges per second must be positive".into());
         }
         if self.nick_auth_timeout.is_zero() || self.nick_auth_timeout > auth::MAX_TIMEOUT {
             return bad(format!(
