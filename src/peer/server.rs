@@ -323,6 +323,7 @@ crate::builder::config_builder! {
             nick_auth: Mode,
             nick_auth_timeout: Duration,
             stall_threshold: Duration,
+            max_challenges_per_sec: u32,
             clock: SharedClock,
         }
         into { listen: SocketAddr, network: String }
