@@ -164,7 +164,7 @@ impl fmt::Display for Error {
                 f,
                 "heartbeat file {} repeats the key {} (refused: readers differ on which value counts)",
                 path.display(),
-                crate::json::quote_key(key)
+                crate::json::quote(key)
             ),
             Error::MissingField { path, field } => {
                 // One name per pair of backticks: `last_refresh` or `timestamp`.

@@ -81,15 +81,28 @@ const QUOTE_MAX: usize = 64;
 
 /// The message for a key repeated in an object.
 pub(crate) fn duplicate_key_message(key: &str) -> String {
-    format!("duplicate key {}", quote_key(key))
+    format!("duplicate key {}", quote(key))
 }
 
-/// `key` Debug-quoted, cut to [`QUOTE_MAX`] characters.
-pub(crate) fn quote_key(key: &str) -> String {
-    match key.char_indices().nth(QUOTE_MAX) {
-        Some((cut, _)) => format!("{:?}...", &key[..cut]),
-        None => format!("{key:?}"),
+/// `s` Debug-quoted (control characters escaped), cut to [`QUOTE_MAX`]
+/// characters: what error messages quote of input that may be hostile and
+/// huge.
+pub(crate) fn quote(s: &str) -> String {
+    match s.char_indices().nth(QUOTE_MAX) {
+        Some((cut, _)) => format!("{:?}...", &s[..cut]),
+        None => format!("{s:?}"),
     }
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary (with `...` when
+/// cut): for messages of other parsers (serde_json's quote the input they
+/// stop at) passed on to a peer or a log.
+pub(crate) fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let at = (0..=max).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+    format!("{}...", &s[..at])
 }
 
 /// Validates any JSON value, building nothing: every object in it must have
@@ -214,6 +227,17 @@ pub(crate) fn check_unique_keys(bytes: &[u8]) -> Result<(), (serde_json::Error, 
 
 #[cfg(test)]
 mod tests {
+    use super::cut;
+
+    #[test]
+    fn cut_bounds_bytes_at_a_character_boundary() {
+        assert_eq!(cut("short", 10), "short");
+        assert_eq!(cut("abcdef", 3), "abc...");
+        let wide = "\u{fffd}".repeat(100); // 3 bytes each
+        let cut = cut(&wide, 10);
+        assert_eq!(cut, format!("{}...", "\u{fffd}".repeat(3)));
+    }
+
     use super::*;
 
     #[test]

@@ -283,14 +283,7 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// Quotes a value for an error message, cut short: input may be hostile and huge.
-fn quote(s: &str) -> String {
-    const MAX: usize = 64;
-    match s.char_indices().nth(MAX) {
-        None => format!("{s:?}"),
-        Some((cut, _)) => format!("{:?}...", &s[..cut]),
-    }
-}
+use crate::json::quote;
 
 /// Formats `t` as RFC 3339 UTC with microseconds and a `+00:00` offset,
 /// e.g. `2026-11-23T22:05:10.123456+00:00` (what Python's `isoformat()` writes).

@@ -593,8 +593,9 @@ fn object_fields(line: &str, keys: &[&str]) -> Result<Vec<Option<Value>>, Refusa
         }
     }
     let mut de = serde_json::Deserializer::from_str(line);
-    let values =
-        de.deserialize_map(Fields(keys)).map_err(|e| Refusal::malformed(format!("not the payload: {e}")))?;
+    let values = de.deserialize_map(Fields(keys)).map_err(|e| {
+        Refusal::malformed(format!("not the payload: {}", crate::json::cut(&e.to_string(), 120)))
+    })?;
     de.end().map_err(|_| Refusal::malformed("text after the JSON object"))?;
     if let Some(i) = values.iter().position(Option::is_none) {
         return Err(Refusal::malformed(format!("missing {:?}", keys[i])));

@@ -82,7 +82,6 @@ pub(crate) const NICK_HASH_LEN: usize = 10;
 /// The base58 alphabet (Bitcoin's): no `0`, `O`, `I` or `l`.
 const BASE58: &[u8; 58] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
 /// Most characters of untrusted input quoted in an error message.
-const QUOTE_MAX: usize = 64;
 /// Characters of a v3 onion address before `.onion`.
 const ONION_LEN: usize = 56;
 /// The features we advertise, in jmcore's order and spacing.
@@ -922,13 +921,7 @@ fn kind_of(value: &Value) -> String {
 // ---------------------------------------------------------------------------
 // Output helpers.
 
-/// `s` Debug-quoted (control characters escaped), cut to [`QUOTE_MAX`] characters.
-fn quote(s: &str) -> String {
-    match s.char_indices().nth(QUOTE_MAX) {
-        Some((cut, _)) => format!("{:?}...", &s[..cut]),
-        None => format!("{s:?}"),
-    }
-}
+use crate::json::quote;
 
 /// JSON escapes for the 32 control characters, as serde_json and Python's
 /// `json.dumps` write them.
