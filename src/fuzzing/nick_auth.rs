@@ -47,8 +47,8 @@ fn challenge(line: &str) {
     }
 }
 
-/// An 805: what parses encodes and parses back the same; verifying it
-/// against any nick never panics, and accepts only the key's own nick.
+/// An 805: what parses encodes and parses back the same, and never
+/// verifies (for its own key's nick) a challenge it was not made for.
 fn proof(line: &str) {
     match parse_proof(line) {
         Ok(p) => {
@@ -63,7 +63,7 @@ fn proof(line: &str) {
     }
 }
 
-/// An 807: the code and `verified` agree, and the result round-trips.
+/// An 807: what parses encodes and parses back the same.
 fn result(line: &str) {
     match parse_result(line) {
         Ok(code) => assert_eq!(parse_result(&encode_result(code)), Ok(code)),

@@ -108,11 +108,12 @@ impl Response {
         self.status
     }
 
-    /// The body: none at all for a 204 or 304, whatever was given.
+    /// The `Content-Type` it is sent with.
     pub(crate) fn content_type(&self) -> &'static str {
         self.content_type
     }
 
+    /// The body: none at all for a 204 or 304, whatever was given.
     pub(crate) fn body(&self) -> &[u8] {
         if self.has_body() { &self.body } else { &[] }
     }

@@ -22,6 +22,8 @@ pub(crate) struct LineBuffer {
     /// Bytes examined by the `\n` search, for the checks that keep it
     /// linear (a unit test, and the `lines` fuzz target).
     examined: usize,
+    /// Bytes moved to the front by compaction, for the same checks.
+    moved: usize,
 }
 
 impl LineBuffer {
@@ -85,6 +87,13 @@ impl LineBuffer {
         self.examined
     }
 
+    /// Bytes compaction has moved so far. When every whole line is taken
+    /// before the next [`extend`](Self::extend) (as the client does), at
+    /// most the bytes extended: each byte moved at most once.
+    pub(crate) fn moved(&self) -> usize {
+        self.moved
+    }
+
     /// Drops consumed bytes and, when the capacity is above `keep` while at
     /// most `keep / 4` bytes are buffered, gives the memory back (a burst is
     /// over). Call it when no whole line is left, e.g. before the next read:
@@ -98,9 +107,14 @@ impl LineBuffer {
 
     /// Moves the unreturned bytes to the front.
     fn compact(&mut self) {
+        if self.start == 0 {
+            // Nothing returned since the last compaction: nothing to drop.
+            return;
+        }
         if self.start == self.bytes.len() {
             self.bytes.clear();
         } else {
+            self.moved += self.bytes.len() - self.start;
             self.bytes.drain(..self.start);
         }
         self.scanned -= self.start.min(self.scanned);

@@ -1132,6 +1132,27 @@ mod tests {
     }
 
     #[test]
+    fn deep_nesting_is_refused_alike_and_never_overflows() {
+        // serde_json's recursion limit (128) bounds both readers' descent;
+        // they must draw the line at the same depth, and a megabyte of
+        // brackets is an error, not a stack overflow.
+        let name = OsStr::new("heartbeat-1-x.json");
+        let beat = r#""pid": 1, "timestamp": "2026-05-02T15:14:30Z""#;
+        for (key, open, close) in [("x", "[", "]"), ("x", r#"{"a":"#, "}"), ("metadata", r#"{"a":"#, "}")] {
+            for depth in [1, 126, 127, 500_000] {
+                let json = format!("{{{beat}, {key:?}: {}1{}}}", open.repeat(depth), close.repeat(depth));
+                let scanner = Record::parse(json.as_bytes(), name, None);
+                assert_eq!(scanner.is_ok(), depth <= 126, "{key} {open} x{depth}: {:?}", scanner.err());
+                assert_eq!(
+                    HeartbeatStateReader::refuses(json.as_bytes()),
+                    depth > 126,
+                    "{key} {open} x{depth}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn fields_no_verdict_uses_are_still_checked() {
         let name = OsStr::new("heartbeat-7-x.json");
         let beat = r#""pid": 7, "last_refresh": "2026-05-02T15:14:30Z""#;
