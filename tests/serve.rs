@@ -486,6 +486,30 @@ fn pipe_bytes(pipe: &impl std::os::fd::AsRawFd) -> usize {
     usize::try_from(n).unwrap()
 }
 
+/// Runs `step` (at most `steps` times) until the pipe of `size` bytes holds
+/// more than `size - slack` bytes and has stayed unchanged for 20 steps:
+/// whoever writes into it is then blocked.
+fn until_full(
+    pipe: &impl std::os::fd::AsRawFd,
+    size: usize,
+    slack: usize,
+    steps: u32,
+    mut step: impl FnMut(),
+) {
+    let mut unchanged = 0;
+    let mut before = pipe_bytes(pipe);
+    for _ in 0..steps {
+        step();
+        let now = pipe_bytes(pipe);
+        unchanged = if now == before && now + slack > size { unchanged + 1 } else { 0 };
+        before = now;
+        if unchanged == 20 {
+            return;
+        }
+    }
+    panic!("the pipe never filled: {before} of {size} bytes");
+}
+
 #[test]
 fn serve_with_a_stdout_nobody_reads_still_stops_on_sigterm() {
     let mut child = heartbeat()
@@ -513,19 +537,7 @@ fn serve_with_a_stdout_nobody_reads_still_stops_on_sigterm() {
 
     // Joins and leaves until the pipe is full and stays full: whatever
     // prints the events is then blocked in a write.
-    let mut unchanged = 0;
-    let mut before = pipe_bytes(&stdout);
-    for _ in 0..2000 {
-        let (_, stream) = join(hub, "regtest", false);
-        drop(stream);
-        let now = pipe_bytes(&stdout);
-        unchanged = if now == before && now + 512 > size { unchanged + 1 } else { 0 };
-        before = now;
-        if unchanged == 20 {
-            break;
-        }
-    }
-    assert_eq!(unchanged, 20, "the pipe never filled: {before} of {size} bytes");
+    until_full(&stdout, size, 512, 2000, || drop(join(hub, "regtest", false)));
 
     child.signal(libc::SIGTERM);
     assert!(child.wait_bounded(BOUND, "serve with a full stdout").success());
@@ -592,18 +604,7 @@ fn peer_with_a_stdout_nobody_reads_still_stops_on_sigterm() {
         wire::encode(wire::PUBMSG, &line, &mut out);
         sender.write_all(&out).unwrap();
     }
-    let mut unchanged = 0;
-    let mut before = pipe_bytes(&stdout);
-    for _ in 0..1000 {
-        thread::sleep(Duration::from_millis(10));
-        let now = pipe_bytes(&stdout);
-        unchanged = if now == before && now + 1024 > size { unchanged + 1 } else { 0 };
-        before = now;
-        if unchanged == 20 {
-            break;
-        }
-    }
-    assert_eq!(unchanged, 20, "the pipe never filled: {before} of {size} bytes");
+    until_full(&stdout, size, 1024, 1000, || thread::sleep(Duration::from_millis(10)));
 
     child.signal(libc::SIGTERM);
     assert!(child.wait_bounded(BOUND, "peer with a full stdout").success());
