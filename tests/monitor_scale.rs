@@ -367,14 +367,19 @@ fn ten_thousand_random_sessions_agree_with_the_seeds_rules_at_every_sweep() {
     );
 }
 
-fn phi_session(config: PhiConfig) -> (Arc<ManualClock>, Monitor) {
-    let clock = ManualClock::new();
-    let monitor = Monitor::builder()
+/// A monitor of phi sessions with `config`, swept every 100 ms, on `clock`.
+fn phi_monitor(clock: &Arc<ManualClock>, config: PhiConfig) -> Monitor {
+    Monitor::builder()
         .clock(clock.clone())
         .check_interval(Duration::from_millis(100))
         .detector(Detector::Phi(config))
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+fn phi_session(config: PhiConfig) -> (Arc<ManualClock>, Monitor) {
+    let clock = ManualClock::new();
+    let monitor = phi_monitor(&clock, config);
     monitor.register("p", "worker");
     assert!(monitor.beat("p")); // the first beat only sets the time
     (clock, monitor)
@@ -603,12 +608,7 @@ fn a_warned_phi_session_that_fails_or_is_touched_is_warned_again_in_time() {
             threshold: 8.0,
             ..PhiConfig::default()
         };
-        let monitor = Monitor::builder()
-            .clock(clock.clone())
-            .check_interval(Duration::from_millis(100))
-            .detector(Detector::Phi(config))
-            .build()
-            .unwrap();
+        let monitor = phi_monitor(&clock, config);
         let events = monitor.subscribe();
         monitor.register("p", "agent");
         let step = Duration::from_millis(100);

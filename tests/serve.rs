@@ -486,6 +486,15 @@ fn pipe_bytes(pipe: &impl std::os::fd::AsRawFd) -> usize {
     usize::try_from(n).unwrap()
 }
 
+/// Shrinks `pipe` to the smallest size there is (4 KiB), so that a few
+/// events fill it; its size.
+fn smallest_pipe(pipe: &impl std::os::fd::AsRawFd) -> usize {
+    // SAFETY: fcntl on a pipe descriptor the test owns.
+    let size = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    assert!(size >= 4096, "F_SETPIPE_SZ: {}", std::io::Error::last_os_error());
+    usize::try_from(size).unwrap()
+}
+
 /// Runs `step` (at most `steps` times) until the pipe of `size` bytes holds
 /// more than `size - slack` bytes and has stayed unchanged for 20 steps:
 /// whoever writes into it is then blocked.
@@ -520,11 +529,7 @@ fn serve_with_a_stdout_nobody_reads_still_stops_on_sigterm() {
         .unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let mut child = Spawned(child);
-    // The smallest pipe there is, so a few events fill it.
-    // SAFETY: fcntl on a pipe descriptor this test owns.
-    let size = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&stdout), libc::F_SETPIPE_SZ, 4096) };
-    assert!(size >= 4096, "F_SETPIPE_SZ: {}", std::io::Error::last_os_error());
-    let size = usize::try_from(size).unwrap();
+    let size = smallest_pipe(&stdout);
     // The first line only, byte by byte: the rest stays in the pipe.
     let mut first = Vec::new();
     let mut byte = [0u8; 1];
@@ -588,9 +593,7 @@ fn peer_with_a_stdout_nobody_reads_still_stops_on_sigterm() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut child = Spawned(child);
-    // SAFETY: fcntl on a pipe descriptor this test owns.
-    let size = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&stdout), libc::F_SETPIPE_SZ, 4096) };
-    let size = usize::try_from(size).expect("F_SETPIPE_SZ");
+    let size = smallest_pipe(&stdout);
     eventually("the peer joined", || (hub.peer_count() > 0).then_some(()));
 
     // Another peer's PUBMSGs (the hub relays 30 a minute), relayed to it:
