@@ -701,6 +701,9 @@ fn section_7_ng_captured_bytes_are_produced_byte_for_byte() {
     );
     assert_eq!(m.kinds(), [wire::DN_HANDSHAKE, wire::PUBMSG, wire::PEERLIST], "{:?}", m.lines());
     assert_eq!(x.kinds(), [wire::DN_HANDSHAKE, wire::PUBMSG], "{:?}", x.lines());
+    // The hub counts notice lines after writing them: a client can read its
+    // line a moment before the count moves.
+    eventually("both notice lines counted", || hub.counters().notices >= 2);
     let counters = hub.counters();
     assert_eq!(
         (counters.relayed_pubmsg, counters.relayed_privmsg, counters.deliveries),
@@ -1128,6 +1131,7 @@ fn disconnect_closes_and_a_departed_maker_is_announced_a_taker_is_not() {
         assert_eq!(watcher.gone_entries(), [leaving.gone()]);
         events.assert_only_joined(&watcher.nick);
     }
+    eventually("both notice lines counted", || hub.counters().notices >= 2);
     let counters = hub.counters();
     assert_eq!((counters.left, counters.notices), (2, 2), "{counters:?}");
     assert_eq!(hub.peer_count(), 2);
@@ -1157,6 +1161,7 @@ fn announce_takers_announces_departed_takers_too() {
         assert_eq!(watcher.gone_entries(), expected);
     }
     // The taker's notice went to the maker still there too.
+    eventually("every notice line counted", || hub.counters().notices >= 3 + 2);
     assert_eq!(hub.counters().notices, 3 + 2);
 }
 
