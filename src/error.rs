@@ -103,6 +103,15 @@ pub enum Error {
         /// The new writer's pid, as its lock file says.
         by: Option<u32>,
     },
+    /// An etcd request failed ([`etcd`](crate::etcd)): no endpoint could be
+    /// reached, or one answered with an error.
+    Etcd {
+        /// The endpoint that answered last (or the last one tried).
+        endpoint: String,
+        /// What went wrong: the connection error, or the HTTP status and
+        /// etcd's own message.
+        what: String,
+    },
 }
 
 /// A duration as people read it: `0.250s`, `42.000s`, `5m 3s`, `3h 5m`,
@@ -200,6 +209,7 @@ impl fmt::Display for Error {
                     PidSuffix(*by)
                 )
             }
+            Error::Etcd { endpoint, what } => write!(f, "etcd at {endpoint}: {what}"),
         }
     }
 }

@@ -14,6 +14,8 @@
 //! - **Peers over TCP:** [`peer::Hub`], a presence server speaking the
 //!   JoinMarket directory-node heartbeat, and [`peer::PeerClient`]; both
 //!   sides of JMP-0005 nick authentication ([`peer::auth`]).
+//! - **Across machines:** [`etcd`] publishes processes, sessions and peers
+//!   to an etcd cluster, one lease per process, and reads them back.
 //! - **An HTTP front of our own** ([`http::HttpServer`]): one mio thread for
 //!   every connection, every client-grown resource bounded; the hub's status
 //!   endpoint runs on it.
@@ -58,6 +60,7 @@ mod builder;
 pub mod capi;
 mod clock;
 mod error;
+pub mod etcd;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;

@@ -120,6 +120,7 @@ pub fn code_of(e: &Error) -> hb_result {
         Error::ClockSkew { .. } => HB_ERR_CLOCK_SKEW,
         Error::AlreadyRunning | Error::Locked { .. } => HB_ERR_ALREADY_RUNNING,
         Error::TakenOver { .. } => HB_ERR_IO,
+        Error::Etcd { .. } => HB_ERR_IO,
         Error::ShutDown => HB_ERR_SHUT_DOWN,
         Error::InvalidConfig(_) => HB_ERR_INVALID_ARGUMENT,
     }

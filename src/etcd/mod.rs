@@ -1,0 +1,93 @@
+//! Presence across machines, published to etcd.
+//!
+//! Heartbeat files, the [`Monitor`](crate::Monitor) and the
+//! [`Hub`](crate::peer::Hub) each know one host. To see who is alive
+//! across many, processes publish their presence to an etcd cluster under
+//! a lease: a key written under a lease disappears when the lease is not
+//! kept alive, so a crashed or frozen process drops out by itself.
+//!
+//! - [`Client`]: a small blocking client for etcd's v3 JSON gateway (grant,
+//!   keep-alive, revoke, put, transactions, range, delete, watch), with a
+//!   timeout on every request and failover across endpoints.
+//! - [`Presence`]: **one lease per process**, kept alive every TTL/3 by a
+//!   thread of its own, with every key the process publishes attached to it.
+//!   etcd copes badly with many leases (keep-alives fail at tens of
+//!   thousands), so sessions and peers are keys under their process's
+//!   lease, never leases of their own.
+//!
+//! # Keys
+//! Under a prefix ([`DEFAULT_PREFIX`], `heartbeat/`):
+//!
+//! | key | value | written |
+//! |---|---|---|
+//! | `<prefix>hosts/<host>/<pid>-<uuid>` | the process's heartbeat JSON (the file schema) | every beat |
+//! | `<prefix>sessions/<host>/<pid>-<uuid>/<session>` | a monitor's session | on change |
+//! | `<prefix>peers/<host>/<pid>-<uuid>/<nick>` | a hub's peer | on change |
+//!
+//! etcd down never stops local liveness: files are still written and the
+//! monitor still sweeps; the presence thread retries with backoff and, when
+//! its lease was lost meanwhile, grants a new one and writes every key again.
+
+mod client;
+mod presence;
+
+pub use client::{
+    Client, DEFAULT_ETCD_TIMEOUT, KeyValue, Lease, MAX_TXN_OPS, Op, Range, WatchBatch, WatchEvent,
+    WatchStream,
+};
+pub use presence::{MIN_TTL, Presence, PresenceState, PresenceStatus};
+
+use crate::error::{Error, Result};
+
+/// The prefix every key goes under unless told otherwise.
+pub const DEFAULT_PREFIX: &str = "heartbeat/";
+
+/// Checks a key prefix: 1 to 128 printable ASCII bytes without spaces.
+pub fn check_prefix(prefix: &str) -> Result<()> {
+    if prefix.is_empty() || prefix.len() > 128 || !prefix.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::InvalidConfig(format!(
+            "etcd prefix {prefix:?} must be 1 to 128 printable ASCII bytes without spaces"
+        )));
+    }
+    Ok(())
+}
+
+/// Who publishes: `<host>/<pid>-<uuid>`, the part every key of one process
+/// shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publisher {
+    /// The host name (a `/` in it is replaced by `_`).
+    pub host: String,
+    /// The process id.
+    pub pid: u32,
+    /// The run id: tells two processes that had the same pid apart.
+    pub uuid: String,
+}
+
+impl Publisher {
+    /// This process, with `uuid` as its run id.
+    pub fn this_process(uuid: impl Into<String>) -> Publisher {
+        let host = crate::process::hostname().replace('/', "_");
+        Publisher { host, pid: std::process::id(), uuid: uuid.into() }
+    }
+
+    /// `<host>/<pid>-<uuid>`.
+    pub fn id(&self) -> String {
+        format!("{}/{}-{}", self.host, self.pid, self.uuid)
+    }
+
+    /// The process's own key: `<prefix>hosts/<host>/<pid>-<uuid>`.
+    pub fn process_key(&self, prefix: &str) -> String {
+        format!("{prefix}hosts/{}", self.id())
+    }
+
+    /// A session's key: `<prefix>sessions/<host>/<pid>-<uuid>/<session>`.
+    pub fn session_key(&self, prefix: &str, session: &str) -> String {
+        format!("{prefix}sessions/{}/{session}", self.id())
+    }
+
+    /// A peer's key: `<prefix>peers/<host>/<pid>-<uuid>/<nick>`.
+    pub fn peer_key(&self, prefix: &str, nick: &str) -> String {
+        format!("{prefix}peers/{}/{nick}", self.id())
+    }
+}
