@@ -91,3 +91,28 @@ impl Publisher {
         format!("{prefix}peers/{}/{nick}", self.id())
     }
 }
+
+/// What a monitor publishes for a session, and a hub for a peer: the value
+/// of a `sessions/...` or `peers/...` key, as JSON. Written on change only
+/// (join, leave, state change), never on every beat: the member is as alive
+/// as its owner's process key (`hosts/<owner>`) says, in the state given.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemberRecord {
+    /// `session` or `peer`.
+    pub kind: String,
+    /// The session id, or the peer's nick.
+    pub id: String,
+    /// The publisher, `<host>/<pid>-<uuid>` ([`Publisher::id`]).
+    pub owner: String,
+    /// `alive` while healthy; any other word (`warning`, `failed`, ...)
+    /// says why not.
+    pub state: String,
+    /// When it entered this state (RFC 3339, UTC).
+    pub since: String,
+    /// Anything else worth showing (agent type, location, ...).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub detail: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The state word of a healthy member.
+pub const ALIVE: &str = "alive";
