@@ -303,6 +303,7 @@ fn once_with_etcd_leaves_the_key_to_expire_on_its_lease() {
             .args(["beat", "--once", "--interval", "1", "--etcd", &etcd.url(), "--etcd-prefix", "cron/"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
