@@ -14,7 +14,7 @@ use heartbeat::{Beater, process};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 
-/// Keep a heartbeat file fresh until SIGINT/SIGTERM/SIGHUP/SIGQUIT, or while COMMAND runs.
+/// Keep a heartbeat file (or etcd key) fresh until SIGINT/SIGTERM/SIGHUP/SIGQUIT, or while COMMAND runs.
 ///
 /// One beater per FILE: a second `beat` on the same FILE is refused (an
 /// advisory lock on FILE.lock, held while the first runs and released by
