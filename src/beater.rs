@@ -1,5 +1,6 @@
 //! The `Beater`: one owned thread that proves this process is alive by
-//! rewriting its heartbeat file every interval.
+//! rewriting its heartbeat file every interval, and, when asked, its key in
+//! etcd.
 
 use std::cell::Cell;
 use std::fmt;
@@ -15,6 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::{Error, Result};
+use crate::etcd::{self, Client, Presence, Publisher};
 use crate::state::{HeartbeatState, MAX_STATE_BYTES, WriteOptions, write_atomic};
 use crate::systemd::Notifier;
 use crate::ticker::{Ticker, contained};
@@ -69,6 +71,16 @@ pub struct BeaterBuilder {
     systemd: bool,
     lock: FileLock,
     clock: SharedClock,
+    etcd: Option<EtcdChoice>,
+    etcd_prefix: String,
+}
+
+/// How a beater was asked to reach etcd.
+enum EtcdChoice {
+    /// A presence shared with other publishers of this process.
+    Shared(Presence),
+    /// A client: the beater keeps a presence (a lease) of its own.
+    Own(Client),
 }
 
 /// Whether a beater locks its heartbeat file against other beaters.
@@ -217,6 +229,44 @@ impl BeaterBuilder {
         self
     }
 
+    /// Also publish each beat to etcd through `client`, under a lease of the
+    /// beater's own: the key `<prefix>hosts/<host>/<pid>-<uuid>`
+    /// ([`Publisher::process_key`], prefix from
+    /// [`etcd_prefix`](Self::etcd_prefix)) holds the same heartbeat JSON as
+    /// the file, rewritten every beat. Besides the file, or instead of it
+    /// when no file or directory is given.
+    ///
+    /// The lease's TTL is 3 intervals (at least [`etcd::MIN_TTL`]), so a
+    /// crashed or frozen process drops out of etcd within 3 intervals. The
+    /// [`Presence`] is started with the first beat and stopped by a clean
+    /// stop, which revokes the lease: the key goes at once. Publishing never
+    /// holds a beat up: etcd down or slow makes no beat fail and calls no
+    /// `on_missed_beat`; the presence retries on its own thread and logs
+    /// its state changes. Replaces an earlier [`etcd`](Self::etcd).
+    pub fn etcd_client(mut self, client: Client) -> Self {
+        self.etcd = Some(EtcdChoice::Own(client));
+        self
+    }
+
+    /// Also publish each beat to etcd through `presence`, a lease this
+    /// process already holds (shared with a monitor or a hub in the same
+    /// process: one lease per process). The key and value are those of
+    /// [`etcd_client`](Self::etcd_client); a clean stop removes only this
+    /// beater's key and leaves the lease and its other keys alone. Replaces
+    /// an earlier [`etcd_client`](Self::etcd_client).
+    pub fn etcd(mut self, presence: Presence) -> Self {
+        self.etcd = Some(EtcdChoice::Shared(presence));
+        self
+    }
+
+    /// The prefix of the etcd key; default [`etcd::DEFAULT_PREFIX`]
+    /// (`heartbeat/`). Checked at [`build`](Self::build) with
+    /// [`etcd::check_prefix`].
+    pub fn etcd_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.etcd_prefix = prefix.into();
+        self
+    }
+
     /// Checks the configuration and builds the beater (not yet started).
     pub fn build(self) -> Result<Beater> {
         let interval = clamp_interval(self.interval);
@@ -250,6 +300,25 @@ impl BeaterBuilder {
                 (Some(dir.join(format!("heartbeat-{}-{uuid}.json", state.pid))), true)
             }
         };
+        // Checked before the lock is taken: a bad prefix must not take a
+        // file over from another beater.
+        let etcd = match self.etcd {
+            None => None,
+            Some(choice) => {
+                etcd::check_prefix(&self.etcd_prefix)?;
+                let uuid = state.uuid.clone().expect("for_current_process sets a uuid");
+                let key = Publisher::this_process(uuid).process_key(&self.etcd_prefix);
+                let presence = match choice {
+                    EtcdChoice::Shared(presence) => EtcdPresence::Shared(presence),
+                    EtcdChoice::Own(client) => EtcdPresence::Own {
+                        client,
+                        ttl: (interval * 3).max(etcd::MIN_TTL),
+                        running: Mutex::new(None),
+                    },
+                };
+                Some(EtcdLink { key, presence })
+            }
+        };
         let lock = match (&path, &self.location, self.lock) {
             (Some(path), Location::File(_), FileLock::Exclusive | FileLock::TakeOver) => {
                 Some(LockFile::acquire(path, self.lock == FileLock::TakeOver)?)
@@ -273,6 +342,7 @@ impl BeaterBuilder {
                 target: self.target,
                 on_target_dead: self.on_target_dead,
                 clock: self.clock,
+                etcd,
                 writer: Mutex::new(Writer { state, buf: Vec::with_capacity(512), notifier, lock }),
                 worker: Mutex::new(None),
                 stop_requested: AtomicBool::new(false),
@@ -321,6 +391,8 @@ struct Inner {
     target: Option<(Arc<dyn Target>, &'static str)>,
     on_target_dead: Option<Callback>,
     clock: SharedClock,
+    /// Where beats are published in etcd, if they are.
+    etcd: Option<EtcdLink>,
     /// The state template, the serialization buffer and the systemd socket:
     /// one beat at a time, whether from the thread or from `beat()`.
     writer: Mutex<Writer>,
@@ -330,6 +402,62 @@ struct Inner {
     /// Set by `stop()` called from a callback on the beat thread.
     stop_requested: AtomicBool,
     shutdown: AtomicBool,
+}
+
+/// A beater's key in etcd, and the presence that publishes it.
+struct EtcdLink {
+    key: String,
+    presence: EtcdPresence,
+}
+
+enum EtcdPresence {
+    /// Given by the user, shared: a stop removes only our key.
+    Shared(Presence),
+    /// Ours: started by the first beat, stopped (lease revoked) by a stop.
+    Own { client: Client, ttl: Duration, running: Mutex<Option<Presence>> },
+}
+
+impl EtcdLink {
+    /// Publishes `json` under our key. Never waits for etcd: `Presence::set`
+    /// records the value and wakes the presence thread.
+    fn publish(&self, json: &[u8]) -> Result<()> {
+        match &self.presence {
+            EtcdPresence::Shared(p) => p.set(self.key.as_str(), json),
+            EtcdPresence::Own { client, ttl, running } => {
+                let mut running = running.lock();
+                if running.is_none() {
+                    log::info!("publishing to etcd at {} as {}", client.endpoints().join(","), self.key);
+                    *running = Some(Presence::start(client.clone(), *ttl)?);
+                }
+                if let Some(p) = running.as_ref() {
+                    p.set(self.key.as_str(), json);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A clean stop: our own presence is stopped (its lease revoked, the key
+    /// gone at once); from a shared one, only our key is removed.
+    fn withdraw(&self) {
+        match &self.presence {
+            EtcdPresence::Shared(p) => p.remove(&self.key),
+            EtcdPresence::Own { running, .. } => {
+                // Taken out first: a stop waits for the revoke, never under the lock.
+                let presence = running.lock().take();
+                if let Some(p) = presence {
+                    p.stop();
+                }
+            }
+        }
+    }
+
+    fn presence(&self) -> Option<Presence> {
+        match &self.presence {
+            EtcdPresence::Shared(p) => Some(p.clone()),
+            EtcdPresence::Own { running, .. } => running.lock().clone(),
+        }
+    }
 }
 
 struct Writer {
@@ -473,6 +601,8 @@ impl Beater {
             systemd: false,
             lock: FileLock::None,
             clock: Arc::new(SystemClock),
+            etcd: None,
+            etcd_prefix: etcd::DEFAULT_PREFIX.to_owned(),
         }
     }
 
@@ -485,6 +615,21 @@ impl Beater {
     /// The interval in force, after clamping.
     pub fn interval(&self) -> Duration {
         self.inner.interval
+    }
+
+    /// The etcd key beats are published under
+    /// (`<prefix>hosts/<host>/<pid>-<uuid>`), if they are.
+    pub fn etcd_key(&self) -> Option<&str> {
+        self.inner.etcd.as_ref().map(|e| e.key.as_str())
+    }
+
+    /// The [`Presence`] publishing this beater's key, for its
+    /// [`status`](Presence::status): the one given to
+    /// [`BeaterBuilder::etcd`], or the beater's own while it runs (from its
+    /// first beat to its stop; `None` before and after). A handle on it:
+    /// stopping or dropping it early ends the beater's publishing too.
+    pub fn presence(&self) -> Option<Presence> {
+        self.inner.etcd.as_ref().and_then(EtcdLink::presence)
     }
 
     /// This process run's uuid, as written in the file.
@@ -542,9 +687,13 @@ impl Beater {
 
     /// Stops the beat thread and waits for it to finish its current beat;
     /// never waits out an interval. With `remove_on_stop`, the file is gone
-    /// when this returns. Safe to call any number of times, and when never
-    /// started. Called from one of this beater's callbacks, it asks the
-    /// thread to stop once the callback returns.
+    /// when this returns. The etcd key (if any) is withdrawn: the beater's
+    /// own lease is revoked before this returns (a request to etcd, bounded
+    /// by the client's timeout per endpoint), so the key is gone at once; a
+    /// shared [`Presence`] is told to delete the key. Safe to call any
+    /// number of times, and when never started. Called from one of this
+    /// beater's callbacks, it asks the thread to stop once the callback
+    /// returns.
     pub fn stop(&self) {
         if self.on_beat_thread() {
             self.inner.stop_requested.store(true, Ordering::SeqCst);
@@ -556,6 +705,10 @@ impl Beater {
             if w.handle.join().is_err() {
                 log::error!("heartbeat beat thread panicked");
             }
+        }
+        // Also after a `beat()` without the thread, and after a panicked thread.
+        if let Some(etcd) = &self.inner.etcd {
+            etcd.withdraw();
         }
     }
 
@@ -583,7 +736,10 @@ impl Beater {
 
     /// Writes a beat now, on the calling thread, whether or not the thread
     /// runs. Callbacks are not called; the error is returned instead.
-    /// Without a state file this only notifies systemd (when enabled).
+    /// With etcd, the key is set too (without waiting for etcd: the first
+    /// call starts the beater's own [`Presence`], which a [`stop`](Self::stop)
+    /// or the drop of the beater revokes). Without a state file or etcd this
+    /// only notifies systemd (when enabled).
     pub fn beat(&self) -> Result<()> {
         self.inner.write_beat()
     }
@@ -605,6 +761,7 @@ impl fmt::Debug for Beater {
         f.debug_struct("Beater")
             .field("state_file", &self.inner.path)
             .field("interval", &self.inner.interval)
+            .field("etcd_key", &self.etcd_key())
             .field("running", &self.is_running())
             .finish_non_exhaustive()
     }
@@ -667,13 +824,7 @@ impl Inner {
     fn write_beat(&self) -> Result<()> {
         let mut guard = self.writer.lock();
         let w = &mut *guard;
-        if let Some(lock) = &w.lock
-            && !lock.is_current()
-        {
-            let by = LockFile::holder(&lock.path);
-            return Err(Error::TakenOver { path: self.path.clone().unwrap_or_default(), by });
-        }
-        if let Some(path) = &self.path {
+        if self.path.is_some() || self.etcd.is_some() {
             w.state.last_beat = self.clock.wall();
             w.buf.clear();
             w.state.write_json(&mut w.buf);
@@ -685,6 +836,24 @@ impl Inner {
                     w.buf.len()
                 )));
             }
+        }
+        // Before the file, and whatever becomes of it: etcd and the file are
+        // two views of the same beat, and `publish` never waits for etcd.
+        if let Some(etcd) = &self.etcd
+            && let Err(e) = etcd.publish(&w.buf)
+        {
+            // Only when the presence thread cannot be spawned: local
+            // liveness goes on, and the next beat tries again.
+            log::warn!("cannot publish the heartbeat to etcd: {e}");
+        }
+        // Taken over, the file is another beater's; our etcd key is still ours.
+        if let Some(lock) = &w.lock
+            && !lock.is_current()
+        {
+            let by = LockFile::holder(&lock.path);
+            return Err(Error::TakenOver { path: self.path.clone().unwrap_or_default(), by });
+        }
+        if let Some(path) = &self.path {
             write_atomic(path, &w.buf, self.write)?;
         }
         if let Some(n) = &mut w.notifier
@@ -698,6 +867,9 @@ impl Inner {
     /// Runs on the beat thread as it ends. No `STOPPING=1` to systemd: a
     /// stopped beater says nothing about whether the service is stopping.
     fn finish(&self) {
+        if let Some(etcd) = &self.etcd {
+            etcd.withdraw();
+        }
         let taken_over = self.writer.lock().lock.as_ref().is_some_and(|l| !l.is_current());
         if self.remove_on_stop
             && !taken_over
@@ -706,6 +878,17 @@ impl Inner {
             && e.kind() != std::io::ErrorKind::NotFound
         {
             log::warn!("cannot remove heartbeat file {}: {e}", path.display());
+        }
+    }
+}
+
+impl Drop for Inner {
+    /// The last handle is gone: a beat made by `beat()` alone (no thread,
+    /// no stop) must not leave the key behind in a shared presence, nor our
+    /// own lease alive while someone holds a handle on it.
+    fn drop(&mut self) {
+        if let Some(etcd) = &self.etcd {
+            etcd.withdraw();
         }
     }
 }

@@ -1,5 +1,5 @@
-//! `heartbeat beat`: keep a heartbeat file fresh until told to stop, or for
-//! as long as a wrapped command runs.
+//! `heartbeat beat`: keep a heartbeat file (and/or an etcd key) fresh until
+//! told to stop, or for as long as a wrapped command runs.
 
 use std::ffi::OsString;
 use std::io;
@@ -9,16 +9,26 @@ use std::process::{Command, ExitCode, ExitStatus};
 use std::time::Duration;
 
 use clap::Args;
+use heartbeat::etcd::{self, Client};
 use heartbeat::{Beater, process};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 
-/// Keep a heartbeat file fresh until SIGINT/SIGTERM/SIGHUP/SIGQUIT, or while COMMAND runs.
+/// Keep a heartbeat file (or etcd key) fresh until SIGINT/SIGTERM/SIGHUP/SIGQUIT, or while COMMAND runs.
 ///
 /// One beater per FILE: a second `beat` on the same FILE is refused (an
 /// advisory lock on FILE.lock, held while the first runs and released by
 /// the kernel when it exits, crash included) unless it is given --take-over.
 /// With --once, writes one beat and exits: for cron jobs and scripts.
+///
+/// With --etcd, also publishes the beat to etcd (instead of a file when no
+/// FILE or --dir is given): the key PREFIXhosts/HOST/PID-UUID holds the
+/// heartbeat JSON, rewritten every beat under a lease of 3 intervals. A
+/// clean stop (signal, COMMAND exit) revokes the lease, so the key goes at
+/// once; a crash or a freeze lets it expire. etcd down never stops the file
+/// or fails a beat: it is retried with backoff, and its state changes are
+/// logged. With --once, the key is written under a fresh lease and left to
+/// expire after 3 intervals.
 ///
 /// With a COMMAND, runs it as a child, beats while it lives, forwards SIGINT,
 /// SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to it, removes the file when
@@ -30,16 +40,19 @@ Examples:
   heartbeat beat /tmp/worker.json -- python3 worker.py --queue jobs
   heartbeat beat --dir /run/myapp/wrappers --systemd
   heartbeat beat /var/lib/backup/heartbeat.json --once   # at the end of a cron job
+  heartbeat beat --etcd http://10.0.0.1:2379,http://10.0.0.2:2379 --interval 5
 
 Exit codes: 0 after a clean stop on a signal; with a COMMAND, the
 command's own code, 128+N if a signal N killed it, 126 if it could not be
 run, 127 if it was not found, 125 if heartbeat itself failed; without one,
 1 if heartbeat failed (another beater holds FILE; the file cannot be
-written; it was taken over). --once: 0 once the beat is written, 1 if not.
-Bad arguments exit 2.")]
+written; it was taken over). --once: 0 once the beat is written (and, with
+--etcd, published within min(3 intervals, 10 s)), 1 if not. Bad arguments
+(an --etcd URL that is not http://HOST:PORT, a bad --etcd-prefix) exit 2.")]
 pub struct BeatArgs {
     /// The heartbeat file to write (parent directories are created).
-    #[arg(required_unless_present = "dir", conflicts_with = "dir")]
+    /// Optional with --etcd.
+    #[arg(required_unless_present_any = ["dir", "etcd"], conflicts_with = "dir")]
     file: Option<PathBuf>,
     /// Seconds between beats, clamped to [1, 300].
     #[arg(long, value_name = "S", default_value = "10", value_parser = super::parse_seconds)]
@@ -70,6 +83,14 @@ pub struct BeatArgs {
     /// on without the file).
     #[arg(long)]
     take_over: bool,
+    /// Also publish each beat to etcd at these endpoints (comma-separated
+    /// http://HOST:PORT), under a lease of 3 intervals.
+    #[arg(long, value_name = "URL[,URL...]", value_parser = parse_etcd)]
+    etcd: Option<Client>,
+    /// The prefix of the etcd key: PREFIXhosts/HOST/PID-UUID.
+    #[arg(long, value_name = "PREFIX", default_value = etcd::DEFAULT_PREFIX, requires = "etcd",
+          value_parser = parse_prefix)]
+    etcd_prefix: String,
     /// The command to run and watch, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<OsString>,
@@ -80,6 +101,14 @@ fn parse_meta(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err("not KEY=VALUE with a non-empty KEY".to_owned()),
     }
+}
+
+fn parse_etcd(s: &str) -> Result<Client, String> {
+    Client::from_list(s).map_err(|e| e.to_string())
+}
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    etcd::check_prefix(s).map(|()| s.to_owned()).map_err(|e| e.to_string())
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -113,8 +142,11 @@ pub fn run(args: BeatArgs) -> ExitCode {
     builder = match (&args.file, &args.dir) {
         (_, Some(dir)) => builder.directory(dir),
         (Some(file), None) => builder.state_file(file),
-        (None, None) => unreachable!("clap requires FILE unless --dir"),
+        (None, None) => builder, // etcd only: clap requires FILE unless --dir or --etcd
     };
+    if let Some(client) = &args.etcd {
+        builder = builder.etcd_client(client.clone()).etcd_prefix(&args.etcd_prefix);
+    }
     for (k, v) in &args.meta {
         builder = builder.metadata(k, v.as_str());
     }
@@ -124,7 +156,7 @@ pub fn run(args: BeatArgs) -> ExitCode {
     };
     if args.once {
         return match beater.beat() {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(()) => publish_once(&beater),
             Err(e) => failed(&e),
         };
     }
@@ -150,7 +182,12 @@ pub fn run(args: BeatArgs) -> ExitCode {
         Ok(g) => g,
         Err(e) => return failed(&e),
     };
-    let path = beater.state_file().map_or_else(|| "(no file)".into(), |p| p.display().to_string());
+    let path = match (beater.state_file(), beater.etcd_key()) {
+        (Some(p), Some(key)) => format!("{} and etcd key {key}", p.display()),
+        (Some(p), None) => p.display().to_string(),
+        (None, Some(key)) => format!("etcd key {key}"),
+        (None, None) => "(no file)".into(),
+    };
     log::info!(
         "beating {path} every {} (pid {})",
         heartbeat::HumanDuration(beater.interval()),
@@ -164,6 +201,30 @@ pub fn run(args: BeatArgs) -> ExitCode {
     super::notify_stopping(args.systemd);
     code
 }
+
+/// `--once` with `--etcd`: waits (bounded) until the key is in etcd, then
+/// leaves its lease to expire on its own (3 intervals) instead of revoking
+/// it, so that the beat stays visible as long as a running beater's would.
+fn publish_once(beater: &Beater) -> ExitCode {
+    let Some(presence) = beater.presence() else { return ExitCode::SUCCESS };
+    let bound = presence.ttl().min(ONCE_PUBLISH_BOUND);
+    let published = presence.wait_published(bound);
+    if published {
+        presence.abandon();
+        return ExitCode::SUCCESS;
+    }
+    let status = presence.status();
+    eprintln!(
+        "heartbeat beat: the beat was not published to etcd at {} within {}: {}",
+        status.endpoints.join(","),
+        heartbeat::HumanDuration(bound),
+        status.last_error.as_deref().unwrap_or("no answer")
+    );
+    ExitCode::from(1)
+}
+
+/// The longest `--once --etcd` waits for etcd.
+const ONCE_PUBLISH_BOUND: Duration = Duration::from_secs(10);
 
 /// Waits for a stop signal (exit 0), or for another beater to take the file
 /// over (exit 1).
@@ -248,5 +309,10 @@ mod tests {
         assert_eq!(parse_mode("0o600"), Ok(0o600));
         assert!(parse_mode("999").is_err());
         assert!(parse_mode("77777").is_err());
+        assert_eq!(parse_etcd("http://a:1, http://b:2").unwrap().endpoints().len(), 2);
+        assert!(parse_etcd("").is_err());
+        assert!(parse_etcd("ftp://a:1").is_err());
+        assert_eq!(parse_prefix("apps/heartbeat/").as_deref(), Ok("apps/heartbeat/"));
+        assert!(parse_prefix("with space").unwrap_err().contains("printable"));
     }
 }

@@ -17,7 +17,8 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "heartbeat", version, about, propagate_version = true)]
 #[command(after_help = "Logging goes to stderr and is set with RUST_LOG (e.g. RUST_LOG=debug); by
-default, warnings and a command's own lines about what it does.")]
+default, warnings, a command's own lines about what it does, and etcd
+presence state changes (up, down, up again).")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,12 +47,13 @@ enum Format {
 }
 
 /// The log filter without RUST_LOG.
-const DEFAULT_LOG: &str = "warn,heartbeat::cli=info";
+const DEFAULT_LOG: &str = "warn,heartbeat::cli=info,heartbeat::etcd=info";
 
 /// Parses the command line (exit 2 on bad arguments, clap's convention) and runs the command.
 pub fn main() -> ExitCode {
     // Warnings and errors, and the commands' own few lines about what they
-    // do (`beat` says where it writes): RUST_LOG replaces this.
+    // do (`beat` says where it writes), and etcd presence going up or
+    // down, once per change: RUST_LOG replaces this.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(DEFAULT_LOG)).init();
     match Cli::parse().command {
         Command::Beat(args) => beat::run(args),
