@@ -17,7 +17,8 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::RecvTimeoutError;
 use etcd_support::{Etcd, eventually};
 use heartbeat::etcd::{
-    EntryKind, EtcdEntry, EtcdEvent, EtcdScanner, EtcdWatch, EtcdWatchState, MemberRecord, Presence, Publisher,
+    EntryKind, EtcdEntry, EtcdEvent, EtcdScanner, EtcdWatch, EtcdWatchState, MemberRecord, Presence,
+    Publisher,
 };
 use heartbeat::{HeartbeatState, ScanStatus, format_timestamp};
 
@@ -106,7 +107,10 @@ fn scan_judges_processes_sessions_and_peers_and_ignores_garbage() {
     );
     assert_eq!(scan.fresh_count(), 3);
     let e = &scan.entries[0];
-    assert_eq!((e.host.as_str(), e.pid, e.uuid.as_str(), e.owner.as_str()), ("web-1", 101, "a", "web-1/101-a"));
+    assert_eq!(
+        (e.host.as_str(), e.pid, e.uuid.as_str(), e.owner.as_str()),
+        ("web-1", 101, "a", "web-1/101-a")
+    );
     assert_eq!(e.lease, p.status().lease.unwrap());
     assert!(e.why.contains("within 30.0s (3 of its intervals)"), "{}", e.why);
     assert!(scan.entries[1].why.contains("over 30.0s"), "{}", scan.entries[1].why);
@@ -119,9 +123,18 @@ fn scan_judges_processes_sessions_and_peers_and_ignores_garbage() {
     let ignored: Vec<(&str, &str)> =
         scan.ignored.iter().map(|i| (i.key.strip_prefix(pre).unwrap(), i.why.as_str())).collect();
     assert_eq!(ignored.len(), 3, "{ignored:?}");
-    assert!(ignored[0].0 == "hosts/web-5/105-e" && ignored[0].1.starts_with("not heartbeat JSON"), "{ignored:?}");
-    assert!(ignored[1].0 == "sessions/web-1/101-a/job-5" && ignored[1].1.contains("not an object"), "{ignored:?}");
-    assert!(ignored[2].0 == "something/else" && ignored[2].1.starts_with("not a key of the layout"), "{ignored:?}");
+    assert!(
+        ignored[0].0 == "hosts/web-5/105-e" && ignored[0].1.starts_with("not heartbeat JSON"),
+        "{ignored:?}"
+    );
+    assert!(
+        ignored[1].0 == "sessions/web-1/101-a/job-5" && ignored[1].1.contains("not an object"),
+        "{ignored:?}"
+    );
+    assert!(
+        ignored[2].0 == "something/else" && ignored[2].1.starts_with("not a key of the layout"),
+        "{ignored:?}"
+    );
 }
 
 /// Waits (bounded) for the next event that `pick` takes, returning the
@@ -222,16 +235,25 @@ fn the_watch_reports_appeared_changed_and_gone_but_not_rewrites() {
     }
     pa.set(a.session_key(pre, "s"), member("session", &a, "s", "alive"));
     let (e, _) = next_event(&watch, "the session alive again", |e| is_for(e, &a.session_key(pre, "s")));
-    assert!(matches!(e, EtcdEvent::Changed { from: ScanStatus::Stale, ref entry } if entry.status == ScanStatus::Fresh), "{e:?}");
+    assert!(
+        matches!(e, EtcdEvent::Changed { from: ScanStatus::Stale, ref entry } if entry.status == ScanStatus::Fresh),
+        "{e:?}"
+    );
 
     // a now says it beats every second, then stops beating but keeps its
     // lease: STALE 3 s after that beat by age alone (the watch re-judges
     // every second), and its session with it.
     pa.set(a.process_key(pre), heartbeat(&a, SystemTime::now(), sec(1)));
     let (e, _) = next_event(&watch, "a turning STALE", |e| is_for(e, &a.process_key(pre)));
-    assert!(matches!(e, EtcdEvent::Changed { from: ScanStatus::Fresh, ref entry } if entry.status == ScanStatus::Stale), "{e:?}");
+    assert!(
+        matches!(e, EtcdEvent::Changed { from: ScanStatus::Fresh, ref entry } if entry.status == ScanStatus::Stale),
+        "{e:?}"
+    );
     let (e, _) = next_event(&watch, "a's session turning STALE", |e| is_for(e, &a.session_key(pre, "s")));
-    assert!(matches!(e, EtcdEvent::Changed { ref entry, .. } if entry.why.contains("its process is STALE")), "{e:?}");
+    assert!(
+        matches!(e, EtcdEvent::Changed { ref entry, .. } if entry.why.contains("its process is STALE")),
+        "{e:?}"
+    );
 
     // Stopped cleanly: its lease is revoked, its key gone at once.
     pc.stop();
@@ -298,7 +320,10 @@ fn the_watch_resumes_after_etcd_was_down_past_the_ttl() {
     for _ in 0..2 {
         initial.push(next_event(&watch, "an initial event", |_| true).0);
     }
-    assert!(initial.iter().all(|e| matches!(e, EtcdEvent::Appeared(x) if x.status == ScanStatus::Fresh)), "{initial:?}");
+    assert!(
+        initial.iter().all(|e| matches!(e, EtcdEvent::Appeared(x) if x.status == ScanStatus::Fresh)),
+        "{initial:?}"
+    );
 
     etcd.stop();
     let (e, skipped) = next_event(&watch, "down", |e| matches!(e, EtcdEvent::Down(_)));
@@ -308,7 +333,11 @@ fn the_watch_resumes_after_etcd_was_down_past_the_ttl() {
     // The dier dies while etcd is down, and the outage outlasts every TTL.
     pd.abandon();
     thread::sleep(TTL + Duration::from_secs(1));
-    assert!(watch.events().is_empty(), "nothing is said while down: {:?}", watch.events().try_iter().collect::<Vec<_>>());
+    assert!(
+        watch.events().is_empty(),
+        "nothing is said while down: {:?}",
+        watch.events().try_iter().collect::<Vec<_>>()
+    );
     etcd.restart();
 
     // etcd renews every lease when it comes back, so the dier's goes one TTL
@@ -333,7 +362,10 @@ fn the_watch_resumes_after_etcd_was_down_past_the_ttl() {
     assert!(late.is_empty(), "{late:?}");
     let scan = scanner(&etcd, pre).scan().unwrap();
     assert_eq!(scan.entries.len(), 1);
-    assert_eq!((scan.entries[0].key.as_str(), scan.entries[0].status), (keeper.process_key(pre).as_str(), ScanStatus::Fresh));
+    assert_eq!(
+        (scan.entries[0].key.as_str(), scan.entries[0].status),
+        (keeper.process_key(pre).as_str(), ScanStatus::Fresh)
+    );
 }
 
 #[test]
@@ -347,7 +379,11 @@ fn scan_etcd_through_the_binary_lists_and_exits_as_scan() {
             .stdin(Stdio::null())
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     // Nobody yet: 1.
     let (code, stdout, _) = run(&[]);
@@ -372,10 +408,16 @@ fn scan_etcd_through_the_binary_lists_and_exits_as_scan() {
     let (code, stdout, _) = run(&["--format", "json"]);
     assert_eq!(code, Some(0));
     let first: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
-    assert_eq!((first["status"].as_str(), first["kind"].as_str(), first["pid"].as_u64()), (Some("fresh"), Some("process"), Some(4242)));
+    assert_eq!(
+        (first["status"].as_str(), first["kind"].as_str(), first["pid"].as_u64()),
+        (Some("fresh"), Some("process"), Some(4242))
+    );
 
     // An old beat: STALE, so nobody FRESH: 1 (the session follows its process).
-    p.set(w.process_key(pre), heartbeat(&w, SystemTime::now() - Duration::from_secs(600), Duration::from_secs(10)));
+    p.set(
+        w.process_key(pre),
+        heartbeat(&w, SystemTime::now() - Duration::from_secs(600), Duration::from_secs(10)),
+    );
     assert!(p.wait_published(BOUND));
     let (code, stdout, _) = run(&[]);
     assert_eq!(code, Some(1), "{stdout}");
@@ -385,7 +427,10 @@ fn scan_etcd_through_the_binary_lists_and_exits_as_scan() {
     let (code, _, stderr) = run(&["--cleanup"]);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("--cleanup does not apply to --etcd"), "{stderr}");
-    let dead = format!("http://127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+    let dead = format!(
+        "http://127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    );
     let out = child::heartbeat().args(["scan", "--etcd", &dead]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");

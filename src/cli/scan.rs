@@ -102,17 +102,12 @@ pub fn run(args: &ScanArgs) -> ExitCode {
     // Still an empty scan (the directory may be made later), but a typo must
     // not pass for "nobody is alive" in silence.
     if matches!(dir.try_exists(), Ok(false)) {
-        say(format_args!(
-            "{} does not exist{}",
-            path_text(dir),
-            if args.watch { " (yet)" } else { "" }
-        ));
+        say(format_args!("{} does not exist{}", path_text(dir), if args.watch { " (yet)" } else { "" }));
     }
-    let scanner =
-        match Scanner::builder(dir).stale_after(args.stale_after).interval(args.interval).build() {
-            Ok(s) => s,
-            Err(e) => return failed(&e),
-        };
+    let scanner = match Scanner::builder(dir).stale_after(args.stale_after).interval(args.interval).build() {
+        Ok(s) => s,
+        Err(e) => return failed(&e),
+    };
     if args.watch {
         watch(&scanner, args.format)
     } else if args.cleanup {

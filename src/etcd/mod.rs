@@ -41,8 +41,8 @@ pub use client::{
 };
 pub use presence::{MIN_TTL, Presence, PresenceState, PresenceStatus};
 pub use scan::{
-    DEFAULT_EVENT_CAPACITY, EntryKind, EtcdEntry, EtcdEvent, EtcdScan, EtcdScanner, EtcdScannerBuilder, EtcdWatch,
-    EtcdWatchState, EtcdWatchStatus, IgnoredKey, MAX_MEMBER_BYTES,
+    DEFAULT_EVENT_CAPACITY, EntryKind, EtcdEntry, EtcdEvent, EtcdScan, EtcdScanner, EtcdScannerBuilder,
+    EtcdWatch, EtcdWatchState, EtcdWatchStatus, IgnoredKey, MAX_MEMBER_BYTES,
 };
 
 use crate::error::{Error, Result};

@@ -477,12 +477,7 @@ struct Picture {
 
 impl Picture {
     fn new(prefix: &str, stale_after: Duration) -> Picture {
-        Picture {
-            prefix: prefix.to_owned(),
-            stale_after,
-            records: BTreeMap::new(),
-            ignored: BTreeMap::new(),
-        }
+        Picture { prefix: prefix.to_owned(), stale_after, records: BTreeMap::new(), ignored: BTreeMap::new() }
     }
 
     fn reset(&mut self, kvs: &[KeyValue]) {
@@ -499,7 +494,8 @@ impl Picture {
         match parse(&self.prefix, &key, kv) {
             Ok(parsed) => {
                 self.ignored.remove(&key);
-                self.records.insert(key.clone(), Record { parsed, lease: kv.lease, mod_revision: kv.mod_revision });
+                self.records
+                    .insert(key.clone(), Record { parsed, lease: kv.lease, mod_revision: kv.mod_revision });
             }
             Err(why) => {
                 self.records.remove(&key);
@@ -522,7 +518,13 @@ impl Picture {
         let mut keys = Vec::new();
         for kind in ["sessions/", "peers/"] {
             let start = format!("{}{kind}{owner}/", self.prefix);
-            keys.extend(self.records.range(start.clone()..).map(|(k, _)| k).take_while(|k| k.starts_with(&start)).cloned());
+            keys.extend(
+                self.records
+                    .range(start.clone()..)
+                    .map(|(k, _)| k)
+                    .take_while(|k| k.starts_with(&start))
+                    .cloned(),
+            );
         }
         keys
     }
@@ -633,8 +635,7 @@ fn split_owner(s: &str) -> Option<(&str, u32, &str)> {
     Some((host, pid.parse().ok()?, uuid))
 }
 
-const SHAPES: &str =
-    "not a key of the layout (hosts/<host>/<pid>-<uuid>, sessions/<host>/<pid>-<uuid>/<id>, peers/<host>/<pid>-<uuid>/<nick>)";
+const SHAPES: &str = "not a key of the layout (hosts/<host>/<pid>-<uuid>, sessions/<host>/<pid>-<uuid>/<id>, peers/<host>/<pid>-<uuid>/<nick>)";
 
 /// Parses one key and its value; `Err(why)` when it cannot be judged.
 fn parse(prefix: &str, key: &str, kv: &KeyValue) -> std::result::Result<Parsed, String> {
@@ -645,7 +646,10 @@ fn parse(prefix: &str, key: &str, kv: &KeyValue) -> std::result::Result<Parsed, 
     if let Some(owner) = rest.strip_prefix("hosts/") {
         let (host, pid, uuid) = split_owner(owner).ok_or_else(|| SHAPES.to_owned())?;
         if kv.value.len() as u64 > MAX_STATE_BYTES {
-            return Err(format!("a value of {} bytes, over the {MAX_STATE_BYTES}-byte limit", kv.value.len()));
+            return Err(format!(
+                "a value of {} bytes, over the {MAX_STATE_BYTES}-byte limit",
+                kv.value.len()
+            ));
         }
         let state = HeartbeatState::from_json(&kv.value, Path::new(key))
             .map_err(|e| format!("not heartbeat JSON: {}", crate::json::cut(&e.to_string(), 200)))?;
@@ -1047,14 +1051,24 @@ mod tests {
             kv("hb/sessions/a/1-u/s2", &member("session", "b/1-u", "alive")),
             kv("hb/sessions/a/1-u/s3", "[1]"),
             kv("hb/sessions/a/1-u/s4", &big),
-            kv("hb/sessions/a/1-u/s5", &member("session", "a/1-u", "alive").replace("2026-11-30T10:00:00+00:00", "soon")),
+            kv(
+                "hb/sessions/a/1-u/s5",
+                &member("session", "a/1-u", "alive").replace("2026-11-30T10:00:00+00:00", "soon"),
+            ),
         ];
         let (entries, ignored) = judged(&kvs, now);
         assert!(entries.is_empty(), "{entries:?}");
         assert_eq!(ignored.len(), kvs.len(), "{ignored:#?}");
         let why = |k: &str| ignored[k].as_str();
         assert!(why("hb/hosts/a/1-u").starts_with("not heartbeat JSON"), "{}", why("hb/hosts/a/1-u"));
-        for k in ["hb/hosts/a/x-u", "hb/hosts/a/1-u/extra", "hb/hosts/a/1-", "hb/other/thing", "hb/sessions/a/1-u", "hb/sessions/a/1-u/"] {
+        for k in [
+            "hb/hosts/a/x-u",
+            "hb/hosts/a/1-u/extra",
+            "hb/hosts/a/1-",
+            "hb/other/thing",
+            "hb/sessions/a/1-u",
+            "hb/sessions/a/1-u/",
+        ] {
             assert!(why(k).starts_with("not a key of the layout"), "{k}: {}", why(k));
         }
         assert!(why("hb/sessions/a/1-u/s1").contains("a peer record under a session key"));

@@ -27,10 +27,11 @@ pub(super) fn run(args: &ScanArgs, endpoints: &str) -> ExitCode {
         Ok(c) => c,
         Err(e) => return failed(&e),
     };
-    let scanner = match EtcdScanner::builder(client).prefix(&args.prefix).stale_after(args.stale_after).build() {
-        Ok(s) => s,
-        Err(e) => return failed(&e),
-    };
+    let scanner =
+        match EtcdScanner::builder(client).prefix(&args.prefix).stale_after(args.stale_after).build() {
+            Ok(s) => s,
+            Err(e) => return failed(&e),
+        };
     if args.watch { watch(&scanner, args.format) } else { list(&scanner, args.format) }
 }
 
@@ -278,8 +279,10 @@ mod tests {
 
     #[test]
     fn table_and_events_escape_and_align() {
-        let entries =
-            [entry(ScanStatus::Fresh, EntryKind::Process, None), entry(ScanStatus::Stale, EntryKind::Session, Some("s1"))];
+        let entries = [
+            entry(ScanStatus::Fresh, EntryKind::Process, None),
+            entry(ScanStatus::Stale, EntryKind::Session, Some("s1")),
+        ];
         let mut out = Vec::new();
         print_table(&mut out, &entries).unwrap();
         let text = String::from_utf8(out).unwrap();
@@ -292,7 +295,10 @@ mod tests {
         let mut out = Vec::new();
         let events = [
             EtcdEvent::Appeared(entries[0].clone()),
-            EtcdEvent::Changed { from: ScanStatus::Fresh, entry: entry(ScanStatus::Stale, EntryKind::Process, None) },
+            EtcdEvent::Changed {
+                from: ScanStatus::Fresh,
+                entry: entry(ScanStatus::Stale, EntryKind::Process, None),
+            },
             EtcdEvent::Down("etcd at http://x: refused".into()),
             EtcdEvent::Up,
             EtcdEvent::Gone(entries[0].clone()),
@@ -310,13 +316,19 @@ mod tests {
         assert!(lines[4].starts_with("gone  FRESH  process"), "{text}");
 
         let v = event_json(&events[1]);
-        assert_eq!((v["event"].as_str(), v["from"].as_str(), v["status"].as_str()), (Some("changed"), Some("fresh"), Some("stale")));
+        assert_eq!(
+            (v["event"].as_str(), v["from"].as_str(), v["status"].as_str()),
+            (Some("changed"), Some("fresh"), Some("stale"))
+        );
         assert_eq!(v["key"], "heartbeat/hosts/web\n1/7-u");
         assert_eq!(v["last_beat"], "2023-11-14T22:13:20.000000+00:00");
         assert_eq!(v["age_sec"], 1.5);
         assert!(v["id"].is_null() && v["state"].is_null() && v["since"].is_null());
         let v = event_json(&EtcdEvent::Appeared(entries[1].clone()));
-        assert_eq!((v["kind"].as_str(), v["id"].as_str(), v["state"].as_str()), (Some("session"), Some("s1"), Some("alive")));
+        assert_eq!(
+            (v["kind"].as_str(), v["id"].as_str(), v["state"].as_str()),
+            (Some("session"), Some("s1"), Some("alive"))
+        );
         assert_eq!(event_json(&events[2])["event"], "down");
     }
 }
