@@ -466,3 +466,44 @@ fn scan_etcd_watch_through_the_binary_prints_gone_when_a_publisher_stops() {
     let status = scan.wait_bounded(BOUND, "scan --watch");
     assert_eq!(status.code(), Some(1), "nobody left: 1");
 }
+
+#[test]
+fn a_reader_that_lags_holds_the_watch_back_without_losing_events_and_stop_still_returns() {
+    let etcd = Etcd::start();
+    let pre = "q/";
+    let p = presence(&etcd);
+    let scanner = EtcdScanner::builder(etcd.client()).prefix(pre).event_capacity(2).build().unwrap();
+    let mut watch = scanner.watch().unwrap();
+    eventually("the watch is up", BOUND, || watch.status().state == EtcdWatchState::Up);
+    let keys: Vec<String> = (0..20)
+        .map(|i| {
+            let who = publisher("h", 100 + i, "x");
+            p.set(who.process_key(pre), heartbeat(&who, SystemTime::now(), Duration::from_secs(60)));
+            who.process_key(pre)
+        })
+        .collect();
+    assert!(p.wait_published(BOUND));
+    // Nobody reads: the channel holds 2, the thread waits with the rest.
+    eventually("the channel is full", BOUND, || watch.events().len() == 2);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(watch.events().len(), 2, "a bounded channel");
+    // Read now: every key, once.
+    let mut appeared = Vec::new();
+    while appeared.len() < keys.len() {
+        match next_event(&watch, "the next appearance", |_| true).0 {
+            EtcdEvent::Appeared(e) => appeared.push(e.key),
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut sorted = keys.clone();
+    sorted.sort();
+    appeared.sort();
+    assert_eq!(appeared, sorted);
+    // Full again, and stopped while the thread waits to send: stop returns.
+    for key in &keys[..5] {
+        p.remove(key);
+    }
+    eventually("the channel is full again", BOUND, || watch.events().len() == 2);
+    watch.stop();
+    assert_eq!(watch.status().state, EtcdWatchState::Stopped);
+}
