@@ -15,12 +15,19 @@ use heartbeat::{Cleanup, IgnoredFile, Scan, ScanEntry, ScanEvent, ScanStatus, Sc
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-/// List the heartbeat files in DIR: exit 0 if one is FRESH, 1 if none is.
+mod etcd;
+
+/// List the heartbeat files in DIR (or the presence in etcd): exit 0 if one is FRESH, 1 if none is.
 ///
 /// Judges every heartbeat-<pid>-<uuid>.json in DIR (as `heartbeat beat --dir`
 /// writes them) as FRESH, STALE, ORPHAN, REMOTE or SKEWED and prints a table
 /// sorted by file name, or JSON lines. Files it cannot judge (symlinks,
 /// directories, unreadable files) are reported on stderr.
+///
+/// With --etcd instead of DIR, judges every key publishers keep under
+/// --prefix in etcd: processes (hosts/<host>/<pid>-<uuid>, FRESH within 3 of
+/// their intervals or --stale-after, else STALE, or SKEWED), and the sessions
+/// and peers they publish (FRESH while alive and their process is FRESH).
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Examples:
@@ -29,6 +36,8 @@ Examples:
   heartbeat scan /run/myapp/wrappers --cleanup --dry-run
   heartbeat scan /run/myapp/wrappers --watch --interval 5
   heartbeat scan /run/myapp/wrappers >/dev/null && echo 'someone is alive'
+  heartbeat scan --etcd http://10.0.0.1:2379,http://10.0.0.2:2379
+  heartbeat scan --etcd http://127.0.0.1:2379 --prefix myapp/ --watch --format json
 
 Statuses: FRESH (beat within --stale-after, its process still runs), STALE
 (no beat within --stale-after), ORPHAN (recent, but its process is gone,
@@ -41,10 +50,20 @@ missing DIR; a missing one is said on stderr). With --cleanup, judged by a
 new scan after the cleanup; with --watch, by the last picture when SIGINT
 or SIGTERM stopped it. 2 is an error, never an outcome: bad arguments, or
 DIR cannot be listed (not a directory, permission denied). 3: --cleanup
-could not remove some STALE or ORPHAN file (each said on stderr).")]
+could not remove some STALE or ORPHAN file (each said on stderr).
+With --etcd: 0 / 1 as above over every key; 2 also when etcd cannot be
+read (with --watch: at the start; later outages are printed as `down` and
+retried). --cleanup does not apply to --etcd: leases remove the keys.")]
 pub struct ScanArgs {
     /// The directory of heartbeat-*.json files.
-    dir: PathBuf,
+    #[arg(required_unless_present = "etcd", conflicts_with = "etcd")]
+    dir: Option<PathBuf>,
+    /// Read presence from etcd (comma-separated endpoints, http://host:port) instead of a directory.
+    #[arg(long, value_name = "URL[,URL]")]
+    etcd: Option<String>,
+    /// With --etcd: the key prefix the publishers write under.
+    #[arg(long, value_name = "P", visible_alias = "etcd-prefix", default_value = heartbeat::etcd::DEFAULT_PREFIX, requires = "etcd")]
+    prefix: String,
     /// Beats older than this are STALE, in seconds.
     #[arg(long, value_name = "S", default_value = "90", value_parser = super::parse_seconds)]
     stale_after: Duration,
@@ -54,7 +73,7 @@ pub struct ScanArgs {
     /// Keep scanning and print changes as they happen, until SIGINT or SIGTERM.
     #[arg(long, conflicts_with = "cleanup")]
     watch: bool,
-    /// Seconds between scans with --watch.
+    /// Seconds between scans with --watch (a directory only: --etcd follows etcd's watch stream).
     #[arg(long, value_name = "S", default_value = "30", requires = "watch", value_parser = super::parse_positive_seconds)]
     interval: Duration,
     /// Remove the STALE and ORPHAN files, printing each one removed (kept ones on stderr).
@@ -75,20 +94,20 @@ enum Format {
 const CLEANUP_FAILED: u8 = 3;
 
 pub fn run(args: &ScanArgs) -> ExitCode {
+    let dir = match (&args.dir, &args.etcd) {
+        (_, Some(endpoints)) => return etcd::run(args, endpoints),
+        (Some(dir), None) => dir,
+        (None, None) => return failed(&"give a DIR or --etcd URL"),
+    };
     // Still an empty scan (the directory may be made later), but a typo must
     // not pass for "nobody is alive" in silence.
-    if matches!(args.dir.try_exists(), Ok(false)) {
-        say(format_args!(
-            "{} does not exist{}",
-            path_text(&args.dir),
-            if args.watch { " (yet)" } else { "" }
-        ));
+    if matches!(dir.try_exists(), Ok(false)) {
+        say(format_args!("{} does not exist{}", path_text(dir), if args.watch { " (yet)" } else { "" }));
     }
-    let scanner =
-        match Scanner::builder(&args.dir).stale_after(args.stale_after).interval(args.interval).build() {
-            Ok(s) => s,
-            Err(e) => return failed(&e),
-        };
+    let scanner = match Scanner::builder(dir).stale_after(args.stale_after).interval(args.interval).build() {
+        Ok(s) => s,
+        Err(e) => return failed(&e),
+    };
     if args.watch {
         watch(&scanner, args.format)
     } else if args.cleanup {
@@ -342,11 +361,11 @@ fn print_table(out: &mut impl Write, entries: &[ScanEntry]) -> io::Result<()> {
 }
 
 /// One line: cells separated by two spaces, each padded to its width but the last.
-fn write_row(out: &mut impl Write, cells: &[String; COLUMNS], widths: &[usize; COLUMNS]) -> io::Result<()> {
+fn write_row(out: &mut impl Write, cells: &[String], widths: &[usize]) -> io::Result<()> {
     const SPACES: [u8; 64] = [b' '; 64];
     for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
         out.write_all(cell.as_bytes())?;
-        if i + 1 < COLUMNS {
+        if i + 1 < cells.len() {
             let mut pad = width.saturating_sub(cell.chars().count()) + 2;
             while pad > 0 {
                 let n = pad.min(SPACES.len());

@@ -9,6 +9,9 @@
 //! - [`Client`]: a small blocking client for etcd's v3 JSON gateway (grant,
 //!   keep-alive, revoke, put, transactions, range, delete, watch), with a
 //!   timeout on every request and failover across endpoints.
+//! - [`EtcdScanner`]: reads it back, with the local scanner's verdicts
+//!   (FRESH / STALE / SKEWED), once ([`EtcdScanner::scan`]) or following
+//!   etcd's watch stream ([`EtcdScanner::watch`]).
 //! - [`Presence`]: **one lease per process**, kept alive every TTL/3 by a
 //!   thread of its own, with every key the process publishes attached to it.
 //!   etcd copes badly with many leases (keep-alives fail at tens of
@@ -30,12 +33,17 @@
 
 mod client;
 mod presence;
+mod scan;
 
 pub use client::{
     Client, DEFAULT_ETCD_TIMEOUT, KeyValue, Lease, MAX_TXN_OPS, Op, Range, WatchBatch, WatchEvent,
     WatchStream,
 };
 pub use presence::{MIN_TTL, Presence, PresenceState, PresenceStatus};
+pub use scan::{
+    DEFAULT_EVENT_CAPACITY, EntryKind, EtcdEntry, EtcdEvent, EtcdScan, EtcdScanner, EtcdScannerBuilder,
+    EtcdWatch, EtcdWatchState, EtcdWatchStatus, IgnoredKey, MAX_MEMBER_BYTES,
+};
 
 use crate::error::{Error, Result};
 
