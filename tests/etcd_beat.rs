@@ -214,10 +214,39 @@ fn two_beat_processes_appear_a_killed_one_expires_a_terminated_one_goes_at_once(
     assert_eq!(parse(&kb).pid, i64::from(b.id()));
     assert!(file.exists(), "the second one writes its file too");
 
+    // `scan --etcd` sees both FRESH (exit 0: someone is).
+    let out = heartbeat().args(["scan", "--etcd", &etcd.url()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for pid in [a.id(), b.id()] {
+        let row = text.lines().find(|l| l.split_whitespace().nth(3) == Some(&*pid.to_string()));
+        assert!(row.is_some_and(|r| r.starts_with("FRESH")), "pid {pid} not FRESH in:\n{text}");
+    }
+    // And `scan --etcd --watch` follows them.
+    let mut watch = Spawned(
+        heartbeat()
+            .args(["scan", "--etcd", &etcd.url(), "--watch"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = child::read_lines(watch.stdout.take().unwrap());
+    let about = |line: &str, pid: u32| line.split_whitespace().nth(4) == Some(&*pid.to_string());
+    let mut appeared = 0;
+    while appeared < 2 {
+        let line = lines.recv_timeout(BOUND).expect("the watch's first picture");
+        assert!(line.starts_with("appeared  FRESH"), "{line}");
+        appeared += 1;
+    }
+
     a.signal(SIGKILL);
     a.wait_bounded(BOUND, "the killed beat");
     eventually("the killed process's key expires", TTL + EXPIRY_MARGIN, || key_of(&c, a.id()).is_none());
     assert!(key_of(&c, b.id()).is_some(), "the other one is still there");
+    let line = lines.recv_timeout(BOUND).expect("no gone line for the killed process");
+    assert!(line.starts_with("gone") && about(&line, a.id()), "{line}");
 
     b.signal(SIGTERM);
     let status = b.wait_bounded(BOUND, "the terminated beat");
@@ -225,6 +254,10 @@ fn two_beat_processes_appear_a_killed_one_expires_a_terminated_one_goes_at_once(
     assert!(key_of(&c, b.id()).is_none(), "a clean exit revoked the lease before exiting");
     assert_eq!(c.keepalive(kb.lease).unwrap(), None);
     assert!(!file.exists(), "and removed the file");
+    let line = lines.recv_timeout(BOUND).expect("no gone line for the terminated process");
+    assert!(line.starts_with("gone") && about(&line, b.id()), "{line}");
+    watch.signal(SIGTERM);
+    watch.wait_bounded(BOUND, "scan --watch");
 }
 
 #[test]
