@@ -9,6 +9,9 @@
 //! - [`Client`]: a small blocking client for etcd's v3 JSON gateway (grant,
 //!   keep-alive, revoke, put, transactions, range, delete, watch), with a
 //!   timeout on every request and failover across endpoints.
+//! - [`MonitorPublisher`] and [`HubPublisher`]: a monitor's sessions and a
+//!   hub's peers, one key each under the process's lease, written on change
+//!   only (join, leave, state change), never on a beat.
 //! - [`Presence`]: **one lease per process**, kept alive every TTL/3 by a
 //!   thread of its own, with every key the process publishes attached to it.
 //!   etcd copes badly with many leases (keep-alives fail at tens of
@@ -30,12 +33,15 @@
 
 mod client;
 mod presence;
+mod publish;
+pub(crate) mod report;
 
 pub use client::{
     Client, DEFAULT_ETCD_TIMEOUT, KeyValue, Lease, MAX_TXN_OPS, Op, Range, WatchBatch, WatchEvent,
     WatchStream,
 };
 pub use presence::{MIN_TTL, Presence, PresenceState, PresenceStatus};
+pub use publish::{CHECK_INTERVAL, HubPublisher, MonitorPublisher};
 
 use crate::error::{Error, Result};
 
