@@ -56,7 +56,10 @@ fn ten_thousand_sessions_go_under_one_lease_and_writes_follow_churn_not_beats() 
     assert!(range.kvs.iter().all(|kv| kv.lease == lease));
     assert_eq!(c.lease_count().unwrap(), 1, "one lease for 10,001 keys");
     let r = record(&c, &publisher.publisher().session_key(PREFIX, "s7")).unwrap();
-    assert_eq!((r.kind.as_str(), r.state.as_str(), r.owner), ("session", "alive", publisher.publisher().id()));
+    assert_eq!(
+        (r.kind.as_str(), r.state.as_str(), r.owner),
+        ("session", "alive", publisher.publisher().id())
+    );
     assert_eq!(r.detail["agent_type"], "worker");
 
     // Churn: each round, 100 sessions go and 100 new ones come, while every
@@ -86,6 +89,7 @@ fn ten_thousand_sessions_go_under_one_lease_and_writes_follow_churn_not_beats() 
     // The process key is rewritten every TTL/3 (1 s): at most one per
     // second elapsed, plus one at each end.
     let refreshes = elapsed.as_secs() + 2;
+    eprintln!("churn: {writes} writes for {churn} churned keys and {beats} beats over {elapsed:?}");
     assert!(
         writes >= churn && writes <= churn + refreshes,
         "{writes} writes for {churn} churned keys over {elapsed:?} ({beats} beats)"
@@ -326,7 +330,8 @@ fn the_serve_binary_publishes_its_peers_and_shows_etcd_on_its_status() {
     );
     let lines = read_lines(child.stdout.take().unwrap());
     let first = lines.recv_timeout(BOUND).expect("the start line");
-    let listen: std::net::SocketAddr = first.strip_prefix("listening on ").unwrap().split(' ').next().unwrap().parse().unwrap();
+    let listen: std::net::SocketAddr =
+        first.strip_prefix("listening on ").unwrap().split(' ').next().unwrap().parse().unwrap();
     let status = lines.recv_timeout(BOUND).unwrap().strip_prefix("status on ").unwrap().to_owned();
     let peer = PeerClient::start(PeerClientConfig {
         addr: listen,

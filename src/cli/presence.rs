@@ -61,10 +61,14 @@ mod tests {
     fn flags_parse_and_bad_ones_are_refused() {
         let args = Cli::try_parse_from(["x"]).unwrap().etcd;
         assert!(args.etcd.is_none() && args.start().unwrap().is_none());
-        assert_eq!((args.etcd_prefix.as_str(), args.etcd_ttl), (etcd::DEFAULT_PREFIX, Duration::from_secs(10)));
-        let args = Cli::try_parse_from(["x", "--etcd", "http://127.0.0.1:1,http://127.0.0.1:2", "--etcd-ttl", "3"])
-            .unwrap()
-            .etcd;
+        assert_eq!(
+            (args.etcd_prefix.as_str(), args.etcd_ttl),
+            (etcd::DEFAULT_PREFIX, Duration::from_secs(10))
+        );
+        let args =
+            Cli::try_parse_from(["x", "--etcd", "http://127.0.0.1:1,http://127.0.0.1:2", "--etcd-ttl", "3"])
+                .unwrap()
+                .etcd;
         assert_eq!(args.etcd_ttl, Duration::from_secs(3));
         for bad in [
             &["x", "--etcd-prefix", "p/"][..],

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use clap::Args;
 use crossbeam_channel::select;
-use heartbeat::peer::{Hub, HubConfig, HubEvent, NickAuthMode, StatusServer, SweepConfig};
 use heartbeat::etcd::{HubPublisher, Presence};
 use heartbeat::http::HttpConfig;
+use heartbeat::peer::{Hub, HubConfig, HubEvent, NickAuthMode, StatusServer, SweepConfig};
 use heartbeat::{BeatGuard, Beater, DEFAULT_INTERVAL, Error};
 
 /// How often the main thread checks that the hub's threads still run. The
@@ -320,7 +320,11 @@ pub fn run(args: ServeArgs) -> ExitCode {
 }
 
 /// The status endpoint, with the etcd presence's state when publishing.
-fn status_server(addr: SocketAddr, hub: &Arc<Hub>, presence: Option<&Presence>) -> Result<StatusServer, Error> {
+fn status_server(
+    addr: SocketAddr,
+    hub: &Arc<Hub>,
+    presence: Option<&Presence>,
+) -> Result<StatusServer, Error> {
     let config = HttpConfig { listen: addr, ..HttpConfig::default() };
     match presence {
         Some(presence) => StatusServer::start_with_etcd(config, hub.clone(), presence.clone()),

@@ -31,6 +31,9 @@ pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// no event and no count says (a session's agent type changed in place).
 const FULL_RESYNC: Duration = Duration::from_secs(60);
 
+/// A member's `detail` (agent type; a peer's role, location, verification).
+type Detail = Map<String, Value>;
+
 /// What a monitor or hub is, seen by a publisher.
 trait Source: Send + 'static {
     type Event: Send + 'static;
@@ -43,25 +46,36 @@ trait Source: Send + 'static {
     fn dropped(&self) -> u64;
     fn count(&self) -> usize;
     /// Every member now, with its state and detail.
-    fn list(&self, f: &mut dyn FnMut(&str, &'static str, Map<String, Value>));
+    fn list(&self, f: &mut dyn FnMut(&str, &'static str, Detail));
     fn change(event: Self::Event) -> Change;
 }
 
 /// What an event means for the published set.
 enum Change {
     /// A member, whole (a hub's join, with its connection id).
-    Set { id: String, state: &'static str, detail: Map<String, Value>, conn: Option<u64> },
+    Set {
+        id: String,
+        state: &'static str,
+        detail: Detail,
+        conn: Option<u64>,
+    },
     /// A known member's new state (a member not known yet is learned by the
     /// next listing).
-    State { id: String, state: &'static str },
+    State {
+        id: String,
+        state: &'static str,
+    },
     /// A member gone: only if it is still the connection `conn` (when given).
-    Remove { id: String, conn: Option<u64> },
+    Remove {
+        id: String,
+        conn: Option<u64>,
+    },
     Nothing,
 }
 
 struct Member {
     state: &'static str,
-    detail: Map<String, Value>,
+    detail: Detail,
     since: String,
     /// The hub's connection id, when learned from a join.
     conn: Option<u64>,
@@ -143,7 +157,7 @@ impl<S: Source> Core<S> {
     }
 
     /// Puts `id` in `state` with `detail`; publishes when anything changed.
-    fn upsert(&mut self, id: &str, state: &'static str, detail: Map<String, Value>, conn: Option<u64>) {
+    fn upsert(&mut self, id: &str, state: &'static str, detail: Detail, conn: Option<u64>) {
         let listing = self.listing;
         let since = self.now_text();
         let changed = match self.members.get_mut(id) {
@@ -334,7 +348,7 @@ impl Source for MonitorSource {
         self.0.registered_count()
     }
 
-    fn list(&self, f: &mut dyn FnMut(&str, &'static str, Map<String, Value>)) {
+    fn list(&self, f: &mut dyn FnMut(&str, &'static str, Detail)) {
         // A shard at a time: memory holds one shard's snapshot.
         let _ = self.0.snapshot_shards(|sessions| {
             for s in sessions {
@@ -368,7 +382,7 @@ const WARNING: &str = "warning";
 /// The state word of a session that reported a failure.
 const FAILED: &str = "failed";
 
-fn agent_detail(agent_type: &str) -> Map<String, Value> {
+fn agent_detail(agent_type: &str) -> Detail {
     let mut detail = Map::new();
     if !agent_type.is_empty() {
         detail.insert("agent_type".into(), agent_type.into());
@@ -477,7 +491,7 @@ impl fmt::Debug for MonitorPublisher {
 
 struct HubSource(Arc<Hub>);
 
-fn peer_detail(role: &str, location: String, verified: bool) -> Map<String, Value> {
+fn peer_detail(role: &str, location: String, verified: bool) -> Detail {
     let mut detail = Map::new();
     detail.insert("role".into(), role.into());
     detail.insert("location".into(), location.into());
@@ -506,7 +520,7 @@ impl Source for HubSource {
         self.0.peer_count()
     }
 
-    fn list(&self, f: &mut dyn FnMut(&str, &'static str, Map<String, Value>)) {
+    fn list(&self, f: &mut dyn FnMut(&str, &'static str, Detail)) {
         for peer in self.0.peers() {
             f(&peer.nick, ALIVE, peer_detail(peer.role, peer.location, peer.verified));
         }

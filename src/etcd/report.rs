@@ -11,7 +11,12 @@ pub(crate) fn prometheus(out: &mut String, status: &PresenceStatus) {
     sample(out, "heartbeat_etcd_up", None, u64::from(status.state == PresenceState::Up));
     family(out, "heartbeat_etcd_state", "gauge", "The etcd presence's state (1 for the current one).");
     for state in [PresenceState::Connecting, PresenceState::Up, PresenceState::Down, PresenceState::Stopped] {
-        sample(out, "heartbeat_etcd_state", Some(("state", state.as_str())), u64::from(status.state == state));
+        sample(
+            out,
+            "heartbeat_etcd_state",
+            Some(("state", state.as_str())),
+            u64::from(status.state == state),
+        );
     }
     family(out, "heartbeat_etcd_keys", "gauge", "Keys this process publishes under its lease.");
     sample(out, "heartbeat_etcd_keys", None, status.keys as u64);

@@ -106,9 +106,10 @@ fn route(shared: &Arc<Shared>, request: &Request<'_>) -> Reply {
                 _ => not_allowed("GET, HEAD, POST"),
             }
         }
-        _ => {
-            Response::error(404, "no such resource: the API is /sessions, /ping, /events, /health, /status, /metrics")
-        }
+        _ => Response::error(
+            404,
+            "no such resource: the API is /sessions, /ping, /events, /health, /status, /metrics",
+        ),
     };
     reply.into()
 }

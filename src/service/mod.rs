@@ -4,8 +4,10 @@
 //! [`MonitorService::start`] takes a built monitor and runs, each on a thread
 //! of its own: the monitor's sweeper, the HTTP front ([`crate::http`]), the
 //! UDP intake, an event thread (Server-Sent Events, counters, hooks), the
-//! hook thread ([`HookConfig`]) and, with a state file, the saver. Every one
-//! of them is stopped and joined by [`MonitorService::stop`] (or drop).
+//! hook thread ([`HookConfig`]), with a state file the saver and, once
+//! [`MonitorService::publish_to_etcd`] is called, the etcd publisher
+//! ([`MonitorPublisher`]). Every one of them is stopped and joined by
+//! [`MonitorService::stop`] (or drop).
 //!
 //! The HTTP API, UDP format, hooks and state file are described in the
 //! README under "Session monitor as a service"; `heartbeat monitor` is this
