@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -83,14 +84,88 @@ struct Member {
     seen: u64,
 }
 
-struct Core<S: Source> {
-    source: S,
+/// The members as published, and where they go.
+struct Published<S> {
     presence: Presence,
     prefix: String,
     publisher: Publisher,
-    process: HeartbeatState,
+    clock: SharedClock,
     members: HashMap<String, Member>,
+    /// The number of the current listing.
     listing: u64,
+    source: PhantomData<fn() -> S>,
+}
+
+impl<S: Source> Published<S> {
+    fn key(&self, id: &str) -> String {
+        S::key(&self.publisher, &self.prefix, id)
+    }
+
+    fn publish(&self, id: &str, member: &Member) {
+        let record = MemberRecord {
+            kind: S::KIND.into(),
+            id: id.to_owned(),
+            owner: self.publisher.id(),
+            state: member.state.into(),
+            since: member.since.clone(),
+            detail: member.detail.clone(),
+        };
+        self.presence.set(self.key(id), serde_json::to_vec(&record).unwrap_or_default());
+    }
+
+    fn unpublish(&mut self, id: &str) {
+        if self.members.remove(id).is_some() {
+            self.presence.remove(&self.key(id));
+        }
+    }
+
+    fn now_text(&self) -> String {
+        format_timestamp(self.clock.wall())
+    }
+
+    /// Puts `id` in `state` with `detail`; publishes when anything changed.
+    fn upsert(&mut self, id: &str, state: &'static str, detail: Detail, conn: Option<u64>) {
+        let listing = self.listing;
+        let since = self.now_text();
+        match self.members.get_mut(id) {
+            Some(m) => {
+                m.seen = listing;
+                if conn.is_some() {
+                    m.conn = conn;
+                }
+                if m.state == state && m.detail == detail {
+                    return;
+                }
+                if m.state != state {
+                    m.since = since;
+                }
+                m.state = state;
+                m.detail = detail;
+            }
+            None => {
+                self.members.insert(id.to_owned(), Member { state, detail, since, conn, seen: listing });
+            }
+        }
+        self.publish(id, &self.members[id]);
+    }
+
+    /// Puts a known member in `state`; `false` if the member is not known.
+    fn set_state(&mut self, id: &str, state: &'static str) -> bool {
+        let since = self.now_text();
+        let Some(m) = self.members.get_mut(id) else { return false };
+        if m.state != state {
+            m.state = state;
+            m.since = since;
+            self.publish(id, &self.members[id]);
+        }
+        true
+    }
+}
+
+struct Core<S: Source> {
+    source: S,
+    out: Published<S>,
+    process: HeartbeatState,
     dropped: u64,
     /// A listing is wanted at the next check (an event about a member not
     /// known yet, or a leave that cannot be matched to a join).
@@ -105,110 +180,43 @@ impl<S: Source> Core<S> {
         let refresh = refresh_interval(&presence);
         let process = HeartbeatState::for_current_process(clock.wall(), refresh, metadata);
         let publisher = Publisher::this_process(process.uuid.clone().unwrap_or_default());
-        Core {
-            source,
+        let out = Published {
             presence,
             prefix: prefix.to_owned(),
             publisher,
-            process,
+            clock,
             members: HashMap::new(),
             listing: 0,
-            dropped: 0,
-            stale: false,
-        }
+            source: PhantomData,
+        };
+        Core { source, out, process, dropped: 0, stale: false }
     }
 
     fn process_key(&self) -> String {
-        self.publisher.process_key(&self.prefix)
+        self.out.publisher.process_key(&self.out.prefix)
     }
 
     /// Writes the process key with the time now.
     fn refresh(&mut self) {
-        self.process.last_beat = self.source.clock().wall();
-        self.presence.set(self.process_key(), self.process.to_json());
-    }
-
-    fn record(&self, id: &str, member: &Member) -> Vec<u8> {
-        let record = MemberRecord {
-            kind: S::KIND.into(),
-            id: id.to_owned(),
-            owner: self.publisher.id(),
-            state: member.state.into(),
-            since: member.since.clone(),
-            detail: member.detail.clone(),
-        };
-        serde_json::to_vec(&record).unwrap_or_default()
-    }
-
-    fn publish(&self, id: &str) {
-        if let Some(member) = self.members.get(id) {
-            self.presence.set(S::key(&self.publisher, &self.prefix, id), self.record(id, member));
-        }
-    }
-
-    fn unpublish(&mut self, id: &str) {
-        if self.members.remove(id).is_some() {
-            self.presence.remove(&S::key(&self.publisher, &self.prefix, id));
-        }
-    }
-
-    fn now_text(&self) -> String {
-        format_timestamp(self.source.clock().wall())
-    }
-
-    /// Puts `id` in `state` with `detail`; publishes when anything changed.
-    fn upsert(&mut self, id: &str, state: &'static str, detail: Detail, conn: Option<u64>) {
-        let listing = self.listing;
-        let since = self.now_text();
-        let changed = match self.members.get_mut(id) {
-            Some(m) => {
-                m.seen = listing;
-                if conn.is_some() {
-                    m.conn = conn;
-                }
-                if m.state == state && m.detail == detail {
-                    false
-                } else {
-                    if m.state != state {
-                        m.since = since;
-                    }
-                    m.state = state;
-                    m.detail = detail;
-                    true
-                }
-            }
-            None => {
-                self.members.insert(id.to_owned(), Member { state, detail, since, conn, seen: listing });
-                true
-            }
-        };
-        if changed {
-            self.publish(id);
-        }
+        self.process.last_beat = self.out.clock.wall();
+        self.out.presence.set(self.process_key(), self.process.to_json());
     }
 
     fn apply(&mut self, event: S::Event) {
         match S::change(event) {
-            Change::Set { id, state, detail, conn } => self.upsert(&id, state, detail, conn),
+            Change::Set { id, state, detail, conn } => self.out.upsert(&id, state, detail, conn),
             Change::State { id, state } => {
-                let since = self.now_text();
-                match self.members.get_mut(&id) {
-                    Some(m) if m.state != state => {
-                        m.state = state;
-                        m.since = since;
-                        self.publish(&id);
-                    }
-                    Some(_) => {}
-                    None => self.stale = true,
+                if !self.out.set_state(&id, state) {
+                    self.stale = true;
                 }
             }
-            Change::Remove { id, conn } => match (self.members.get(&id).map(|m| m.conn), conn) {
+            Change::Remove { id, conn } => match (self.out.members.get(&id).map(|m| m.conn), conn) {
                 (None, _) => {}
                 // A join after this connection took the nick: the key is the newer one's.
                 (Some(Some(have)), Some(gone)) if have != gone => {}
                 // Learned from a listing: whether this was its connection is unknown.
                 (Some(None), Some(_)) => self.stale = true,
-                _ => self.unpublish(&id),
+                _ => self.out.unpublish(&id),
             },
             Change::Nothing => {}
         }
@@ -216,32 +224,33 @@ impl<S: Source> Core<S> {
 
     /// Lists every member and publishes the difference: new ones, changed
     /// ones, and those gone. Nothing is written for a member as it was.
+    /// Members are taken as the listing goes (a monitor's a shard at a
+    /// time), never all held at once.
     fn resync(&mut self) {
-        self.listing += 1;
+        self.out.listing += 1;
         self.stale = false;
         self.dropped = self.source.dropped();
-        let mut seen = Vec::new();
-        self.source.list(&mut |id, state, detail| seen.push((id.to_owned(), state, detail)));
-        for (id, state, detail) in seen {
-            self.upsert(&id, state, detail, None);
-        }
-        let listing = self.listing;
-        let gone: Vec<String> =
-            self.members.iter().filter(|(_, m)| m.seen != listing).map(|(id, _)| id.clone()).collect();
-        for id in gone {
-            self.unpublish(&id);
-        }
+        let out = &mut self.out;
+        self.source.list(&mut |id, state, detail| out.upsert(id, state, detail, None));
+        let Published { members, presence, listing, publisher, prefix, .. } = &mut self.out;
+        members.retain(|id, m| {
+            let keep = m.seen == *listing;
+            if !keep {
+                presence.remove(&S::key(publisher, prefix, id));
+            }
+            keep
+        });
     }
 
     /// Whether a listing is due: events were dropped, or the counts differ.
     fn out_of_step(&self) -> bool {
-        self.stale || self.source.dropped() != self.dropped || self.source.count() != self.members.len()
+        self.stale || self.source.dropped() != self.dropped || self.source.count() != self.out.members.len()
     }
 
     fn run(mut self, events: &Receiver<S::Event>, stop: &Receiver<()>) {
         self.resync();
         self.refresh();
-        let refresh_every = refresh_interval(&self.presence);
+        let refresh_every = refresh_interval(&self.out.presence);
         let mut next_refresh = Instant::now() + refresh_every;
         let mut next_check = Instant::now() + CHECK_INTERVAL;
         let mut next_full = Instant::now() + FULL_RESYNC;
@@ -284,10 +293,9 @@ impl<S: Source> Core<S> {
         }
         // Keys this publisher put in the presence go with it; when the
         // presence is stopped (revoked) too, that costs etcd nothing.
-        self.presence.remove(&self.process_key());
-        let ids: Vec<String> = self.members.keys().cloned().collect();
-        for id in ids {
-            self.unpublish(&id);
+        self.out.presence.remove(&self.process_key());
+        for id in self.out.members.keys() {
+            self.out.presence.remove(&self.out.key(id));
         }
     }
 }
@@ -450,7 +458,7 @@ impl MonitorPublisher {
         // Subscribed before the first listing: nothing falls in between.
         let events = monitor.subscribe_bounded(EVENT_QUEUE);
         let core = Core::new(MonitorSource(monitor.clone()), presence.clone(), prefix, metadata);
-        let publisher = core.publisher.clone();
+        let publisher = core.out.publisher.clone();
         let worker = Worker::spawn(core, events, "heartbeat-etcd-monitor")?;
         Ok(MonitorPublisher { worker: parking_lot::Mutex::new(worker), publisher, prefix: prefix.to_owned() })
     }
@@ -577,7 +585,7 @@ impl HubPublisher {
         check_prefix(prefix)?;
         let events = hub.subscribe_bounded(EVENT_QUEUE);
         let core = Core::new(HubSource(hub), presence.clone(), prefix, metadata);
-        let publisher = core.publisher.clone();
+        let publisher = core.out.publisher.clone();
         let worker = Worker::spawn(core, events, "heartbeat-etcd-hub")?;
         Ok(HubPublisher { worker: parking_lot::Mutex::new(worker), publisher, prefix: prefix.to_owned() })
     }
@@ -613,5 +621,109 @@ impl Drop for HubPublisher {
 impl fmt::Debug for HubPublisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HubPublisher").field("publisher", &self.publisher.id()).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::etcd::Client;
+    use crate::peer::wire::Location;
+
+    /// A presence whose etcd never answers: it records what should be
+    /// published, which is all these tests look at.
+    fn nowhere() -> Presence {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let client =
+            Client::with_timeout(&[format!("http://127.0.0.1:{port}")], Duration::from_millis(200)).unwrap();
+        Presence::start(client, super::super::MIN_TTL).unwrap()
+    }
+
+    fn states<S: Source>(core: &Core<S>) -> Vec<(String, &'static str)> {
+        let mut states: Vec<_> = core.out.members.iter().map(|(id, m)| (id.clone(), m.state)).collect();
+        states.sort();
+        states
+    }
+
+    #[test]
+    fn dropped_events_and_unannounced_registrations_are_made_up_by_a_listing() {
+        let clock = ManualClock::new();
+        let monitor = Monitor::builder()
+            .timeout(Duration::from_secs(10))
+            .max_missed_beats(5)
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        for id in ["a", "b", "c"] {
+            monitor.register(id, "job");
+        }
+        let presence = nowhere();
+        let events = monitor.subscribe_bounded(1);
+        let mut core = Core::new(MonitorSource(monitor.clone()), presence.clone(), "p/", Map::new());
+        core.resync();
+        assert_eq!(states(&core), [("a".into(), ALIVE), ("b".into(), ALIVE), ("c".into(), ALIVE)]);
+        assert!(!core.out_of_step());
+        let keys = presence.status().keys;
+        assert_eq!(keys, 3, "one key per session (the process key is the thread's)");
+
+        // Three warnings, room for one: two are dropped.
+        clock.advance(Duration::from_secs(11));
+        monitor.sweep();
+        assert_eq!(monitor.events_dropped(), 2);
+        for event in events.try_iter() {
+            core.apply(event);
+        }
+        assert_eq!(states(&core).iter().filter(|(_, s)| *s == WARNING).count(), 1);
+        assert!(core.out_of_step(), "a drop asks for a listing");
+        core.resync();
+        assert_eq!(states(&core), [("a".into(), WARNING), ("b".into(), WARNING), ("c".into(), WARNING)]);
+        assert!(!core.out_of_step());
+
+        // No event for a registration: the count tells.
+        monitor.register("d", "job");
+        assert!(core.out_of_step());
+        core.resync();
+        assert_eq!(states(&core).last().unwrap(), &("d".into(), ALIVE));
+        // A removal is an event; the listing after it finds nothing to do.
+        monitor.unregister("a");
+        for event in events.try_iter() {
+            core.apply(event);
+        }
+        assert!(!core.out.members.contains_key("a"));
+        assert!(!core.out_of_step());
+        assert_eq!(presence.status().keys, 3);
+        presence.stop();
+    }
+
+    #[test]
+    fn a_leave_removes_a_peer_only_when_it_is_the_connection_that_joined() {
+        let hub = Arc::new(Hub::builder().listen(([127, 0, 0, 1], 0)).start().unwrap());
+        let presence = nowhere();
+        let mut core = Core::new(HubSource(hub.clone()), presence.clone(), "p/", Map::new());
+        let joined = |id| HubEvent::Joined {
+            id,
+            nick: "J5a".into(),
+            location: Location::Taker,
+            ping: true,
+            verified: false,
+        };
+        let left = |id, nick: &str| HubEvent::Left { id, nick: nick.into(), reason: "closed".into() };
+        // A second connection takes the nick; the first one's leave comes after.
+        core.apply(joined(1));
+        core.apply(joined(2));
+        core.apply(left(1, "J5a"));
+        assert!(core.out.members.contains_key("J5a"), "the newer connection holds the key");
+        assert!(!core.stale);
+        core.apply(left(2, "J5a"));
+        assert!(!core.out.members.contains_key("J5a"));
+        // A peer learned from a listing cannot be matched to a leave: ask for a listing.
+        core.out.upsert("J5b", ALIVE, Map::new(), None);
+        core.apply(left(9, "J5b"));
+        assert!(core.stale && core.out.members.contains_key("J5b"));
+        core.resync();
+        assert!(core.out.members.is_empty(), "the hub has no such peer");
+        presence.stop();
+        hub.stop();
     }
 }
