@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::{Map, Value};
 
-use super::{ALIVE, MemberRecord, Presence, Publisher, check_prefix};
+use super::{ALIVE, MemberRecord, Presence, PresenceState, Publisher, check_prefix};
 use crate::clock::SharedClock;
 use crate::error::Result;
 use crate::monitor::{Event, Monitor};
@@ -291,8 +291,11 @@ impl<S: Source> Core<S> {
                 self.refresh();
             }
         }
-        // Keys this publisher put in the presence go with it; when the
-        // presence is stopped (revoked) too, that costs etcd nothing.
+        // Keys this publisher put in the presence go with it, unless the
+        // presence is stopped already: its revoked lease took them all.
+        if self.out.presence.status().state == PresenceState::Stopped {
+            return;
+        }
         self.out.presence.remove(&self.process_key());
         for id in self.out.members.keys() {
             self.out.presence.remove(&self.out.key(id));
@@ -422,8 +425,8 @@ fn agent_detail(agent_type: &str) -> Detail {
 /// written twice.
 ///
 /// [`stop`](Self::stop) (or drop) joins the thread and withdraws its keys
-/// from the presence; stop the presence first to revoke them all at once
-/// instead of deleting them one by one.
+/// from the presence (deleting them one by one from etcd while the presence
+/// runs); stop the presence first to revoke them all at once instead.
 ///
 /// ```no_run
 /// use std::time::Duration;
