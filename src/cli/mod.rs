@@ -4,6 +4,7 @@ mod beat;
 mod check;
 mod monitor;
 mod peer;
+mod presence;
 mod scan;
 mod send;
 mod serve;

@@ -31,6 +31,7 @@ Examples:
   curl -fsS -m 5 'http://127.0.0.1:9333/ping/backup?timeout_sec=90000&max_missed=1'   # a daily cron job
   heartbeat monitor --timeout 90 --on-timeout 'logger \"$HEARTBEAT_SESSION timed out\"'
   heartbeat monitor --state /var/lib/heartbeat/monitor.json --token-file /etc/heartbeat/token
+  heartbeat monitor --etcd http://10.0.0.1:2379,http://10.0.0.2:2379   # sessions in etcd
 
 HTTP API (JSON; errors are {\"error\": \"...\"}):
   PUT    /sessions/ID            register (body optional: agent_type, timeout_sec,
@@ -43,11 +44,19 @@ HTTP API (JSON; errors are {\"error\": \"...\"}):
                                  the query may carry settings (?timeout_sec=90000&max_missed=1)
   GET    /events                 Server-Sent Events, one JSON object per event
   GET    /health, /metrics       200 while sweeping; Prometheus text
+  GET    /status                 the service's state (and etcd's, with --etcd); JSON
 
 UDP: `ID\\n` (several ids, one per line, allowed); `TOKEN ID\\n` with a token.
 Never a reply; unknown ids and malformed datagrams are counted in /metrics.
 Off loopback without --token-file, anyone who can reach the port can beat
 any session: keep the default 127.0.0.1, or set a token.
+
+With --etcd, the monitor keeps PREFIX/hosts/HOST/PID-UUID (its heartbeat,
+rewritten every TTL/3) and one key per session, PREFIX/sessions/HOST/PID-UUID/ID
+(state alive, warning or failed), under one lease; a session's key is
+written when it registers, changes state or goes, never on a beat. etcd
+down never stops the sweeping: the keys are written again once it is back.
+A clean stop revokes the lease (the keys go at once).
 
 Hooks run through `sh -c` with HEARTBEAT_EVENT (warning, timeout, failed,
 recovery), HEARTBEAT_SESSION, HEARTBEAT_AGENT_TYPE and HEARTBEAT_MISSED set;
@@ -110,6 +119,8 @@ pub struct MonitorArgs {
     /// Notify systemd (READY=1, then WATCHDOG=1 every 10 s, STOPPING=1 on a stop) when run as a Type=notify unit.
     #[arg(long)]
     systemd: bool,
+    #[command(flatten)]
+    etcd: super::presence::EtcdArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -210,9 +221,26 @@ pub fn run(args: MonitorArgs) -> ExitCode {
         },
         Err(e) => return failed(&e),
     };
+    let presence = match args.etcd.start() {
+        Ok(presence) => presence,
+        Err(e) => {
+            let _ = service.stop();
+            return failed(&e);
+        }
+    };
+    if let Some(presence) = &presence
+        && let Err(e) = service.publish_to_etcd(presence, &args.etcd.etcd_prefix)
+    {
+        presence.stop();
+        let _ = service.stop();
+        return failed(&e);
+    }
     let beating = match beat(&args, &service) {
         Ok(guard) => guard,
         Err(e) => {
+            if let Some(presence) = &presence {
+                presence.stop();
+            }
             let _ = service.stop();
             return failed(&e);
         }
@@ -227,6 +255,9 @@ pub fn run(args: MonitorArgs) -> ExitCode {
     if let Some(state) = &args.state {
         let _ = writeln!(out, "restored {} sessions from {}", service.restored(), state.display());
     }
+    if let Some(presence) = &presence {
+        let _ = writeln!(out, "etcd at {}", presence.client().endpoints().join(","));
+    }
     let _ = out.flush();
     drop(out);
 
@@ -235,6 +266,9 @@ pub fn run(args: MonitorArgs) -> ExitCode {
         Ok(signals) => signals,
         Err(e) => {
             eprintln!("heartbeat monitor: cannot handle signals: {e}");
+            if let Some(presence) = &presence {
+                presence.stop();
+            }
             let _ = service.stop();
             return ExitCode::from(1);
         }
@@ -257,6 +291,11 @@ pub fn run(args: MonitorArgs) -> ExitCode {
     signals.close();
     // Stopping takes a moment (the last save of the state): say so first.
     super::notify_stopping(args.systemd);
+    // The lease first: revoking it takes every key at once, where stopping
+    // the publisher first would delete them one by one.
+    if let Some(presence) = &presence {
+        presence.stop();
+    }
     if let Err(e) = service.stop() {
         eprintln!("heartbeat monitor: {e}");
         code = ExitCode::from(1);

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use clap::Args;
 use crossbeam_channel::select;
+use heartbeat::etcd::{HubPublisher, Presence};
+use heartbeat::http::HttpConfig;
 use heartbeat::peer::{Hub, HubConfig, HubEvent, NickAuthMode, StatusServer, SweepConfig};
 use heartbeat::{BeatGuard, Beater, DEFAULT_INTERVAL, Error};
 
@@ -46,10 +48,17 @@ Examples:
   heartbeat serve --beat-file /run/hub/heartbeat.json   # heartbeat check /run/hub/heartbeat.json
   heartbeat serve --format json | jq .                  # joins, leaves, evictions as JSON lines
   heartbeat serve --nick-auth-id <56 base32 chars>.onion:5222 --nick-auth require
+  heartbeat serve --etcd http://10.0.0.1:2379 --status 127.0.0.1:9222   # peers in etcd
 
 Status endpoint (--status ADDR): GET /health (200 while the hub runs, 503
 once it does not; JSON), GET /status (every peer and the counters; JSON),
 GET /metrics (Prometheus text format).
+
+With --etcd, the hub keeps PREFIX/hosts/HOST/PID-UUID (its heartbeat,
+rewritten every TTL/3) and one key per peer, PREFIX/peers/HOST/PID-UUID/NICK,
+under one lease: written when the peer joins, deleted when it leaves or is
+evicted. /status and /metrics then show the etcd state. etcd down never
+stops the hub. A clean stop revokes the lease (the keys go at once).
 
 Open files: each peer holds one file descriptor. For more than about 1,000
 peers raise the limit before starting (`ulimit -n 65536`, or
@@ -121,6 +130,8 @@ pub struct ServeArgs {
     /// Seconds a challenged client has to send its nick-auth proof (at most 30).
     #[arg(long, value_name = "S", default_value = "30", value_parser = super::parse_positive_seconds)]
     nick_auth_timeout: Duration,
+    #[command(flatten)]
+    etcd: super::presence::EtcdArgs,
 }
 
 impl ServeArgs {
@@ -177,9 +188,35 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
     // Bounded: peers that come and go must not grow memory while stdout is slow.
     let events = hub.subscribe_bounded(EVENT_QUEUE);
-    let status = match args.status.map(|addr| StatusServer::start(addr, hub.clone())).transpose() {
+    let presence = match args.etcd.start() {
+        Ok(presence) => presence,
+        Err(e) => {
+            hub.stop();
+            return failed(&e);
+        }
+    };
+    // Revoking the lease takes every key at once: always before the
+    // publisher stops (which would delete them one by one).
+    let stop_etcd = || {
+        if let Some(presence) = &presence {
+            presence.stop();
+        }
+    };
+    let status = match args.status.map(|addr| status_server(addr, &hub, presence.as_ref())).transpose() {
         Ok(status) => status,
         Err(e) => {
+            stop_etcd();
+            hub.stop();
+            return failed(&e);
+        }
+    };
+    let publisher = match presence.as_ref().map(|p| publish(&args, &hub, status.as_ref(), p)).transpose() {
+        Ok(publisher) => publisher,
+        Err(e) => {
+            stop_etcd();
+            if let Some(status) = &status {
+                status.stop();
+            }
             hub.stop();
             return failed(&e);
         }
@@ -187,6 +224,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
     let beating = match beat(&args, &hub, status.as_ref()) {
         Ok(guard) => guard,
         Err(e) => {
+            stop_etcd();
             if let Some(status) = &status {
                 status.stop();
             }
@@ -209,6 +247,9 @@ pub fn run(args: ServeArgs) -> ExitCode {
             if let Some(status) = &status {
                 let _ = writeln!(out, "status on {}", status.local_addr());
             }
+            if let Some(presence) = &presence {
+                let _ = writeln!(out, "etcd at {}", presence.client().endpoints().join(","));
+            }
         }
         super::Format::Json => {
             let line = serde_json::json!({
@@ -217,6 +258,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
                 "nick": hub.nick(),
                 "network": hub.network(),
                 "status": status.as_ref().map(|s| s.local_addr().to_string()),
+                "etcd": presence.as_ref().map(|p| p.client().endpoints().join(",")),
             });
             let _ = writeln!(out, "{line}");
         }
@@ -229,6 +271,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
         Ok(signals) => signals,
         Err(e) => {
             eprintln!("heartbeat serve: cannot handle signals: {e}");
+            stop_etcd();
             hub.stop();
             return ExitCode::from(1);
         }
@@ -241,6 +284,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
         Err(e) => {
             eprintln!("heartbeat serve: cannot start the event thread: {e}");
             signals.close();
+            stop_etcd();
             hub.stop();
             return ExitCode::from(1);
         }
@@ -263,14 +307,47 @@ pub fn run(args: ServeArgs) -> ExitCode {
     // Stopping takes a moment (closing every peer): say so first.
     super::notify_stopping(args.systemd);
 
+    stop_etcd();
     // The hub first: a status client that does not read must not keep peers connected.
     hub.stop();
     if let Some(status) = &status {
         status.stop();
     }
     drop(beating); // stops the beat thread and removes the file
+    drop(publisher);
     printer.stop();
     code
+}
+
+/// The status endpoint, with the etcd presence's state when publishing.
+fn status_server(
+    addr: SocketAddr,
+    hub: &Arc<Hub>,
+    presence: Option<&Presence>,
+) -> Result<StatusServer, Error> {
+    let config = HttpConfig { listen: addr, ..HttpConfig::default() };
+    match presence {
+        Some(presence) => StatusServer::start_with_etcd(config, hub.clone(), presence.clone()),
+        None => StatusServer::start_with(config, hub.clone()),
+    }
+}
+
+/// The hub's peers in etcd, with a process key naming where it serves.
+fn publish(
+    args: &ServeArgs,
+    hub: &Arc<Hub>,
+    status: Option<&StatusServer>,
+    presence: &Presence,
+) -> Result<HubPublisher, Error> {
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("role".into(), "hub".into());
+    metadata.insert("listen".into(), hub.local_addr().to_string().into());
+    metadata.insert("nick".into(), hub.nick().into());
+    metadata.insert("network".into(), hub.network().into());
+    if let Some(status) = status {
+        metadata.insert("status".into(), status.local_addr().to_string().into());
+    }
+    HubPublisher::start(hub.clone(), presence, &args.etcd.etcd_prefix, metadata)
 }
 
 /// How long the end of `serve` waits for the event thread, which may be

@@ -12,6 +12,9 @@
 //! - [`EtcdScanner`]: reads it back, with the local scanner's verdicts
 //!   (FRESH / STALE / SKEWED), once ([`EtcdScanner::scan`]) or following
 //!   etcd's watch stream ([`EtcdScanner::watch`]).
+//! - [`MonitorPublisher`] and [`HubPublisher`]: a monitor's sessions and a
+//!   hub's peers, one key each under the process's lease, written on change
+//!   only (join, leave, state change), never on a beat.
 //! - [`Presence`]: **one lease per process**, kept alive every TTL/3 by a
 //!   thread of its own, with every key the process publishes attached to it.
 //!   etcd copes badly with many leases (keep-alives fail at tens of
@@ -33,6 +36,8 @@
 
 mod client;
 mod presence;
+mod publish;
+pub(crate) mod report;
 mod scan;
 
 pub use client::{
@@ -40,6 +45,7 @@ pub use client::{
     WatchStream,
 };
 pub use presence::{MIN_TTL, Presence, PresenceState, PresenceStatus};
+pub use publish::{CHECK_INTERVAL, HubPublisher, MonitorPublisher};
 pub use scan::{
     DEFAULT_EVENT_CAPACITY, EntryKind, EtcdEntry, EtcdEvent, EtcdScan, EtcdScanner, EtcdScannerBuilder,
     EtcdWatch, EtcdWatchState, EtcdWatchStatus, IgnoredKey, MAX_MEMBER_BYTES,

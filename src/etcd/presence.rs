@@ -68,7 +68,8 @@ pub struct PresenceStatus {
     pub ttl_secs: u64,
     /// Keys this process publishes.
     pub keys: usize,
-    /// Keys whose latest value etcd does not have yet.
+    /// Keys whose latest value etcd does not have yet (the transaction in
+    /// flight included).
     pub pending: usize,
     /// The last error, while down.
     pub last_error: Option<String>,
@@ -131,6 +132,9 @@ struct Shared {
 struct Desired {
     values: HashMap<String, Vec<u8>>,
     dirty: HashSet<String>,
+    /// Keys taken out of `dirty` for the transaction in flight: still
+    /// pending until etcd answers.
+    in_flight: usize,
 }
 
 struct Snapshot {
@@ -224,7 +228,7 @@ impl Presence {
     pub fn status(&self) -> PresenceStatus {
         let (keys, pending) = {
             let d = self.shared.desired.lock();
-            (d.values.len(), d.dirty.len())
+            (d.values.len(), d.dirty.len() + d.in_flight)
         };
         let s = self.shared.status.lock();
         PresenceStatus {
@@ -435,6 +439,7 @@ impl Keeper {
                         (None, None) => {}
                     }
                 }
+                d.in_flight = keys.len();
                 (ops, keys)
             };
             if ops.is_empty() {
@@ -452,10 +457,14 @@ impl Keeper {
                             None => self.published.remove(&key),
                         };
                     }
+                    shared.desired.lock().in_flight = 0;
                 }
                 Err(e) => {
                     // Not written: dirty again, unless changed meanwhile (then it is already).
-                    shared.desired.lock().dirty.extend(keys.into_iter().map(|(k, _)| k));
+                    let mut d = shared.desired.lock();
+                    d.in_flight = 0;
+                    d.dirty.extend(keys.into_iter().map(|(k, _)| k));
+                    drop(d);
                     if let Error::Etcd { what, .. } = &e
                         && what.contains("lease not found")
                     {

@@ -11,6 +11,7 @@ use serde_json::json;
 use super::registry::{CounterSnapshot, PeerStatus};
 use super::server::Hub;
 use crate::error::Result;
+use crate::etcd::{Presence, PresenceStatus};
 use crate::http::metrics::{CONTENT_TYPE as PROMETHEUS, family, sample};
 use crate::http::{HttpConfig, HttpCounters, HttpServer, Request, Response};
 
@@ -30,6 +31,9 @@ const HTTP_PREFIX: &str = "heartbeat_hub_status";
 ///   (nick-auth proofs accepted and refused by code among them), as JSON.
 /// - `GET /metrics`: the same figures in the Prometheus text format, and the
 ///   HTTP front's own (`heartbeat_hub_status_http_*`).
+/// - With etcd ([`start_with_etcd`](StatusServer::start_with_etcd)): the
+///   presence's state, `etcd` in `/status` and `heartbeat_etcd_*` in
+///   `/metrics`.
 ///
 /// `HEAD` is answered like `GET`; other methods on these paths get `405`,
 /// other paths `404` (JSON bodies).
@@ -60,11 +64,25 @@ impl StatusServer {
     /// [`start`](StatusServer::start) with the HTTP front's limits given:
     /// `config.listen` is the address.
     pub fn start_with(config: HttpConfig, hub: Arc<Hub>) -> Result<StatusServer> {
+        StatusServer::serve(config, hub, None)
+    }
+
+    /// [`start_with`](StatusServer::start_with) for a hub whose peers are
+    /// published to etcd through `presence` ([`HubPublisher`](crate::etcd::HubPublisher)):
+    /// `/status` then carries the presence's state under `etcd` (`state`,
+    /// `lease`, `keys`, `pending`, `grants`, `keepalives`, `writes`,
+    /// `failures`, `last_error`, ...) and `/metrics` the `heartbeat_etcd_*`
+    /// series.
+    pub fn start_with_etcd(config: HttpConfig, hub: Arc<Hub>, presence: Presence) -> Result<StatusServer> {
+        StatusServer::serve(config, hub, Some(presence))
+    }
+
+    fn serve(config: HttpConfig, hub: Arc<Hub>, etcd: Option<Presence>) -> Result<StatusServer> {
         let counters = Arc::new(crate::http::Counters::default());
         let handler = {
             let counters = counters.clone();
             move |request: &Request<'_>| {
-                route(request.method(), request.path(), &hub, &counters.snapshot()).into()
+                route(request.method(), request.path(), &hub, etcd.as_ref(), &counters.snapshot()).into()
             }
         };
         let server = HttpServer::start_counting(config, Arc::new(handler), counters)?;
@@ -90,7 +108,7 @@ impl Drop for StatusServer {
     }
 }
 
-fn route(method: &str, path: &str, hub: &Hub, http: &HttpCounters) -> Response {
+fn route(method: &str, path: &str, hub: &Hub, etcd: Option<&Presence>, http: &HttpCounters) -> Response {
     let known = matches!(path, "/health" | "/status" | "/metrics");
     if !known {
         return Response::error(404, &format!("no such endpoint: {path}; try /health, /status or /metrics"));
@@ -101,8 +119,14 @@ fn route(method: &str, path: &str, hub: &Hub, http: &HttpCounters) -> Response {
     }
     match path {
         "/health" => health(hub),
-        "/status" => Response::new(200, "application/json", status(hub)),
-        _ => Response::new(200, PROMETHEUS, metrics(&hub.peers(), &hub.counters(), Some(http))),
+        "/status" => Response::new(200, "application/json", status(hub, etcd)),
+        _ => {
+            let mut out = metrics(&hub.peers(), &hub.counters(), Some(http));
+            if let Some(presence) = etcd {
+                crate::etcd::report::prometheus(&mut out, &presence.status());
+            }
+            Response::new(200, PROMETHEUS, out)
+        }
     }
 }
 
@@ -118,7 +142,7 @@ fn health(hub: &Hub) -> Response {
 }
 
 /// The `/status` body, from one snapshot of the registry.
-fn status(hub: &Hub) -> String {
+fn status(hub: &Hub, etcd: Option<&Presence>) -> String {
     let peers = hub.peers();
     let counters = hub.counters();
     let body = StatusBody {
@@ -129,6 +153,7 @@ fn status(hub: &Hub) -> String {
         nick_auth: hub.nick_auth().to_string(),
         peers: peers.iter().map(PeerBody::from).collect(),
         counters: CountersBody::from(&counters),
+        etcd: etcd.map(Presence::status),
     };
     serde_json::to_string(&body).unwrap_or_else(|e| json!({ "error": e.to_string() }).to_string())
 }
@@ -142,6 +167,8 @@ struct StatusBody<'a> {
     nick_auth: String,
     peers: Vec<PeerBody<'a>>,
     counters: CountersBody<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etcd: Option<PresenceStatus>,
 }
 
 #[derive(Serialize)]

@@ -71,6 +71,8 @@ fn route(shared: &Arc<Shared>, request: &Request<'_>) -> Reply {
     let reply = match (first, id, action, rest) {
         (Some("health"), None, None, None) if get => health(shared),
         (Some("health"), None, None, None) => not_allowed(READ),
+        (Some("status"), None, None, None) if get => service_status(shared),
+        (Some("status"), None, None, None) => not_allowed(READ),
         (Some("metrics"), None, None, None) if get => match walk(shared, 8) {
             Ok(()) => metrics(shared),
             Err(busy) => busy,
@@ -104,9 +106,10 @@ fn route(shared: &Arc<Shared>, request: &Request<'_>) -> Reply {
                 _ => not_allowed("GET, HEAD, POST"),
             }
         }
-        _ => {
-            Response::error(404, "no such resource: the API is /sessions, /ping, /events, /health, /metrics")
-        }
+        _ => Response::error(
+            404,
+            "no such resource: the API is /sessions, /ping, /events, /health, /status, /metrics",
+        ),
     };
     reply.into()
 }
@@ -153,6 +156,24 @@ fn health(shared: &Shared) -> Response {
         "status": if sweeping { "ok" } else { "stopped" },
         "sessions": shared.monitor.registered_count(),
     });
+    Response::json(if sweeping { 200 } else { 503 }, &body)
+}
+
+/// The service's own state: sweeping or not, session counts by state
+/// (O(1) figures only: no walk), and the etcd presence's state when the
+/// sessions are published to etcd.
+fn service_status(shared: &Shared) -> Response {
+    let sweeping = shared.sweeping.load(Ordering::SeqCst) && shared.monitor.is_running();
+    let registered = shared.monitor.registered_count();
+    let mut body = serde_json::json!({
+        "status": if sweeping { "ok" } else { "stopped" },
+        "sessions": registered,
+        "healthy": shared.monitor.healthy_count(),
+        "events_dropped": shared.monitor.events_dropped(),
+    });
+    if let Some(presence) = shared.etcd.get() {
+        body["etcd"] = serde_json::to_value(presence.status()).unwrap_or_default();
+    }
     Response::json(if sweeping { 200 } else { 503 }, &body)
 }
 
@@ -647,6 +668,9 @@ fn metrics(shared: &Shared) -> Response {
     sample(&mut out, "heartbeat_monitor_state_saves_failed_total", None, get(&c.saves_failed));
     if let Some(http) = shared.http.get().and_then(std::sync::Weak::upgrade) {
         http.counters().prometheus(&mut out, "heartbeat_monitor");
+    }
+    if let Some(presence) = shared.etcd.get() {
+        crate::etcd::report::prometheus(&mut out, &presence.status());
     }
     Response::new(200, PROMETHEUS, out)
 }

@@ -4,8 +4,10 @@
 //! [`MonitorService::start`] takes a built monitor and runs, each on a thread
 //! of its own: the monitor's sweeper, the HTTP front ([`crate::http`]), the
 //! UDP intake, an event thread (Server-Sent Events, counters, hooks), the
-//! hook thread ([`HookConfig`]) and, with a state file, the saver. Every one
-//! of them is stopped and joined by [`MonitorService::stop`] (or drop).
+//! hook thread ([`HookConfig`]), with a state file the saver and, once
+//! [`MonitorService::publish_to_etcd`] is called, the etcd publisher
+//! ([`MonitorPublisher`]). Every one of them is stopped and joined by
+//! [`MonitorService::stop`] (or drop).
 //!
 //! The HTTP API, UDP format, hooks and state file are described in the
 //! README under "Session monitor as a service"; `heartbeat monitor` is this
@@ -30,6 +32,7 @@ pub use self::hooks::HookConfig;
 use self::hooks::{HookEvent, HookJob, Hooks};
 pub use self::persist::{load_state, save_state};
 use crate::error::{Error, Result};
+use crate::etcd::{MonitorPublisher, Presence, PresenceStatus};
 use crate::http::{HttpConfig, HttpServer, StreamSink};
 use crate::monitor::{Event, Monitor, MonitorGuard, RemovalReason};
 use crate::state::format_timestamp;
@@ -162,6 +165,9 @@ pub(crate) struct Shared {
     pub(crate) http: OnceLock<Weak<HttpServer>>,
     /// Whether the sweeper runs: `/health` says 503 otherwise.
     pub(crate) sweeping: std::sync::atomic::AtomicBool,
+    /// The etcd presence sessions are published through, once set: its
+    /// state goes on `/status` and `/metrics`.
+    pub(crate) etcd: OnceLock<Presence>,
 }
 
 impl Shared {
@@ -180,6 +186,7 @@ impl Shared {
             scrapes: Mutex::new((api::WALK_BUDGET, now)),
             http: OnceLock::new(),
             sweeping: std::sync::atomic::AtomicBool::new(false),
+            etcd: OnceLock::new(),
         }
     }
 
@@ -246,6 +253,7 @@ pub struct MonitorService {
     state_file: Option<PathBuf>,
     restored: usize,
     running: Mutex<Option<Running>>,
+    publisher: Mutex<Option<MonitorPublisher>>,
 }
 
 struct Running {
@@ -330,6 +338,7 @@ impl MonitorService {
             scrapes: Mutex::new((api::WALK_BUDGET, monitor.clock().now())),
             http: OnceLock::new(),
             sweeping: std::sync::atomic::AtomicBool::new(false),
+            etcd: OnceLock::new(),
         });
         // Subscribe before anything can happen, so no event is missed; a
         // bounded channel, so that a burst (a million sessions timing out at
@@ -390,6 +399,7 @@ impl MonitorService {
             state_file: config.state_file,
             restored,
             running: Mutex::new(Some(Running { sweeper, hooks, stop, events, saver })),
+            publisher: Mutex::new(None),
         })
     }
 
@@ -413,8 +423,38 @@ impl MonitorService {
         self.restored
     }
 
+    /// Publishes the monitor's sessions to etcd through `presence` (one key
+    /// per session under the presence's lease, written on change only; see
+    /// [`MonitorPublisher`]) under `prefix`, with a process key whose
+    /// metadata names this service's addresses (`role` `monitor`, `http`,
+    /// `udp`). `/status` and `/metrics` then report the presence's state
+    /// (`etcd`, `heartbeat_etcd_*`). Once per service: a second call is an
+    /// [`Error::InvalidConfig`]. [`stop`](Self::stop) stops the publisher;
+    /// stopping the presence (which revokes its lease) is its owner's.
+    pub fn publish_to_etcd(&self, presence: &Presence, prefix: &str) -> Result<()> {
+        let mut slot = self.publisher.lock();
+        if slot.is_some() || self.shared.etcd.get().is_some() {
+            return Err(Error::InvalidConfig("this service already publishes to etcd".into()));
+        }
+        let mut metadata = serde_json::Map::new();
+        metadata.insert("role".into(), "monitor".into());
+        metadata.insert("http".into(), self.http_addr().to_string().into());
+        if let Some(udp) = self.udp_addr {
+            metadata.insert("udp".into(), udp.to_string().into());
+        }
+        *slot = Some(MonitorPublisher::start(&self.shared.monitor, presence, prefix, metadata)?);
+        let _ = self.shared.etcd.set(presence.clone());
+        Ok(())
+    }
+
+    /// The etcd presence's state, when [`publish_to_etcd`](Self::publish_to_etcd)
+    /// was called.
+    pub fn etcd_status(&self) -> Option<PresenceStatus> {
+        self.shared.etcd.get().map(Presence::status)
+    }
+
     /// Whether it runs: every thread of it up (HTTP, UDP, sweeper, events,
-    /// hooks, saver).
+    /// hooks, saver, etcd publisher).
     pub fn is_running(&self) -> bool {
         let running = self.running.lock();
         let Some(r) = running.as_ref() else { return false };
@@ -424,6 +464,7 @@ impl MonitorService {
             && !r.events.is_finished()
             && r.saver.as_ref().is_none_or(|s| !s.is_finished())
             && r.hooks.is_running()
+            && self.publisher.lock().as_ref().is_none_or(MonitorPublisher::is_running)
     }
 
     /// Stops taking beats (HTTP and UDP), stops the sweeper (so that nobody
@@ -432,6 +473,9 @@ impl MonitorService {
     /// Idempotent; the error is the last save's.
     pub fn stop(&self) -> Result<()> {
         let Some(running) = self.running.lock().take() else { return Ok(()) };
+        if let Some(publisher) = self.publisher.lock().take() {
+            publisher.stop();
+        }
         self.http.stop();
         if let Some(mut udp) = self.udp.lock().take() {
             udp.stop();
