@@ -151,3 +151,35 @@ fn a_lost_lease_is_granted_again_and_everything_republished() {
     assert_eq!(status.writes, 400, "{status:?}");
     assert_eq!(c.lease_count().unwrap(), 1);
 }
+
+/// A port nothing listens on: connections are refused at once.
+fn dead_endpoint() -> String {
+    format!(
+        "http://127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    )
+}
+
+#[test]
+fn changes_while_etcd_is_down_do_not_cut_the_backoff_short() {
+    // A busy publisher (a monitor under churn) changes a key every 5 ms
+    // while etcd refuses connections. The retries must keep to the backoff
+    // (250 ms doubling, capped at TTL/3 = 2 s): at most 4 attempts in 2 s
+    // (at 0, 0.25, 0.75, 1.75 s), not one per change.
+    let presence = Presence::start(
+        Client::with_timeout(&[dead_endpoint()], Duration::from_secs(1)).unwrap(),
+        Duration::from_secs(6),
+    )
+    .unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(2);
+    let mut i = 0u64;
+    while std::time::Instant::now() < end {
+        presence.set("busy/key", i.to_string());
+        i += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = presence.status();
+    assert_eq!(status.state, PresenceState::Down, "{status:?}");
+    assert!(status.failures <= 6, "{} attempts against a dead etcd in 2 s, for {i} changes", status.failures);
+    presence.stop();
+}

@@ -334,11 +334,15 @@ impl Keeper {
 
     fn run(mut self, wake: &Receiver<()>, stop: &Receiver<()>) {
         loop {
-            let wait = match self.step() {
+            // After a failure the backoff is waited out whatever changes
+            // meanwhile: a wake (a `set` or `remove`) only cuts short the
+            // wait for the next keep-alive. Otherwise a busy publisher would
+            // retry an etcd that is down once per change, not with backoff.
+            let (wait, wakeable) = match self.step() {
                 Ok(()) => {
                     self.backoff = FIRST_BACKOFF;
                     self.set_state(PresenceState::Up, None);
-                    self.next_keepalive.saturating_duration_since(Instant::now())
+                    (self.next_keepalive.saturating_duration_since(Instant::now()), true)
                 }
                 Err(Trouble::LeaseLost) => {
                     let id = self.lease.take().map_or(0, |l| l.id);
@@ -348,20 +352,27 @@ impl Keeper {
                         self.shared.ttl.as_secs()
                     );
                     self.published.clear();
-                    self.backoff
+                    (self.next_backoff(), false)
                 }
                 Err(Trouble::Failed(e)) => {
                     self.shared.failures.fetch_add(1, Ordering::Relaxed);
                     self.set_state(PresenceState::Down, Some(e.to_string()));
-                    let wait = self.backoff;
-                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF).min(self.shared.ttl / 3);
-                    wait
+                    (self.next_backoff(), false)
                 }
             };
-            crossbeam_channel::select! {
-                recv(stop) -> _ => break,
-                recv(wake) -> _ => {}
-                default(wait) => {}
+            if wakeable {
+                crossbeam_channel::select! {
+                    recv(stop) -> _ => break,
+                    recv(wake) -> _ => {}
+                    default(wait) => {}
+                }
+            } else {
+                // A wake that comes meanwhile stays in its channel: the
+                // next loop's step writes what it asked for anyway.
+                crossbeam_channel::select! {
+                    recv(stop) -> _ => break,
+                    default(wait) => {}
+                }
             }
         }
         let revoke = !self.shared.stopping.load(Ordering::SeqCst);
@@ -376,6 +387,15 @@ impl Keeper {
             );
         }
         self.set_state(PresenceState::Stopped, None);
+    }
+
+    /// The pause before the next attempt, doubling the one after it (at most
+    /// [`MAX_BACKOFF`], and TTL/3 so that a lease that comes back is kept
+    /// alive in time). A lease lost again and again backs off too.
+    fn next_backoff(&mut self) -> Duration {
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF).min(self.shared.ttl / 3);
+        wait
     }
 
     /// Grants a lease if there is none, writes what changed, keeps the
