@@ -183,3 +183,30 @@ fn changes_while_etcd_is_down_do_not_cut_the_backoff_short() {
     assert!(status.failures <= 6, "{} attempts against a dead etcd in 2 s, for {i} changes", status.failures);
     presence.stop();
 }
+
+#[test]
+fn dropping_a_clone_keeps_the_lease_and_the_last_handle_revokes_it() {
+    let etcd = Etcd::start();
+    let c = etcd.client();
+    let presence = Presence::start(etcd.client(), Duration::from_secs(30)).unwrap();
+    presence.set("d/a", "1");
+    assert!(presence.wait_published(BOUND));
+    let lease = presence.status().lease.unwrap();
+    drop(presence.clone());
+    assert_eq!(c.keepalive(lease).unwrap(), Some(Duration::from_secs(30)), "a clone's drop revokes nothing");
+    assert!(c.get("d/a").unwrap().is_some());
+    // The last two handles, dropped at the same moment on two threads: one
+    // of the drops revokes and joins, whichever is last.
+    let other = presence.clone();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let b = barrier.clone();
+    let t = std::thread::spawn(move || {
+        b.wait();
+        drop(other);
+    });
+    barrier.wait();
+    drop(presence);
+    t.join().unwrap();
+    assert!(c.get("d/a").unwrap().is_none(), "revoked before the last drop returned");
+    assert_eq!(c.keepalive(lease).unwrap(), None);
+}

@@ -105,7 +105,16 @@ pub struct PresenceStatus {
 #[derive(Clone)]
 pub struct Presence {
     shared: Arc<Shared>,
-    worker: Arc<Mutex<Option<Worker>>>,
+    owner: Arc<Owner>,
+}
+
+/// The thread's owner, shared by every handle: its `Drop` runs exactly once,
+/// when the last handle goes, and revokes and joins. (Counting handles in
+/// `Presence::drop` instead let two handles dropped at the same moment
+/// each see the other and leave the thread unjoined.)
+struct Owner {
+    shared: Arc<Shared>,
+    worker: Mutex<Option<Worker>>,
 }
 
 struct Worker {
@@ -175,7 +184,9 @@ impl Presence {
         let handle = thread::Builder::new()
             .name("heartbeat-etcd".into())
             .spawn(move || Keeper::new(thread_shared).run(&wake_rx, &stop_rx))?;
-        Ok(Presence { shared, worker: Arc::new(Mutex::new(Some(Worker { stop: stop_tx, handle }))) })
+        let owner =
+            Owner { shared: shared.clone(), worker: Mutex::new(Some(Worker { stop: stop_tx, handle })) };
+        Ok(Presence { shared, owner: Arc::new(owner) })
     }
 
     /// Publishes `key` = `value`. Writes nothing when the value is the one
@@ -262,15 +273,17 @@ impl Presence {
     /// Revokes the lease (every key goes at once) and stops the thread.
     /// Takes at most about one request timeout per endpoint.
     pub fn stop(&self) {
-        self.finish(true);
+        self.owner.finish(true);
     }
 
     /// Stops the thread without revoking: the keys stay until the lease
     /// expires, as after a crash. For tests and hand-overs.
     pub fn abandon(&self) {
-        self.finish(false);
+        self.owner.finish(false);
     }
+}
 
+impl Owner {
     fn finish(&self, revoke: bool) {
         let Some(worker) = self.worker.lock().take() else { return };
         if !revoke {
@@ -283,12 +296,10 @@ impl Presence {
     }
 }
 
-impl Drop for Presence {
+impl Drop for Owner {
+    /// The last handle is gone (the thread holds `shared`, never the owner).
     fn drop(&mut self) {
-        // The thread holds `shared`, never `worker`: this is the last handle.
-        if Arc::strong_count(&self.worker) == 1 {
-            self.stop();
-        }
+        self.finish(true);
     }
 }
 
