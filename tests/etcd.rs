@@ -210,3 +210,25 @@ fn dropping_a_clone_keeps_the_lease_and_the_last_handle_revokes_it() {
     assert!(c.get("d/a").unwrap().is_none(), "revoked before the last drop returned");
     assert_eq!(c.keepalive(lease).unwrap(), None);
 }
+
+#[test]
+fn a_first_publish_longer_than_the_ttl_keeps_its_lease() {
+    // Many keys under a short lease: writing them all takes longer than the
+    // TTL, so the lease must be kept alive between the transactions, or it
+    // expires half-way, is granted again, and the publish starts over.
+    let etcd = Etcd::start();
+    let c = etcd.client();
+    let presence = Presence::start(etcd.client(), Duration::from_secs(2)).unwrap();
+    let value = "x".repeat(200);
+    for i in 0..80_000 {
+        presence.set(format!("many/{i:06}"), value.as_str());
+    }
+    let started = std::time::Instant::now();
+    assert!(presence.wait_published(Duration::from_secs(60)), "{:?}", presence.status());
+    let took = started.elapsed();
+    let status = presence.status();
+    assert_eq!(status.grants, 1, "the lease was lost while publishing ({took:?}): {status:?}");
+    assert_eq!(status.writes, 80_000, "{status:?}");
+    assert_eq!(c.range_prefix("many/").unwrap().kvs.len(), 80_000);
+    eprintln!("80,000 keys published in {took:?}");
+}

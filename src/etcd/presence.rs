@@ -429,17 +429,23 @@ impl Keeper {
             }
         };
         self.flush(lease)?;
-        if Instant::now() >= self.next_keepalive {
-            match shared.client.keepalive(lease.id) {
-                Ok(Some(_)) => {
-                    shared.keepalives.fetch_add(1, Ordering::Relaxed);
-                    self.next_keepalive = Instant::now() + lease.ttl / 3;
-                }
-                Ok(None) => return Err(Trouble::LeaseLost),
-                Err(e) => return Err(Trouble::Failed(e)),
-            }
+        self.keepalive_if_due(lease)
+    }
+
+    /// Keeps the lease alive if TTL/3 has passed since it last was.
+    fn keepalive_if_due(&mut self, lease: Lease) -> std::result::Result<(), Trouble> {
+        if Instant::now() < self.next_keepalive {
+            return Ok(());
         }
-        Ok(())
+        match self.shared.client.keepalive(lease.id) {
+            Ok(Some(_)) => {
+                self.shared.keepalives.fetch_add(1, Ordering::Relaxed);
+                self.next_keepalive = Instant::now() + lease.ttl / 3;
+                Ok(())
+            }
+            Ok(None) => Err(Trouble::LeaseLost),
+            Err(e) => Err(Trouble::Failed(e)),
+        }
     }
 
     /// Writes every dirty key, a transaction of up to 128 at a time.
@@ -473,6 +479,13 @@ impl Keeper {
                     return Ok(());
                 }
                 continue;
+            }
+            // Between transactions too: writing many keys can take longer
+            // than the TTL, and a lease that expired half-way would be
+            // granted again and everything rewritten, over and over.
+            if let Err(trouble) = self.keepalive_if_due(lease) {
+                shared.desired.lock().dirty.extend(keys.into_iter().map(|(k, _)| k));
+                return Err(trouble);
             }
             match shared.client.txn(&ops) {
                 Ok(_) => {
