@@ -15,7 +15,6 @@
 //! includes etcd's own work (raft, its WAL's fsync).
 
 #[path = "../tests/support/etcd.rs"]
-#[allow(dead_code)]
 mod etcd_support;
 
 use std::time::Duration;
