@@ -627,7 +627,8 @@ impl Beater {
     /// [`status`](Presence::status): the one given to
     /// [`BeaterBuilder::etcd`], or the beater's own while it runs (from its
     /// first beat to its stop; `None` before and after). A handle on it:
-    /// stopping or dropping it early ends the beater's publishing too.
+    /// stopping it early ends the beater's publishing too (dropping it
+    /// does not: the beater holds its own handle).
     pub fn presence(&self) -> Option<Presence> {
         self.inner.etcd.as_ref().and_then(EtcdLink::presence)
     }

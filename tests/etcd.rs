@@ -151,3 +151,84 @@ fn a_lost_lease_is_granted_again_and_everything_republished() {
     assert_eq!(status.writes, 400, "{status:?}");
     assert_eq!(c.lease_count().unwrap(), 1);
 }
+
+/// A port nothing listens on: connections are refused at once.
+fn dead_endpoint() -> String {
+    format!(
+        "http://127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    )
+}
+
+#[test]
+fn changes_while_etcd_is_down_do_not_cut_the_backoff_short() {
+    // A busy publisher (a monitor under churn) changes a key every 5 ms
+    // while etcd refuses connections. The retries must keep to the backoff
+    // (250 ms doubling, capped at TTL/3 = 2 s): at most 4 attempts in 2 s
+    // (at 0, 0.25, 0.75, 1.75 s), not one per change.
+    let presence = Presence::start(
+        Client::with_timeout(&[dead_endpoint()], Duration::from_secs(1)).unwrap(),
+        Duration::from_secs(6),
+    )
+    .unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(2);
+    let mut i = 0u64;
+    while std::time::Instant::now() < end {
+        presence.set("busy/key", i.to_string());
+        i += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = presence.status();
+    assert_eq!(status.state, PresenceState::Down, "{status:?}");
+    assert!(status.failures <= 6, "{} attempts against a dead etcd in 2 s, for {i} changes", status.failures);
+    presence.stop();
+}
+
+#[test]
+fn dropping_a_clone_keeps_the_lease_and_the_last_handle_revokes_it() {
+    let etcd = Etcd::start();
+    let c = etcd.client();
+    let presence = Presence::start(etcd.client(), Duration::from_secs(30)).unwrap();
+    presence.set("d/a", "1");
+    assert!(presence.wait_published(BOUND));
+    let lease = presence.status().lease.unwrap();
+    drop(presence.clone());
+    assert_eq!(c.keepalive(lease).unwrap(), Some(Duration::from_secs(30)), "a clone's drop revokes nothing");
+    assert!(c.get("d/a").unwrap().is_some());
+    // The last two handles, dropped at the same moment on two threads: one
+    // of the drops revokes and joins, whichever is last.
+    let other = presence.clone();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let b = barrier.clone();
+    let t = std::thread::spawn(move || {
+        b.wait();
+        drop(other);
+    });
+    barrier.wait();
+    drop(presence);
+    t.join().unwrap();
+    assert!(c.get("d/a").unwrap().is_none(), "revoked before the last drop returned");
+    assert_eq!(c.keepalive(lease).unwrap(), None);
+}
+
+#[test]
+fn a_first_publish_longer_than_the_ttl_keeps_its_lease() {
+    // Many keys under a short lease: writing them all takes longer than the
+    // TTL, so the lease must be kept alive between the transactions, or it
+    // expires half-way, is granted again, and the publish starts over.
+    let etcd = Etcd::start();
+    let c = etcd.client();
+    let presence = Presence::start(etcd.client(), Duration::from_secs(2)).unwrap();
+    let value = "x".repeat(200);
+    for i in 0..80_000 {
+        presence.set(format!("many/{i:06}"), value.as_str());
+    }
+    let started = std::time::Instant::now();
+    assert!(presence.wait_published(Duration::from_secs(60)), "{:?}", presence.status());
+    let took = started.elapsed();
+    let status = presence.status();
+    assert_eq!(status.grants, 1, "the lease was lost while publishing ({took:?}): {status:?}");
+    assert_eq!(status.writes, 80_000, "{status:?}");
+    assert_eq!(c.range_prefix("many/").unwrap().kvs.len(), 80_000);
+    eprintln!("80,000 keys published in {took:?}");
+}

@@ -106,7 +106,16 @@ pub struct PresenceStatus {
 #[derive(Clone)]
 pub struct Presence {
     shared: Arc<Shared>,
-    worker: Arc<Mutex<Option<Worker>>>,
+    owner: Arc<Owner>,
+}
+
+/// The thread's owner, shared by every handle: its `Drop` runs exactly once,
+/// when the last handle goes, and revokes and joins. (Counting handles in
+/// `Presence::drop` instead let two handles dropped at the same moment
+/// each see the other and leave the thread unjoined.)
+struct Owner {
+    shared: Arc<Shared>,
+    worker: Mutex<Option<Worker>>,
 }
 
 struct Worker {
@@ -179,7 +188,9 @@ impl Presence {
         let handle = thread::Builder::new()
             .name("heartbeat-etcd".into())
             .spawn(move || Keeper::new(thread_shared).run(&wake_rx, &stop_rx))?;
-        Ok(Presence { shared, worker: Arc::new(Mutex::new(Some(Worker { stop: stop_tx, handle }))) })
+        let owner =
+            Owner { shared: shared.clone(), worker: Mutex::new(Some(Worker { stop: stop_tx, handle })) };
+        Ok(Presence { shared, owner: Arc::new(owner) })
     }
 
     /// Publishes `key` = `value`. Writes nothing when the value is the one
@@ -266,15 +277,17 @@ impl Presence {
     /// Revokes the lease (every key goes at once) and stops the thread.
     /// Takes at most about one request timeout per endpoint.
     pub fn stop(&self) {
-        self.finish(true);
+        self.owner.finish(true);
     }
 
     /// Stops the thread without revoking: the keys stay until the lease
     /// expires, as after a crash. For tests and hand-overs.
     pub fn abandon(&self) {
-        self.finish(false);
+        self.owner.finish(false);
     }
+}
 
+impl Owner {
     fn finish(&self, revoke: bool) {
         let Some(worker) = self.worker.lock().take() else { return };
         if !revoke {
@@ -287,12 +300,10 @@ impl Presence {
     }
 }
 
-impl Drop for Presence {
+impl Drop for Owner {
+    /// The last handle is gone (the thread holds `shared`, never the owner).
     fn drop(&mut self) {
-        // The thread holds `shared`, never `worker`: this is the last handle.
-        if Arc::strong_count(&self.worker) == 1 {
-            self.stop();
-        }
+        self.finish(true);
     }
 }
 
@@ -338,11 +349,15 @@ impl Keeper {
 
     fn run(mut self, wake: &Receiver<()>, stop: &Receiver<()>) {
         loop {
-            let wait = match self.step() {
+            // After a failure the backoff is waited out whatever changes
+            // meanwhile: a wake (a `set` or `remove`) only cuts short the
+            // wait for the next keep-alive. Otherwise a busy publisher would
+            // retry an etcd that is down once per change, not with backoff.
+            let (wait, wakeable) = match self.step() {
                 Ok(()) => {
                     self.backoff = FIRST_BACKOFF;
                     self.set_state(PresenceState::Up, None);
-                    self.next_keepalive.saturating_duration_since(Instant::now())
+                    (self.next_keepalive.saturating_duration_since(Instant::now()), true)
                 }
                 Err(Trouble::LeaseLost) => {
                     let id = self.lease.take().map_or(0, |l| l.id);
@@ -352,20 +367,27 @@ impl Keeper {
                         self.shared.ttl.as_secs()
                     );
                     self.published.clear();
-                    self.backoff
+                    (self.next_backoff(), false)
                 }
                 Err(Trouble::Failed(e)) => {
                     self.shared.failures.fetch_add(1, Ordering::Relaxed);
                     self.set_state(PresenceState::Down, Some(e.to_string()));
-                    let wait = self.backoff;
-                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF).min(self.shared.ttl / 3);
-                    wait
+                    (self.next_backoff(), false)
                 }
             };
-            crossbeam_channel::select! {
-                recv(stop) -> _ => break,
-                recv(wake) -> _ => {}
-                default(wait) => {}
+            if wakeable {
+                crossbeam_channel::select! {
+                    recv(stop) -> _ => break,
+                    recv(wake) -> _ => {}
+                    default(wait) => {}
+                }
+            } else {
+                // A wake that comes meanwhile stays in its channel: the
+                // next loop's step writes what it asked for anyway.
+                crossbeam_channel::select! {
+                    recv(stop) -> _ => break,
+                    default(wait) => {}
+                }
             }
         }
         let revoke = !self.shared.stopping.load(Ordering::SeqCst);
@@ -380,6 +402,15 @@ impl Keeper {
             );
         }
         self.set_state(PresenceState::Stopped, None);
+    }
+
+    /// The pause before the next attempt, doubling the one after it (at most
+    /// [`MAX_BACKOFF`], and TTL/3 so that a lease that comes back is kept
+    /// alive in time). A lease lost again and again backs off too.
+    fn next_backoff(&mut self) -> Duration {
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF).min(self.shared.ttl / 3);
+        wait
     }
 
     /// Grants a lease if there is none, writes what changed, keeps the
@@ -402,17 +433,23 @@ impl Keeper {
             }
         };
         self.flush(lease)?;
-        if Instant::now() >= self.next_keepalive {
-            match shared.client.keepalive(lease.id) {
-                Ok(Some(_)) => {
-                    shared.keepalives.fetch_add(1, Ordering::Relaxed);
-                    self.next_keepalive = Instant::now() + lease.ttl / 3;
-                }
-                Ok(None) => return Err(Trouble::LeaseLost),
-                Err(e) => return Err(Trouble::Failed(e)),
-            }
+        self.keepalive_if_due(lease)
+    }
+
+    /// Keeps the lease alive if TTL/3 has passed since it last was.
+    fn keepalive_if_due(&mut self, lease: Lease) -> std::result::Result<(), Trouble> {
+        if Instant::now() < self.next_keepalive {
+            return Ok(());
         }
-        Ok(())
+        match self.shared.client.keepalive(lease.id) {
+            Ok(Some(_)) => {
+                self.shared.keepalives.fetch_add(1, Ordering::Relaxed);
+                self.next_keepalive = Instant::now() + lease.ttl / 3;
+                Ok(())
+            }
+            Ok(None) => Err(Trouble::LeaseLost),
+            Err(e) => Err(Trouble::Failed(e)),
+        }
     }
 
     /// Writes every dirty key, a transaction of up to 128 at a time.
@@ -447,6 +484,13 @@ impl Keeper {
                     return Ok(());
                 }
                 continue;
+            }
+            // Between transactions too: writing many keys can take longer
+            // than the TTL, and a lease that expired half-way would be
+            // granted again and everything rewritten, over and over.
+            if let Err(trouble) = self.keepalive_if_due(lease) {
+                shared.desired.lock().dirty.extend(keys.into_iter().map(|(k, _)| k));
+                return Err(trouble);
             }
             match shared.client.txn(&ops) {
                 Ok(_) => {
