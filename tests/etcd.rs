@@ -232,3 +232,21 @@ fn a_first_publish_longer_than_the_ttl_keeps_its_lease() {
     assert_eq!(c.range_prefix("many/").unwrap().kvs.len(), 80_000);
     eprintln!("80,000 keys published in {took:?}");
 }
+
+#[test]
+fn a_stop_during_a_long_publish_ends_it_between_two_transactions() {
+    let etcd = Etcd::start();
+    let c = etcd.client();
+    let presence = Presence::start(etcd.client(), Duration::from_secs(5)).unwrap();
+    const KEYS: usize = 40_000;
+    for i in 0..KEYS {
+        presence.set(format!("s/{i:05}"), "x");
+    }
+    eventually("the publish under way", BOUND, || presence.status().writes > 0);
+    presence.stop();
+    let status = presence.status();
+    assert_eq!(status.state, PresenceState::Stopped);
+    // One transaction (128 keys) finishes after the stop, not the 300 left.
+    assert!(status.writes < KEYS as u64 / 2, "{status:?}");
+    assert!(c.range_prefix("s/").unwrap().kvs.is_empty(), "revoked");
+}

@@ -26,7 +26,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PresenceState {
-    /// No lease yet: the first grant has not succeeded.
+    /// No lease: the first grant has not succeeded yet, or the lease was
+    /// lost and a new one is being granted.
     Connecting,
     /// A lease is held and kept alive, and every key is written.
     Up,
@@ -131,6 +132,9 @@ struct Shared {
     status: Mutex<Snapshot>,
     wake: Sender<()>,
     stopping: AtomicBool,
+    /// Set by a stop: a flush in progress ends between two transactions
+    /// instead of writing everything first.
+    quit: AtomicBool,
     grants: AtomicU64,
     keepalives: AtomicU64,
     writes: AtomicU64,
@@ -179,6 +183,7 @@ impl Presence {
             }),
             wake: wake_tx,
             stopping: AtomicBool::new(false),
+            quit: AtomicBool::new(false),
             grants: AtomicU64::new(0),
             keepalives: AtomicU64::new(0),
             writes: AtomicU64::new(0),
@@ -293,6 +298,7 @@ impl Owner {
         if !revoke {
             self.shared.stopping.store(true, Ordering::SeqCst);
         }
+        self.shared.quit.store(true, Ordering::SeqCst);
         let _ = worker.stop.try_send(());
         if worker.handle.thread().id() != thread::current().id() {
             let _ = worker.handle.join();
@@ -367,6 +373,8 @@ impl Keeper {
                         self.shared.ttl.as_secs()
                     );
                     self.published.clear();
+                    // Not `up` with a lease that is gone, while the new one is granted.
+                    self.set_state(PresenceState::Connecting, Some(format!("lease {id:x} was lost")));
                     (self.next_backoff(), false)
                 }
                 Err(Trouble::Failed(e)) => {
@@ -456,6 +464,9 @@ impl Keeper {
     fn flush(&mut self, lease: Lease) -> std::result::Result<(), Trouble> {
         let shared = self.shared.clone();
         loop {
+            if shared.quit.load(Ordering::SeqCst) {
+                return Ok(()); // stopping: the lease is revoked next, so what is left does not matter
+            }
             let (ops, keys) = {
                 let mut d = shared.desired.lock();
                 let mut ops = Vec::new();
@@ -489,7 +500,9 @@ impl Keeper {
             // than the TTL, and a lease that expired half-way would be
             // granted again and everything rewritten, over and over.
             if let Err(trouble) = self.keepalive_if_due(lease) {
-                shared.desired.lock().dirty.extend(keys.into_iter().map(|(k, _)| k));
+                let mut d = shared.desired.lock();
+                d.in_flight = 0;
+                d.dirty.extend(keys.into_iter().map(|(k, _)| k));
                 return Err(trouble);
             }
             match shared.client.txn(&ops) {
