@@ -6,7 +6,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::{Map, Value};
@@ -32,12 +32,16 @@ pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// no event and no count says (a session's agent type changed in place).
 const FULL_RESYNC: Duration = Duration::from_secs(60);
 
-/// A member's `detail` (agent type; a peer's role, location, verification).
+/// A member's `detail` as published (agent type; a peer's role, location,
+/// verification).
 type Detail = Map<String, Value>;
 
 /// What a monitor or hub is, seen by a publisher.
 trait Source: Send + 'static {
     type Event: Send + 'static;
+    /// What a member's detail is made of, held for every member: small
+    /// (a `Map` costs a B-tree node, over 600 bytes, per member).
+    type Detail: PartialEq + Send + 'static;
     /// `session` or `peer`.
     const KIND: &'static str;
     /// The process key's `metadata.role`.
@@ -47,17 +51,19 @@ trait Source: Send + 'static {
     fn dropped(&self) -> u64;
     fn count(&self) -> usize;
     /// Every member now, with its state and detail.
-    fn list(&self, f: &mut dyn FnMut(&str, &'static str, Detail));
-    fn change(event: Self::Event) -> Change;
+    fn list(&self, f: &mut dyn FnMut(&str, &'static str, Self::Detail));
+    fn change(event: Self::Event) -> Change<Self::Detail>;
+    /// The detail as published.
+    fn render(detail: &Self::Detail) -> Detail;
 }
 
 /// What an event means for the published set.
-enum Change {
+enum Change<D> {
     /// A member, whole (a hub's join, with its connection id).
     Set {
         id: String,
         state: &'static str,
-        detail: Detail,
+        detail: D,
         conn: Option<u64>,
     },
     /// A known member's new state (a member not known yet is learned by the
@@ -74,10 +80,10 @@ enum Change {
     Nothing,
 }
 
-struct Member {
+struct Member<D> {
     state: &'static str,
-    detail: Detail,
-    since: String,
+    detail: D,
+    since: SystemTime,
     /// The hub's connection id, when learned from a join.
     conn: Option<u64>,
     /// The listing that last saw it.
@@ -85,12 +91,12 @@ struct Member {
 }
 
 /// The members as published, and where they go.
-struct Published<S> {
+struct Published<S: Source> {
     presence: Presence,
     prefix: String,
     publisher: Publisher,
     clock: SharedClock,
-    members: HashMap<String, Member>,
+    members: HashMap<String, Member<S::Detail>>,
     /// The number of the current listing.
     listing: u64,
     source: PhantomData<fn() -> S>,
@@ -101,14 +107,14 @@ impl<S: Source> Published<S> {
         S::key(&self.publisher, &self.prefix, id)
     }
 
-    fn publish(&self, id: &str, member: &Member) {
+    fn publish(&self, id: &str, member: &Member<S::Detail>) {
         let record = MemberRecord {
             kind: S::KIND.into(),
             id: id.to_owned(),
             owner: self.publisher.id(),
             state: member.state.into(),
-            since: member.since.clone(),
-            detail: member.detail.clone(),
+            since: format_timestamp(member.since),
+            detail: S::render(&member.detail),
         };
         self.presence.set(self.key(id), serde_json::to_vec(&record).unwrap_or_default());
     }
@@ -119,14 +125,10 @@ impl<S: Source> Published<S> {
         }
     }
 
-    fn now_text(&self) -> String {
-        format_timestamp(self.clock.wall())
-    }
-
     /// Puts `id` in `state` with `detail`; publishes when anything changed.
-    fn upsert(&mut self, id: &str, state: &'static str, detail: Detail, conn: Option<u64>) {
+    fn upsert(&mut self, id: &str, state: &'static str, detail: S::Detail, conn: Option<u64>) {
         let listing = self.listing;
-        let since = self.now_text();
+        let since = self.clock.wall();
         match self.members.get_mut(id) {
             Some(m) => {
                 m.seen = listing;
@@ -151,7 +153,7 @@ impl<S: Source> Published<S> {
 
     /// Puts a known member in `state`; `false` if the member is not known.
     fn set_state(&mut self, id: &str, state: &'static str) -> bool {
-        let since = self.now_text();
+        let since = self.clock.wall();
         let Some(m) = self.members.get_mut(id) else { return false };
         if m.state != state {
             m.state = state;
@@ -340,6 +342,8 @@ struct MonitorSource(Monitor);
 
 impl Source for MonitorSource {
     type Event = Event;
+    /// The agent type.
+    type Detail = Box<str>;
     const KIND: &'static str = "session";
     const ROLE: &'static str = "monitor";
 
@@ -359,7 +363,7 @@ impl Source for MonitorSource {
         self.0.registered_count()
     }
 
-    fn list(&self, f: &mut dyn FnMut(&str, &'static str, Detail)) {
+    fn list(&self, f: &mut dyn FnMut(&str, &'static str, Box<str>)) {
         // A shard at a time: memory holds one shard's snapshot.
         let _ = self.0.snapshot_shards(|sessions| {
             for s in sessions {
@@ -370,13 +374,13 @@ impl Source for MonitorSource {
                 } else {
                     ALIVE
                 };
-                f(&s.session_id, state, agent_detail(&s.agent_type));
+                f(&s.session_id, state, s.agent_type.as_str().into());
             }
             Ok::<(), std::convert::Infallible>(())
         });
     }
 
-    fn change(event: Event) -> Change {
+    fn change(event: Event) -> Change<Box<str>> {
         match event {
             Event::Warning { session_id, .. } => Change::State { id: session_id, state: WARNING },
             Event::Recovered { session_id } => Change::State { id: session_id, state: ALIVE },
@@ -385,6 +389,10 @@ impl Source for MonitorSource {
             // A `Removed` follows.
             Event::TimedOut { .. } => Change::Nothing,
         }
+    }
+
+    fn render(agent_type: &Box<str>) -> Detail {
+        agent_detail(agent_type)
     }
 }
 
@@ -502,16 +510,21 @@ impl fmt::Debug for MonitorPublisher {
 
 struct HubSource(Arc<Hub>);
 
-fn peer_detail(role: &str, location: String, verified: bool) -> Detail {
-    let mut detail = Map::new();
-    detail.insert("role".into(), role.into());
-    detail.insert("location".into(), location.into());
-    detail.insert("verified".into(), verified.into());
-    detail
+/// A peer's detail: its role (maker or taker), location, verification.
+#[derive(Debug, PartialEq)]
+struct PeerDetail {
+    role: &'static str,
+    location: Box<str>,
+    verified: bool,
+}
+
+fn peer_detail(role: &'static str, location: String, verified: bool) -> PeerDetail {
+    PeerDetail { role, location: location.into_boxed_str(), verified }
 }
 
 impl Source for HubSource {
     type Event = HubEvent;
+    type Detail = PeerDetail;
     const KIND: &'static str = "peer";
     const ROLE: &'static str = "hub";
 
@@ -531,13 +544,13 @@ impl Source for HubSource {
         self.0.peer_count()
     }
 
-    fn list(&self, f: &mut dyn FnMut(&str, &'static str, Detail)) {
+    fn list(&self, f: &mut dyn FnMut(&str, &'static str, PeerDetail)) {
         for peer in self.0.peers() {
             f(&peer.nick, ALIVE, peer_detail(peer.role, peer.location, peer.verified));
         }
     }
 
-    fn change(event: HubEvent) -> Change {
+    fn change(event: HubEvent) -> Change<PeerDetail> {
         match event {
             HubEvent::Joined { id, nick, location, verified, .. } => {
                 let role = if location.is_maker() { "maker" } else { "taker" };
@@ -553,6 +566,14 @@ impl Source for HubSource {
             }
             HubEvent::Rejected { .. } => Change::Nothing,
         }
+    }
+
+    fn render(peer: &PeerDetail) -> Detail {
+        let mut detail = Map::new();
+        detail.insert("role".into(), peer.role.into());
+        detail.insert("location".into(), (*peer.location).into());
+        detail.insert("verified".into(), peer.verified.into());
+        detail
     }
 }
 
@@ -649,6 +670,44 @@ mod tests {
         states
     }
 
+    fn rss_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Figures, not a check: `HB_N=1000000 cargo test --release --lib
+    /// listing_figures -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn listing_figures() {
+        let n: usize = std::env::var("HB_N").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+        let monitor = Monitor::builder().timeout(Duration::from_secs(600)).build().unwrap();
+        let rss0 = rss_kib();
+        for i in 0..n {
+            monitor.register(&format!("session-{i}"), "worker");
+        }
+        let rss1 = rss_kib();
+        let presence = nowhere();
+        let mut core = Core::new(MonitorSource(monitor.clone()), presence.clone(), "heartbeat/", Map::new());
+        let t = Instant::now();
+        core.resync();
+        let first = t.elapsed();
+        let rss2 = rss_kib();
+        let t = Instant::now();
+        core.resync();
+        let again = t.elapsed();
+        eprintln!(
+            "{n} sessions: monitor {} MiB; publisher + presence {} MiB; first listing {first:?}, unchanged listing {again:?}",
+            (rss1 - rss0) / 1024,
+            (rss2 - rss1) / 1024
+        );
+        presence.abandon();
+    }
+
     #[test]
     fn dropped_events_and_unannounced_registrations_are_made_up_by_a_listing() {
         let clock = ManualClock::new();
@@ -721,7 +780,7 @@ mod tests {
         core.apply(left(2, "J5a"));
         assert!(!core.out.members.contains_key("J5a"));
         // A peer learned from a listing cannot be matched to a leave: ask for a listing.
-        core.out.upsert("J5b", ALIVE, Map::new(), None);
+        core.out.upsert("J5b", ALIVE, peer_detail("taker", "NOT-SERVING-ONION".into(), false), None);
         core.apply(left(9, "J5b"));
         assert!(core.stale && core.out.members.contains_key("J5b"));
         core.resync();
