@@ -25,7 +25,9 @@ const EVENT_QUEUE: usize = 4096;
 /// How often a publisher compares what it published with the monitor's or
 /// hub's count, and lists everything again when they differ (that is how a
 /// monitor's new sessions are learned: it sends no event for them) or when
-/// events were dropped.
+/// events were dropped; after a listing that took long (hundreds of
+/// thousands of members), the next one waits nine times as long, so that
+/// listing never takes more than a tenth of the publisher's time.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often a publisher lists everything again regardless, to catch what
@@ -172,6 +174,9 @@ struct Core<S: Source> {
     /// A listing is wanted at the next check (an event about a member not
     /// known yet, or a leave that cannot be matched to a join).
     stale: bool,
+    /// How often the process key is rewritten, and when next.
+    refresh_every: Duration,
+    next_refresh: Instant,
 }
 
 impl<S: Source> Core<S> {
@@ -191,7 +196,15 @@ impl<S: Source> Core<S> {
             listing: 0,
             source: PhantomData,
         };
-        Core { source, out, process, dropped: 0, stale: false }
+        Core {
+            source,
+            out,
+            process,
+            dropped: 0,
+            stale: false,
+            refresh_every: refresh,
+            next_refresh: Instant::now(),
+        }
     }
 
     fn process_key(&self) -> String {
@@ -200,8 +213,8 @@ impl<S: Source> Core<S> {
 
     /// Writes the process key with the time now.
     fn refresh(&mut self) {
-        self.process.last_beat = self.out.clock.wall();
-        self.out.presence.set(self.process_key(), self.process.to_json());
+        refresh(&mut self.process, &self.out);
+        self.next_refresh = Instant::now() + self.refresh_every;
     }
 
     fn apply(&mut self, event: S::Event) {
@@ -232,8 +245,18 @@ impl<S: Source> Core<S> {
         self.out.listing += 1;
         self.stale = false;
         self.dropped = self.source.dropped();
-        let out = &mut self.out;
-        self.source.list(&mut |id, state, detail| out.upsert(id, state, detail, None));
+        let Core { source, out, process, refresh_every, next_refresh, .. } = self;
+        let mut seen = 0u32;
+        source.list(&mut |id, state, detail| {
+            out.upsert(id, state, detail, None);
+            // A listing of a million members outlasts a refresh period:
+            // the process key must not turn stale meanwhile.
+            seen = seen.wrapping_add(1);
+            if seen % 1024 == 0 && Instant::now() >= *next_refresh {
+                refresh(process, out);
+                *next_refresh = Instant::now() + *refresh_every;
+            }
+        });
         let Published { members, presence, listing, publisher, prefix, .. } = &mut self.out;
         members.retain(|id, m| {
             let keep = m.seen == *listing;
@@ -244,20 +267,26 @@ impl<S: Source> Core<S> {
         });
     }
 
+    /// [`resync`](Self::resync), and how long it took.
+    fn timed_resync(&mut self) -> Duration {
+        let started = Instant::now();
+        self.resync();
+        started.elapsed()
+    }
+
     /// Whether a listing is due: events were dropped, or the counts differ.
     fn out_of_step(&self) -> bool {
         self.stale || self.source.dropped() != self.dropped || self.source.count() != self.out.members.len()
     }
 
     fn run(mut self, events: &Receiver<S::Event>, stop: &Receiver<()>) {
-        self.resync();
+        let took = self.timed_resync();
         self.refresh();
-        let refresh_every = refresh_interval(&self.out.presence);
-        let mut next_refresh = Instant::now() + refresh_every;
         let mut next_check = Instant::now() + CHECK_INTERVAL;
-        let mut next_full = Instant::now() + FULL_RESYNC;
+        let mut next_full = Instant::now() + FULL_RESYNC.max(listing_pause(took));
+        let mut next_listing = Instant::now() + listing_pause(took);
         loop {
-            let deadline = next_refresh.min(next_check);
+            let deadline = self.next_refresh.min(next_check);
             crossbeam_channel::select! {
                 recv(stop) -> _ => break,
                 recv(events) -> event => match event {
@@ -276,20 +305,22 @@ impl<S: Source> Core<S> {
             let now = Instant::now();
             if now >= next_check {
                 next_check = now + CHECK_INTERVAL;
-                if now >= next_full {
-                    next_full = now + FULL_RESYNC;
-                    self.resync();
-                } else if self.out_of_step() {
+                let full = now >= next_full;
+                if full || (now >= next_listing && self.out_of_step()) {
                     // Events queued before the listing are older than it:
                     // take them first, so the listing has the last word.
                     for event in events.try_iter().take(EVENT_QUEUE) {
                         self.apply(event);
                     }
-                    self.resync();
+                    let took = self.timed_resync();
+                    let now = Instant::now();
+                    next_listing = now + listing_pause(took);
+                    if full {
+                        next_full = now + FULL_RESYNC.max(listing_pause(took));
+                    }
                 }
             }
-            if now >= next_refresh {
-                next_refresh = now + refresh_every;
+            if Instant::now() >= self.next_refresh {
                 self.refresh();
             }
         }
@@ -303,6 +334,25 @@ impl<S: Source> Core<S> {
             self.out.presence.remove(&self.out.key(id));
         }
     }
+}
+
+/// Writes `process`'s key with the time now.
+fn refresh<S: Source>(process: &mut HeartbeatState, out: &Published<S>) {
+    process.last_beat = out.clock.wall();
+    out.presence.set(out.publisher.process_key(&out.prefix), process.to_json());
+}
+
+/// How many times its own length a listing waits before the next one: a
+/// publisher lists at most a tenth of its time, however many members (a
+/// monitor of a million sessions that keeps gaining some would otherwise
+/// list them all every [`CHECK_INTERVAL`], a core's worth of work).
+const LISTING_SPACING: u32 = 9;
+
+/// The pause after a listing that took `took` before the next one for a
+/// count that differs: [`CHECK_INTERVAL`] for small sets, longer for sets
+/// whose listing is long.
+fn listing_pause(took: Duration) -> Duration {
+    took.saturating_mul(LISTING_SPACING).max(CHECK_INTERVAL)
 }
 
 /// How often the process key is rewritten: a third of the lease's TTL, so
@@ -428,9 +478,11 @@ fn agent_detail(agent_type: &str) -> Detail {
 /// follows the monitor's events for state changes and removals, and every
 /// [`CHECK_INTERVAL`] compares the number of sessions it published with the
 /// monitor's, listing every session again when they differ (new sessions are
-/// learned that way, within a second) or when its bounded subscription had
-/// to drop events. A listing writes only what differs, so nothing is
-/// written twice.
+/// learned that way, within a second; with hundreds of thousands of
+/// sessions, within nine times a listing's length) or when its bounded
+/// subscription had to drop events. A listing writes only what differs, so
+/// nothing is written twice, and keeps the process key rewritten while it
+/// runs.
 ///
 /// [`stop`](Self::stop) (or drop) joins the thread and withdraws its keys
 /// from the presence (deleting them one by one from etcd while the presence
@@ -755,6 +807,33 @@ mod tests {
         assert!(!core.out.members.contains_key("a"));
         assert!(!core.out_of_step());
         assert_eq!(presence.status().keys, 3);
+        presence.stop();
+    }
+
+    #[test]
+    fn listings_take_at_most_a_tenth_of_the_time() {
+        assert_eq!(listing_pause(Duration::from_millis(5)), CHECK_INTERVAL);
+        assert_eq!(listing_pause(Duration::from_millis(500)), Duration::from_millis(4500));
+        let took = Duration::from_secs(2);
+        assert!(took * 10 <= took + listing_pause(took));
+    }
+
+    #[test]
+    fn a_long_listing_keeps_the_process_key_fresh() {
+        let monitor = Monitor::builder().timeout(Duration::from_secs(600)).build().unwrap();
+        for i in 0..5000 {
+            monitor.register(&format!("s{i}"), "job");
+        }
+        let presence = nowhere();
+        let mut core = Core::new(MonitorSource(monitor.clone()), presence.clone(), "p/", Map::new());
+        // The refresh is due as the listing starts: readers allow three
+        // refresh periods, and a listing of a million sessions can take
+        // longer than that; it must not hold the process key back.
+        core.next_refresh = Instant::now();
+        core.resync();
+        assert_eq!(core.out.members.len(), 5000);
+        assert!(presence.keys().contains(&core.process_key()), "the process key written during the listing");
+        assert!(core.next_refresh > Instant::now(), "and the next refresh set");
         presence.stop();
     }
 
