@@ -252,7 +252,7 @@ impl<S: Source> Core<S> {
             // A listing of a million members outlasts a refresh period:
             // the process key must not turn stale meanwhile.
             seen = seen.wrapping_add(1);
-            if seen % 1024 == 0 && Instant::now() >= *next_refresh {
+            if seen.is_multiple_of(1024) && Instant::now() >= *next_refresh {
                 refresh(process, out);
                 *next_refresh = Instant::now() + *refresh_every;
             }
