@@ -140,6 +140,9 @@ fn a_warned_failed_or_recovered_session_changes_its_state_and_a_dead_one_goes() 
     silence(11);
     eventually("flaky warned", BOUND, || state_of(&c, &key("flaky")).as_deref() == Some("warning"));
     assert_ne!(record(&c, &key("flaky")).unwrap().since, since, "a new state, a new since");
+    // The warning's write counted first: etcd has it before the presence
+    // counts it, and pending reaches 0 only after the count.
+    eventually("the warning counted", BOUND, || presence.status().pending == 0);
     let writes = presence.status().writes;
     monitor.beat("flaky");
     eventually("flaky recovered", BOUND, || state_of(&c, &key("flaky")).as_deref() == Some("alive"));

@@ -6,7 +6,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::{Map, Value};
@@ -25,19 +25,25 @@ const EVENT_QUEUE: usize = 4096;
 /// How often a publisher compares what it published with the monitor's or
 /// hub's count, and lists everything again when they differ (that is how a
 /// monitor's new sessions are learned: it sends no event for them) or when
-/// events were dropped.
+/// events were dropped; after a listing that took long (hundreds of
+/// thousands of members), the next one waits nine times as long, so that
+/// listing never takes more than a tenth of the publisher's time.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often a publisher lists everything again regardless, to catch what
 /// no event and no count says (a session's agent type changed in place).
 const FULL_RESYNC: Duration = Duration::from_secs(60);
 
-/// A member's `detail` (agent type; a peer's role, location, verification).
+/// A member's `detail` as published (agent type; a peer's role, location,
+/// verification).
 type Detail = Map<String, Value>;
 
 /// What a monitor or hub is, seen by a publisher.
 trait Source: Send + 'static {
     type Event: Send + 'static;
+    /// What a member's detail is made of, held for every member: small
+    /// (a `Map` costs a B-tree node, over 600 bytes, per member).
+    type Detail: PartialEq + Send + 'static;
     /// `session` or `peer`.
     const KIND: &'static str;
     /// The process key's `metadata.role`.
@@ -47,17 +53,19 @@ trait Source: Send + 'static {
     fn dropped(&self) -> u64;
     fn count(&self) -> usize;
     /// Every member now, with its state and detail.
-    fn list(&self, f: &mut dyn FnMut(&str, &'static str, Detail));
-    fn change(event: Self::Event) -> Change;
+    fn list(&self, f: &mut dyn FnMut(&str, &'static str, Self::Detail));
+    fn change(event: Self::Event) -> Change<Self::Detail>;
+    /// The detail as published.
+    fn render(detail: &Self::Detail) -> Detail;
 }
 
 /// What an event means for the published set.
-enum Change {
+enum Change<D> {
     /// A member, whole (a hub's join, with its connection id).
     Set {
         id: String,
         state: &'static str,
-        detail: Detail,
+        detail: D,
         conn: Option<u64>,
     },
     /// A known member's new state (a member not known yet is learned by the
@@ -74,10 +82,10 @@ enum Change {
     Nothing,
 }
 
-struct Member {
+struct Member<D> {
     state: &'static str,
-    detail: Detail,
-    since: String,
+    detail: D,
+    since: SystemTime,
     /// The hub's connection id, when learned from a join.
     conn: Option<u64>,
     /// The listing that last saw it.
@@ -85,12 +93,12 @@ struct Member {
 }
 
 /// The members as published, and where they go.
-struct Published<S> {
+struct Published<S: Source> {
     presence: Presence,
     prefix: String,
     publisher: Publisher,
     clock: SharedClock,
-    members: HashMap<String, Member>,
+    members: HashMap<String, Member<S::Detail>>,
     /// The number of the current listing.
     listing: u64,
     source: PhantomData<fn() -> S>,
@@ -101,14 +109,14 @@ impl<S: Source> Published<S> {
         S::key(&self.publisher, &self.prefix, id)
     }
 
-    fn publish(&self, id: &str, member: &Member) {
+    fn publish(&self, id: &str, member: &Member<S::Detail>) {
         let record = MemberRecord {
             kind: S::KIND.into(),
             id: id.to_owned(),
             owner: self.publisher.id(),
             state: member.state.into(),
-            since: member.since.clone(),
-            detail: member.detail.clone(),
+            since: format_timestamp(member.since),
+            detail: S::render(&member.detail),
         };
         self.presence.set(self.key(id), serde_json::to_vec(&record).unwrap_or_default());
     }
@@ -119,14 +127,10 @@ impl<S: Source> Published<S> {
         }
     }
 
-    fn now_text(&self) -> String {
-        format_timestamp(self.clock.wall())
-    }
-
     /// Puts `id` in `state` with `detail`; publishes when anything changed.
-    fn upsert(&mut self, id: &str, state: &'static str, detail: Detail, conn: Option<u64>) {
+    fn upsert(&mut self, id: &str, state: &'static str, detail: S::Detail, conn: Option<u64>) {
         let listing = self.listing;
-        let since = self.now_text();
+        let since = self.clock.wall();
         match self.members.get_mut(id) {
             Some(m) => {
                 m.seen = listing;
@@ -151,7 +155,7 @@ impl<S: Source> Published<S> {
 
     /// Puts a known member in `state`; `false` if the member is not known.
     fn set_state(&mut self, id: &str, state: &'static str) -> bool {
-        let since = self.now_text();
+        let since = self.clock.wall();
         let Some(m) = self.members.get_mut(id) else { return false };
         if m.state != state {
             m.state = state;
@@ -170,6 +174,9 @@ struct Core<S: Source> {
     /// A listing is wanted at the next check (an event about a member not
     /// known yet, or a leave that cannot be matched to a join).
     stale: bool,
+    /// How often the process key is rewritten, and when next.
+    refresh_every: Duration,
+    next_refresh: Instant,
 }
 
 impl<S: Source> Core<S> {
@@ -189,7 +196,15 @@ impl<S: Source> Core<S> {
             listing: 0,
             source: PhantomData,
         };
-        Core { source, out, process, dropped: 0, stale: false }
+        Core {
+            source,
+            out,
+            process,
+            dropped: 0,
+            stale: false,
+            refresh_every: refresh,
+            next_refresh: Instant::now(),
+        }
     }
 
     fn process_key(&self) -> String {
@@ -198,8 +213,8 @@ impl<S: Source> Core<S> {
 
     /// Writes the process key with the time now.
     fn refresh(&mut self) {
-        self.process.last_beat = self.out.clock.wall();
-        self.out.presence.set(self.process_key(), self.process.to_json());
+        refresh(&mut self.process, &self.out);
+        self.next_refresh = Instant::now() + self.refresh_every;
     }
 
     fn apply(&mut self, event: S::Event) {
@@ -230,8 +245,18 @@ impl<S: Source> Core<S> {
         self.out.listing += 1;
         self.stale = false;
         self.dropped = self.source.dropped();
-        let out = &mut self.out;
-        self.source.list(&mut |id, state, detail| out.upsert(id, state, detail, None));
+        let Core { source, out, process, refresh_every, next_refresh, .. } = self;
+        let mut seen = 0u32;
+        source.list(&mut |id, state, detail| {
+            out.upsert(id, state, detail, None);
+            // A listing of a million members outlasts a refresh period:
+            // the process key must not turn stale meanwhile.
+            seen = seen.wrapping_add(1);
+            if seen.is_multiple_of(1024) && Instant::now() >= *next_refresh {
+                refresh(process, out);
+                *next_refresh = Instant::now() + *refresh_every;
+            }
+        });
         let Published { members, presence, listing, publisher, prefix, .. } = &mut self.out;
         members.retain(|id, m| {
             let keep = m.seen == *listing;
@@ -242,20 +267,26 @@ impl<S: Source> Core<S> {
         });
     }
 
+    /// [`resync`](Self::resync), and how long it took.
+    fn timed_resync(&mut self) -> Duration {
+        let started = Instant::now();
+        self.resync();
+        started.elapsed()
+    }
+
     /// Whether a listing is due: events were dropped, or the counts differ.
     fn out_of_step(&self) -> bool {
         self.stale || self.source.dropped() != self.dropped || self.source.count() != self.out.members.len()
     }
 
     fn run(mut self, events: &Receiver<S::Event>, stop: &Receiver<()>) {
-        self.resync();
+        let took = self.timed_resync();
         self.refresh();
-        let refresh_every = refresh_interval(&self.out.presence);
-        let mut next_refresh = Instant::now() + refresh_every;
         let mut next_check = Instant::now() + CHECK_INTERVAL;
-        let mut next_full = Instant::now() + FULL_RESYNC;
+        let mut next_full = Instant::now() + FULL_RESYNC.max(listing_pause(took));
+        let mut next_listing = Instant::now() + listing_pause(took);
         loop {
-            let deadline = next_refresh.min(next_check);
+            let deadline = self.next_refresh.min(next_check);
             crossbeam_channel::select! {
                 recv(stop) -> _ => break,
                 recv(events) -> event => match event {
@@ -274,20 +305,22 @@ impl<S: Source> Core<S> {
             let now = Instant::now();
             if now >= next_check {
                 next_check = now + CHECK_INTERVAL;
-                if now >= next_full {
-                    next_full = now + FULL_RESYNC;
-                    self.resync();
-                } else if self.out_of_step() {
+                let full = now >= next_full;
+                if full || (now >= next_listing && self.out_of_step()) {
                     // Events queued before the listing are older than it:
                     // take them first, so the listing has the last word.
                     for event in events.try_iter().take(EVENT_QUEUE) {
                         self.apply(event);
                     }
-                    self.resync();
+                    let took = self.timed_resync();
+                    let now = Instant::now();
+                    next_listing = now + listing_pause(took);
+                    if full {
+                        next_full = now + FULL_RESYNC.max(listing_pause(took));
+                    }
                 }
             }
-            if now >= next_refresh {
-                next_refresh = now + refresh_every;
+            if Instant::now() >= self.next_refresh {
                 self.refresh();
             }
         }
@@ -301,6 +334,25 @@ impl<S: Source> Core<S> {
             self.out.presence.remove(&self.out.key(id));
         }
     }
+}
+
+/// Writes `process`'s key with the time now.
+fn refresh<S: Source>(process: &mut HeartbeatState, out: &Published<S>) {
+    process.last_beat = out.clock.wall();
+    out.presence.set(out.publisher.process_key(&out.prefix), process.to_json());
+}
+
+/// How many times its own length a listing waits before the next one: a
+/// publisher lists at most a tenth of its time, however many members (a
+/// monitor of a million sessions that keeps gaining some would otherwise
+/// list them all every [`CHECK_INTERVAL`], a core's worth of work).
+const LISTING_SPACING: u32 = 9;
+
+/// The pause after a listing that took `took` before the next one for a
+/// count that differs: [`CHECK_INTERVAL`] for small sets, longer for sets
+/// whose listing is long.
+fn listing_pause(took: Duration) -> Duration {
+    took.saturating_mul(LISTING_SPACING).max(CHECK_INTERVAL)
 }
 
 /// How often the process key is rewritten: a third of the lease's TTL, so
@@ -340,6 +392,8 @@ struct MonitorSource(Monitor);
 
 impl Source for MonitorSource {
     type Event = Event;
+    /// The agent type.
+    type Detail = Box<str>;
     const KIND: &'static str = "session";
     const ROLE: &'static str = "monitor";
 
@@ -359,7 +413,7 @@ impl Source for MonitorSource {
         self.0.registered_count()
     }
 
-    fn list(&self, f: &mut dyn FnMut(&str, &'static str, Detail)) {
+    fn list(&self, f: &mut dyn FnMut(&str, &'static str, Box<str>)) {
         // A shard at a time: memory holds one shard's snapshot.
         let _ = self.0.snapshot_shards(|sessions| {
             for s in sessions {
@@ -370,13 +424,13 @@ impl Source for MonitorSource {
                 } else {
                     ALIVE
                 };
-                f(&s.session_id, state, agent_detail(&s.agent_type));
+                f(&s.session_id, state, s.agent_type.as_str().into());
             }
             Ok::<(), std::convert::Infallible>(())
         });
     }
 
-    fn change(event: Event) -> Change {
+    fn change(event: Event) -> Change<Box<str>> {
         match event {
             Event::Warning { session_id, .. } => Change::State { id: session_id, state: WARNING },
             Event::Recovered { session_id } => Change::State { id: session_id, state: ALIVE },
@@ -385,6 +439,10 @@ impl Source for MonitorSource {
             // A `Removed` follows.
             Event::TimedOut { .. } => Change::Nothing,
         }
+    }
+
+    fn render(agent_type: &Box<str>) -> Detail {
+        agent_detail(agent_type)
     }
 }
 
@@ -420,9 +478,11 @@ fn agent_detail(agent_type: &str) -> Detail {
 /// follows the monitor's events for state changes and removals, and every
 /// [`CHECK_INTERVAL`] compares the number of sessions it published with the
 /// monitor's, listing every session again when they differ (new sessions are
-/// learned that way, within a second) or when its bounded subscription had
-/// to drop events. A listing writes only what differs, so nothing is
-/// written twice.
+/// learned that way, within a second; with hundreds of thousands of
+/// sessions, within nine times a listing's length) or when its bounded
+/// subscription had to drop events. A listing writes only what differs, so
+/// nothing is written twice, and keeps the process key rewritten while it
+/// runs.
 ///
 /// [`stop`](Self::stop) (or drop) joins the thread and withdraws its keys
 /// from the presence (deleting them one by one from etcd while the presence
@@ -502,16 +562,21 @@ impl fmt::Debug for MonitorPublisher {
 
 struct HubSource(Arc<Hub>);
 
-fn peer_detail(role: &str, location: String, verified: bool) -> Detail {
-    let mut detail = Map::new();
-    detail.insert("role".into(), role.into());
-    detail.insert("location".into(), location.into());
-    detail.insert("verified".into(), verified.into());
-    detail
+/// A peer's detail: its role (maker or taker), location, verification.
+#[derive(Debug, PartialEq)]
+struct PeerDetail {
+    role: &'static str,
+    location: Box<str>,
+    verified: bool,
+}
+
+fn peer_detail(role: &'static str, location: String, verified: bool) -> PeerDetail {
+    PeerDetail { role, location: location.into_boxed_str(), verified }
 }
 
 impl Source for HubSource {
     type Event = HubEvent;
+    type Detail = PeerDetail;
     const KIND: &'static str = "peer";
     const ROLE: &'static str = "hub";
 
@@ -531,13 +596,13 @@ impl Source for HubSource {
         self.0.peer_count()
     }
 
-    fn list(&self, f: &mut dyn FnMut(&str, &'static str, Detail)) {
+    fn list(&self, f: &mut dyn FnMut(&str, &'static str, PeerDetail)) {
         for peer in self.0.peers() {
             f(&peer.nick, ALIVE, peer_detail(peer.role, peer.location, peer.verified));
         }
     }
 
-    fn change(event: HubEvent) -> Change {
+    fn change(event: HubEvent) -> Change<PeerDetail> {
         match event {
             HubEvent::Joined { id, nick, location, verified, .. } => {
                 let role = if location.is_maker() { "maker" } else { "taker" };
@@ -553,6 +618,14 @@ impl Source for HubSource {
             }
             HubEvent::Rejected { .. } => Change::Nothing,
         }
+    }
+
+    fn render(peer: &PeerDetail) -> Detail {
+        let mut detail = Map::new();
+        detail.insert("role".into(), peer.role.into());
+        detail.insert("location".into(), (*peer.location).into());
+        detail.insert("verified".into(), peer.verified.into());
+        detail
     }
 }
 
@@ -649,6 +722,44 @@ mod tests {
         states
     }
 
+    fn rss_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Figures, not a check: `HB_N=1000000 cargo test --release --lib
+    /// listing_figures -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn listing_figures() {
+        let n: usize = std::env::var("HB_N").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+        let monitor = Monitor::builder().timeout(Duration::from_secs(600)).build().unwrap();
+        let rss0 = rss_kib();
+        for i in 0..n {
+            monitor.register(&format!("session-{i}"), "worker");
+        }
+        let rss1 = rss_kib();
+        let presence = nowhere();
+        let mut core = Core::new(MonitorSource(monitor.clone()), presence.clone(), "heartbeat/", Map::new());
+        let t = Instant::now();
+        core.resync();
+        let first = t.elapsed();
+        let rss2 = rss_kib();
+        let t = Instant::now();
+        core.resync();
+        let again = t.elapsed();
+        eprintln!(
+            "{n} sessions: monitor {} MiB; publisher + presence {} MiB; first listing {first:?}, unchanged listing {again:?}",
+            (rss1 - rss0) / 1024,
+            (rss2 - rss1) / 1024
+        );
+        presence.abandon();
+    }
+
     #[test]
     fn dropped_events_and_unannounced_registrations_are_made_up_by_a_listing() {
         let clock = ManualClock::new();
@@ -700,6 +811,33 @@ mod tests {
     }
 
     #[test]
+    fn listings_take_at_most_a_tenth_of_the_time() {
+        assert_eq!(listing_pause(Duration::from_millis(5)), CHECK_INTERVAL);
+        assert_eq!(listing_pause(Duration::from_millis(500)), Duration::from_millis(4500));
+        let took = Duration::from_secs(2);
+        assert!(took * 10 <= took + listing_pause(took));
+    }
+
+    #[test]
+    fn a_long_listing_keeps_the_process_key_fresh() {
+        let monitor = Monitor::builder().timeout(Duration::from_secs(600)).build().unwrap();
+        for i in 0..5000 {
+            monitor.register(&format!("s{i}"), "job");
+        }
+        let presence = nowhere();
+        let mut core = Core::new(MonitorSource(monitor.clone()), presence.clone(), "p/", Map::new());
+        // The refresh is due as the listing starts: readers allow three
+        // refresh periods, and a listing of a million sessions can take
+        // longer than that; it must not hold the process key back.
+        core.next_refresh = Instant::now();
+        core.resync();
+        assert_eq!(core.out.members.len(), 5000);
+        assert!(presence.keys().contains(&core.process_key()), "the process key written during the listing");
+        assert!(core.next_refresh > Instant::now(), "and the next refresh set");
+        presence.stop();
+    }
+
+    #[test]
     fn a_leave_removes_a_peer_only_when_it_is_the_connection_that_joined() {
         let hub = Arc::new(Hub::builder().listen(([127, 0, 0, 1], 0)).start().unwrap());
         let presence = nowhere();
@@ -721,7 +859,7 @@ mod tests {
         core.apply(left(2, "J5a"));
         assert!(!core.out.members.contains_key("J5a"));
         // A peer learned from a listing cannot be matched to a leave: ask for a listing.
-        core.out.upsert("J5b", ALIVE, Map::new(), None);
+        core.out.upsert("J5b", ALIVE, peer_detail("taker", "NOT-SERVING-ONION".into(), false), None);
         core.apply(left(9, "J5b"));
         assert!(core.stale && core.out.members.contains_key("J5b"));
         core.resync();
