@@ -270,7 +270,9 @@ fn the_watch_reports_appeared_changed_and_gone_but_not_rewrites() {
     let stopping = Instant::now();
     watch.stop();
     assert_eq!(watch.status().state, EtcdWatchState::Stopped);
-    assert!(stopping.elapsed() < Duration::from_secs(5), "stop took {:?}", stopping.elapsed());
+    // Bounded (about a second of stream silence, or one request in flight),
+    // with room for a loaded machine: this checks it ends, not how fast.
+    assert!(stopping.elapsed() < Duration::from_secs(15), "stop took {:?}", stopping.elapsed());
 }
 
 /// Rewrites a publisher's heartbeat every 300 ms on a thread, joined on drop.

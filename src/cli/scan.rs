@@ -263,23 +263,45 @@ fn watch(scanner: &Scanner, format: Format) -> ExitCode {
         Ok(w) => w,
         Err(e) => return failed(&e),
     };
-    let mut picture: HashMap<PathBuf, ScanStatus> = HashMap::new();
+    let events = watch.events().clone();
+    follow(
+        &events,
+        &stop,
+        || watch.stop(),
+        |out, picture, event| print_event(out, picture, event, format),
+        update,
+        "the scanning thread",
+    )
+}
+
+/// Prints each event of a watch until SIGINT or SIGTERM sets `stop` (or
+/// stdout closes), then stops the watch with `halt`; the events it had
+/// already sent complete the picture. Exit 0 when the picture holds a FRESH
+/// entry, as `scan` (1 when none does).
+pub(super) fn follow<E, K: std::hash::Hash + Eq>(
+    events: &crossbeam_channel::Receiver<E>,
+    stop: &std::sync::atomic::AtomicBool,
+    halt: impl FnOnce(),
+    mut print: impl FnMut(&mut io::Stdout, &mut HashMap<K, ScanStatus>, &E) -> io::Result<()>,
+    update: impl Fn(&mut HashMap<K, ScanStatus>, &E),
+    thread: &str,
+) -> ExitCode {
+    let mut picture = HashMap::new();
     let mut stdout = io::stdout();
     let mut open = true;
     while open && !stop.load(Ordering::Relaxed) {
-        match watch.events().recv_timeout(Duration::from_millis(200)) {
-            Ok(event) => open = print_event(&mut stdout, &mut picture, &event, format).is_ok(),
+        match events.recv_timeout(Duration::from_millis(200)) {
+            Ok(event) => open = print(&mut stdout, &mut picture, &event).is_ok(),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                return failed(&"the scanning thread stopped unexpectedly");
+                return failed(&format_args!("{thread} stopped unexpectedly"));
             }
         }
     }
-    watch.stop();
-    // The last scan's events, already sent, complete the picture.
-    for event in watch.events().try_iter() {
+    halt();
+    for event in events.try_iter() {
         if open {
-            open = print_event(&mut stdout, &mut picture, &event, format).is_ok();
+            open = print(&mut stdout, &mut picture, &event).is_ok();
         } else {
             update(&mut picture, &event);
         }

@@ -26,7 +26,7 @@
 //!
 //! | key | value | written |
 //! |---|---|---|
-//! | `<prefix>hosts/<host>/<pid>-<uuid>` | the process's heartbeat JSON (the file schema) | every beat |
+//! | `<prefix>hosts/<host>/<pid>-<uuid>` | the process's heartbeat JSON (the file schema) | every beat (a beater), every TTL/3 (a monitor, a hub) |
 //! | `<prefix>sessions/<host>/<pid>-<uuid>/<session>` | a monitor's session | on change |
 //! | `<prefix>peers/<host>/<pid>-<uuid>/<nick>` | a hub's peer | on change |
 //!

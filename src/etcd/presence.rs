@@ -328,8 +328,11 @@ impl fmt::Debug for Presence {
 struct Keeper {
     shared: Arc<Shared>,
     lease: Option<Lease>,
-    /// What etcd has under the current lease.
-    published: HashMap<String, Vec<u8>>,
+    /// The keys etcd has under the current lease. Their values are not
+    /// kept twice: a key is written when it is dirty, that is when `set`
+    /// changed it (a value changed and changed back before the write is
+    /// written once more, which is harmless).
+    published: HashSet<String>,
     next_keepalive: Instant,
     backoff: Duration,
 }
@@ -347,7 +350,7 @@ impl Keeper {
         Keeper {
             shared,
             lease: None,
-            published: HashMap::new(),
+            published: HashSet::new(),
             next_keepalive: Instant::now(),
             backoff: FIRST_BACKOFF,
         }
@@ -474,17 +477,16 @@ impl Keeper {
                 let batch: Vec<String> = d.dirty.iter().take(MAX_TXN_OPS).cloned().collect();
                 for key in batch {
                     d.dirty.remove(&key);
-                    match (d.values.get(&key), self.published.get(&key)) {
-                        (Some(want), Some(have)) if want == have => {}
+                    match (d.values.get(&key), self.published.contains(&key)) {
                         (Some(want), _) => {
                             ops.push(Op::Put { key: key.clone(), value: want.clone(), lease: lease.id });
-                            keys.push((key, Some(want.clone())));
+                            keys.push((key, true));
                         }
-                        (None, Some(_)) => {
+                        (None, true) => {
                             ops.push(Op::Delete { key: key.clone() });
-                            keys.push((key, None));
+                            keys.push((key, false));
                         }
-                        (None, None) => {}
+                        (None, false) => {}
                     }
                 }
                 d.in_flight = keys.len();
@@ -508,11 +510,12 @@ impl Keeper {
             match shared.client.txn(&ops) {
                 Ok(_) => {
                     shared.writes.fetch_add(ops.len() as u64, Ordering::Relaxed);
-                    for (key, value) in keys {
-                        match value {
-                            Some(v) => self.published.insert(key, v),
-                            None => self.published.remove(&key),
-                        };
+                    for (key, put) in keys {
+                        if put {
+                            self.published.insert(key);
+                        } else {
+                            self.published.remove(&key);
+                        }
                     }
                     shared.desired.lock().in_flight = 0;
                 }

@@ -459,6 +459,49 @@ fn agent_detail(agent_type: &str) -> Detail {
     detail
 }
 
+/// What both publishers' handles share: who publishes, the process key,
+/// whether the thread runs, and a stop that also runs on drop.
+macro_rules! publisher_handle {
+    ($name:ident) => {
+        impl $name {
+            /// Who publishes: the `<host>/<pid>-<uuid>` in every key.
+            pub fn publisher(&self) -> &Publisher {
+                &self.publisher
+            }
+
+            /// The process key.
+            pub fn process_key(&self) -> String {
+                self.publisher.process_key(&self.prefix)
+            }
+
+            /// Whether the thread runs.
+            pub fn is_running(&self) -> bool {
+                self.worker.lock().is_running()
+            }
+
+            /// Stops the thread and withdraws this publisher's keys from the
+            /// presence. Idempotent.
+            pub fn stop(&self) {
+                self.worker.lock().stop();
+            }
+        }
+
+        impl Drop for $name {
+            fn drop(&mut self) {
+                self.stop();
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($name))
+                    .field("publisher", &self.publisher.id())
+                    .finish_non_exhaustive()
+            }
+        }
+    };
+}
+
 /// Publishes a [`Monitor`]'s sessions to etcd under a [`Presence`]'s lease,
 /// on a thread of its own.
 ///
@@ -525,40 +568,9 @@ impl MonitorPublisher {
         let worker = Worker::spawn(core, events, "heartbeat-etcd-monitor")?;
         Ok(MonitorPublisher { worker: parking_lot::Mutex::new(worker), publisher, prefix: prefix.to_owned() })
     }
-
-    /// Who publishes: the `<host>/<pid>-<uuid>` in every key.
-    pub fn publisher(&self) -> &Publisher {
-        &self.publisher
-    }
-
-    /// The process key.
-    pub fn process_key(&self) -> String {
-        self.publisher.process_key(&self.prefix)
-    }
-
-    /// Whether the thread runs.
-    pub fn is_running(&self) -> bool {
-        self.worker.lock().is_running()
-    }
-
-    /// Stops the thread and withdraws this publisher's keys from the
-    /// presence. Idempotent.
-    pub fn stop(&self) {
-        self.worker.lock().stop();
-    }
 }
 
-impl Drop for MonitorPublisher {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-impl fmt::Debug for MonitorPublisher {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MonitorPublisher").field("publisher", &self.publisher.id()).finish_non_exhaustive()
-    }
-}
+publisher_handle!(MonitorPublisher);
 
 struct HubSource(Arc<Hub>);
 
@@ -665,40 +677,9 @@ impl HubPublisher {
         let worker = Worker::spawn(core, events, "heartbeat-etcd-hub")?;
         Ok(HubPublisher { worker: parking_lot::Mutex::new(worker), publisher, prefix: prefix.to_owned() })
     }
-
-    /// Who publishes: the `<host>/<pid>-<uuid>` in every key.
-    pub fn publisher(&self) -> &Publisher {
-        &self.publisher
-    }
-
-    /// The process key.
-    pub fn process_key(&self) -> String {
-        self.publisher.process_key(&self.prefix)
-    }
-
-    /// Whether the thread runs.
-    pub fn is_running(&self) -> bool {
-        self.worker.lock().is_running()
-    }
-
-    /// Stops the thread and withdraws this publisher's keys from the
-    /// presence. Idempotent.
-    pub fn stop(&self) {
-        self.worker.lock().stop();
-    }
 }
 
-impl Drop for HubPublisher {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-impl fmt::Debug for HubPublisher {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HubPublisher").field("publisher", &self.publisher.id()).finish_non_exhaustive()
-    }
-}
+publisher_handle!(HubPublisher);
 
 #[cfg(test)]
 mod tests {

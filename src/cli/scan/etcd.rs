@@ -4,10 +4,7 @@
 use std::collections::HashMap;
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use crossbeam_channel::RecvTimeoutError;
 use heartbeat::etcd::{Client, EtcdEntry, EtcdEvent, EtcdScanner, IgnoredKey};
 use heartbeat::{ScanStatus, format_timestamp};
 use serde::Serialize;
@@ -80,25 +77,15 @@ fn watch(scanner: &EtcdScanner, format: Format) -> ExitCode {
         Ok(w) => w,
         Err(e) => return failed(&e),
     };
-    let mut picture: HashMap<String, ScanStatus> = HashMap::new();
-    let mut stdout = io::stdout();
-    let mut open = true;
-    while open && !stop.load(Ordering::Relaxed) {
-        match watch.events().recv_timeout(Duration::from_millis(200)) {
-            Ok(event) => open = print_event(&mut stdout, &mut picture, &event, format).is_ok(),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return failed(&"the watch thread stopped unexpectedly"),
-        }
-    }
-    watch.stop();
-    for event in watch.events().try_iter() {
-        if open {
-            open = print_event(&mut stdout, &mut picture, &event, format).is_ok();
-        } else {
-            update(&mut picture, &event);
-        }
-    }
-    outcome(picture.values().any(|s| *s == ScanStatus::Fresh))
+    let events = watch.events().clone();
+    super::follow(
+        &events,
+        &stop,
+        || watch.stop(),
+        |out, picture, event| print_event(out, picture, event, format),
+        update,
+        "the watch thread",
+    )
 }
 
 /// Applies an event to the key -> status picture.
@@ -255,7 +242,7 @@ impl<'a> EntryJson<'a> {
 mod tests {
     use super::*;
     use heartbeat::etcd::EntryKind;
-    use std::time::SystemTime;
+    use std::time::{Duration, SystemTime};
 
     fn entry(status: ScanStatus, kind: EntryKind, id: Option<&str>) -> EtcdEntry {
         EtcdEntry {
