@@ -51,8 +51,8 @@ Never a reply; unknown ids and malformed datagrams are counted in /metrics.
 Off loopback without --token-file, anyone who can reach the port can beat
 any session: keep the default 127.0.0.1, or set a token.
 
-With --etcd, the monitor keeps PREFIX/hosts/HOST/PID-UUID (its heartbeat,
-rewritten every TTL/3) and one key per session, PREFIX/sessions/HOST/PID-UUID/ID
+With --etcd, the monitor keeps PREFIXhosts/HOST/PID-UUID (its heartbeat,
+rewritten every TTL/3) and one key per session, PREFIXsessions/HOST/PID-UUID/ID
 (state alive, warning or failed), under one lease; a session's key is
 written when it registers, changes state or goes, never on a beat. etcd
 down never stops the sweeping: the keys are written again once it is back.

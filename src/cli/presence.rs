@@ -11,8 +11,8 @@ use heartbeat::etcd::{self, Client, MIN_TTL, Presence};
 pub(super) struct EtcdArgs {
     /// Publish to etcd (comma-separated endpoints, e.g. http://10.0.0.1:2379,http://10.0.0.2:2379):
     /// this process's heartbeat and one key per member, under one lease.
-    #[arg(long, value_name = "URL[,URL...]")]
-    pub(super) etcd: Option<String>,
+    #[arg(long, value_name = "URL[,URL...]", value_parser = parse_endpoints)]
+    pub(super) etcd: Option<Client>,
     /// The prefix of every key published to etcd.
     #[arg(long, value_name = "PREFIX", default_value = etcd::DEFAULT_PREFIX, requires = "etcd", value_parser = parse_prefix)]
     pub(super) etcd_prefix: String,
@@ -20,6 +20,12 @@ pub(super) struct EtcdArgs {
     /// process's keys vanish within it. Kept alive every TTL/3.
     #[arg(long, value_name = "S", default_value = "10", requires = "etcd", value_parser = parse_ttl)]
     pub(super) etcd_ttl: Duration,
+}
+
+/// Checked by clap, so that a bad endpoint is a bad argument (exit 2), as
+/// for `beat --etcd`.
+fn parse_endpoints(s: &str) -> Result<Client, String> {
+    Client::from_list(s).map_err(|e| e.to_string())
 }
 
 fn parse_prefix(s: &str) -> Result<String, String> {
@@ -39,9 +45,8 @@ impl EtcdArgs {
     /// granted on its own thread (an etcd that is down is retried, never
     /// waited for).
     pub(super) fn start(&self) -> Result<Option<Presence>, Error> {
-        let Some(list) = &self.etcd else { return Ok(None) };
-        let client = Client::from_list(list)?;
-        Presence::start(client, self.etcd_ttl).map(Some)
+        let Some(client) = &self.etcd else { return Ok(None) };
+        Presence::start(client.clone(), self.etcd_ttl).map(Some)
     }
 }
 
@@ -75,6 +80,8 @@ mod tests {
             &["x", "--etcd", "http://127.0.0.1:1", "--etcd-ttl", "1"],
             &["x", "--etcd", "http://127.0.0.1:1", "--etcd-prefix", "a b"],
             &["x", "--etcd", "http://127.0.0.1:1", "--etcd-prefix", ""],
+            &["x", "--etcd", "https://127.0.0.1:1"],
+            &["x", "--etcd", " , "],
         ] {
             assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
         }

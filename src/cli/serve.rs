@@ -54,8 +54,8 @@ Status endpoint (--status ADDR): GET /health (200 while the hub runs, 503
 once it does not; JSON), GET /status (every peer and the counters; JSON),
 GET /metrics (Prometheus text format).
 
-With --etcd, the hub keeps PREFIX/hosts/HOST/PID-UUID (its heartbeat,
-rewritten every TTL/3) and one key per peer, PREFIX/peers/HOST/PID-UUID/NICK,
+With --etcd, the hub keeps PREFIXhosts/HOST/PID-UUID (its heartbeat,
+rewritten every TTL/3) and one key per peer, PREFIXpeers/HOST/PID-UUID/NICK,
 under one lease: written when the peer joins, deleted when it leaves or is
 evicted. /status and /metrics then show the etcd state. etcd down never
 stops the hub. A clean stop revokes the lease (the keys go at once).
