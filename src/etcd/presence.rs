@@ -82,7 +82,8 @@ pub struct PresenceStatus {
     pub grants: u64,
     /// Keep-alives that etcd answered.
     pub keepalives: u64,
-    /// Key writes and deletes sent (each one counts, batched or not).
+    /// Key writes and deletes etcd took (each one counts, batched or not;
+    /// a transaction that failed counts none).
     pub writes: u64,
     /// Requests that failed.
     pub failures: u64,
@@ -280,7 +281,8 @@ impl Presence {
     }
 
     /// Revokes the lease (every key goes at once) and stops the thread.
-    /// Takes at most about one request timeout per endpoint.
+    /// Takes at most about two request timeouts per endpoint: the request
+    /// in flight, if any, then the revoke.
     pub fn stop(&self) {
         self.owner.finish(true);
     }
@@ -363,6 +365,8 @@ impl Keeper {
             // wait for the next keep-alive. Otherwise a busy publisher would
             // retry an etcd that is down once per change, not with backoff.
             let (wait, wakeable) = match self.step() {
+                // Stopping: straight to the revoke, not `up` on the way.
+                Ok(()) if self.shared.quit.load(Ordering::SeqCst) => break,
                 Ok(()) => {
                     self.backoff = FIRST_BACKOFF;
                     self.set_state(PresenceState::Up, None);
@@ -428,6 +432,9 @@ impl Keeper {
     /// lease alive when due.
     fn step(&mut self) -> std::result::Result<(), Trouble> {
         let shared = self.shared.clone();
+        if shared.quit.load(Ordering::SeqCst) {
+            return Ok(()); // stopping: no new request before the revoke
+        }
         let lease = match self.lease {
             Some(lease) => lease,
             None => {
@@ -444,6 +451,9 @@ impl Keeper {
             }
         };
         self.flush(lease)?;
+        if shared.quit.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         self.keepalive_if_due(lease)
     }
 
@@ -520,7 +530,16 @@ impl Keeper {
                     shared.desired.lock().in_flight = 0;
                 }
                 Err(e) => {
-                    // Not written: dirty again, unless changed meanwhile (then it is already).
+                    // Maybe written: a request that timed out may still have
+                    // been applied. Counted as published, so that a removal
+                    // deletes it (deleting a key etcd lacks is harmless);
+                    // otherwise it could stay in etcd for the lease's life.
+                    for (key, put) in &keys {
+                        if *put {
+                            self.published.insert(key.clone());
+                        }
+                    }
+                    // Dirty again, unless changed meanwhile (then it is already).
                     let mut d = shared.desired.lock();
                     d.in_flight = 0;
                     d.dirty.extend(keys.into_iter().map(|(k, _)| k));

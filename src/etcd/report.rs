@@ -25,7 +25,7 @@ pub(crate) fn prometheus(out: &mut String, status: &PresenceStatus) {
     family(out, "heartbeat_etcd_lease_ttl_seconds", "gauge", "The lease's TTL.");
     sample(out, "heartbeat_etcd_lease_ttl_seconds", None, status.ttl_secs);
     for (name, help, value) in [
-        ("heartbeat_etcd_writes_total", "Key writes and deletes sent to etcd.", status.writes),
+        ("heartbeat_etcd_writes_total", "Key writes and deletes etcd took.", status.writes),
         (
             "heartbeat_etcd_grants_total",
             "Leases granted (more than one: the lease was lost and everything republished).",
