@@ -236,8 +236,9 @@ impl BeaterBuilder {
     /// the file, rewritten every beat. Besides the file, or instead of it
     /// when no file or directory is given.
     ///
-    /// The lease's TTL is 3 intervals (at least [`etcd::MIN_TTL`]), so a
-    /// crashed or frozen process drops out of etcd within 3 intervals. The
+    /// The lease's TTL is 3 intervals (rounded up to whole seconds, at
+    /// least [`etcd::MIN_TTL`]), so a crashed or frozen process drops out
+    /// of etcd within about 3 intervals. The
     /// [`Presence`] is started with the first beat and stopped by a clean
     /// stop, which revokes the lease: the key goes at once. Publishing never
     /// holds a beat up: etcd down or slow makes no beat fail and calls no
@@ -312,7 +313,9 @@ impl BeaterBuilder {
                     EtcdChoice::Shared(presence) => EtcdPresence::Shared(presence),
                     EtcdChoice::Own(client) => EtcdPresence::Own {
                         client,
-                        ttl: (interval * 3).max(etcd::MIN_TTL),
+                        // Whole seconds, rounded up: never shorter than 3 intervals.
+                        ttl: Duration::from_secs((interval * 3).as_nanos().div_ceil(1_000_000_000) as u64)
+                            .max(etcd::MIN_TTL),
                         running: Mutex::new(None),
                     },
                 };
@@ -689,8 +692,9 @@ impl Beater {
     /// Stops the beat thread and waits for it to finish its current beat;
     /// never waits out an interval. With `remove_on_stop`, the file is gone
     /// when this returns. The etcd key (if any) is withdrawn: the beater's
-    /// own lease is revoked before this returns (a request to etcd, bounded
-    /// by the client's timeout per endpoint), so the key is gone at once; a
+    /// own lease is revoked before this returns (bounded by about two of
+    /// the client's timeouts per endpoint: a request in flight, then the
+    /// revoke), so the key is gone at once; a
     /// shared [`Presence`] is told to delete the key. Safe to call any
     /// number of times, and when never started. Called from one of this
     /// beater's callbacks, it asks the thread to stop once the callback
