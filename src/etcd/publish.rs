@@ -528,8 +528,9 @@ macro_rules! publisher_handle {
 /// runs.
 ///
 /// [`stop`](Self::stop) (or drop) joins the thread and withdraws its keys
-/// from the presence (deleting them one by one from etcd while the presence
-/// runs); stop the presence first to revoke them all at once instead.
+/// from the presence (a delete per key in etcd, in transactions of up to
+/// 128, while the presence runs); stop the presence first to revoke them all
+/// at once instead.
 ///
 /// ```no_run
 /// use std::time::Duration;
