@@ -34,9 +34,12 @@ fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("HEARTBEAT_ETCD") {
         return path.into();
     }
-    for candidate in ["/usr/bin/etcd", "/usr/local/bin/etcd"] {
-        if Path::new(candidate).exists() {
-            return candidate.into();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path).chain(["/usr/bin".into(), "/usr/local/bin".into()]);
+    for dir in dirs {
+        let candidate = dir.join("etcd");
+        if candidate.is_file() {
+            return candidate;
         }
     }
     panic!(
