@@ -221,27 +221,32 @@ pub fn run(args: MonitorArgs) -> ExitCode {
         },
         Err(e) => return failed(&e),
     };
+    // What the end and every early exit undo. The lease first: revoking it
+    // takes every key at once, where stopping the publisher first would
+    // delete them in batches.
+    let teardown = |presence: Option<&heartbeat::etcd::Presence>| {
+        if let Some(presence) = presence {
+            presence.stop();
+        }
+        service.stop()
+    };
     let presence = match args.etcd.start() {
         Ok(presence) => presence,
         Err(e) => {
-            let _ = service.stop();
+            let _ = teardown(None);
             return failed(&e);
         }
     };
     if let Some(presence) = &presence
         && let Err(e) = service.publish_to_etcd(presence, &args.etcd.etcd_prefix)
     {
-        presence.stop();
-        let _ = service.stop();
+        let _ = teardown(Some(presence));
         return failed(&e);
     }
     let beating = match beat(&args, &service) {
         Ok(guard) => guard,
         Err(e) => {
-            if let Some(presence) = &presence {
-                presence.stop();
-            }
-            let _ = service.stop();
+            let _ = teardown(presence.as_ref());
             return failed(&e);
         }
     };
@@ -266,10 +271,7 @@ pub fn run(args: MonitorArgs) -> ExitCode {
         Ok(signals) => signals,
         Err(e) => {
             eprintln!("heartbeat monitor: cannot handle signals: {e}");
-            if let Some(presence) = &presence {
-                presence.stop();
-            }
-            let _ = service.stop();
+            let _ = teardown(presence.as_ref());
             return ExitCode::from(1);
         }
     };
@@ -291,12 +293,7 @@ pub fn run(args: MonitorArgs) -> ExitCode {
     signals.close();
     // Stopping takes a moment (the last save of the state): say so first.
     super::notify_stopping(args.systemd);
-    // The lease first: revoking it takes every key at once, where stopping
-    // the publisher first would delete them one by one.
-    if let Some(presence) = &presence {
-        presence.stop();
-    }
-    if let Err(e) = service.stop() {
+    if let Err(e) = teardown(presence.as_ref()) {
         eprintln!("heartbeat monitor: {e}");
         code = ExitCode::from(1);
     }

@@ -195,40 +195,37 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return failed(&e);
         }
     };
-    // Revoking the lease takes every key at once: always before the
-    // publisher stops (which would delete them one by one).
-    let stop_etcd = || {
+    // What the end and every early exit undo, in this order. Revoking the
+    // lease takes every key at once: always before the publisher stops
+    // (which would delete them in batches). Then the hub: a status client
+    // that does not read must not keep peers connected.
+    let teardown = |status: Option<&StatusServer>| {
         if let Some(presence) = &presence {
             presence.stop();
+        }
+        hub.stop();
+        if let Some(status) = status {
+            status.stop();
         }
     };
     let status = match args.status.map(|addr| status_server(addr, &hub, presence.as_ref())).transpose() {
         Ok(status) => status,
         Err(e) => {
-            stop_etcd();
-            hub.stop();
+            teardown(None);
             return failed(&e);
         }
     };
     let publisher = match presence.as_ref().map(|p| publish(&args, &hub, status.as_ref(), p)).transpose() {
         Ok(publisher) => publisher,
         Err(e) => {
-            stop_etcd();
-            if let Some(status) = &status {
-                status.stop();
-            }
-            hub.stop();
+            teardown(status.as_ref());
             return failed(&e);
         }
     };
     let beating = match beat(&args, &hub, status.as_ref()) {
         Ok(guard) => guard,
         Err(e) => {
-            stop_etcd();
-            if let Some(status) = &status {
-                status.stop();
-            }
-            hub.stop();
+            teardown(status.as_ref());
             return failed(&e);
         }
     };
@@ -271,8 +268,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
         Ok(signals) => signals,
         Err(e) => {
             eprintln!("heartbeat serve: cannot handle signals: {e}");
-            stop_etcd();
-            hub.stop();
+            teardown(status.as_ref());
             return ExitCode::from(1);
         }
     };
@@ -284,8 +280,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
         Err(e) => {
             eprintln!("heartbeat serve: cannot start the event thread: {e}");
             signals.close();
-            stop_etcd();
-            hub.stop();
+            teardown(status.as_ref());
             return ExitCode::from(1);
         }
     };
@@ -307,12 +302,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
     // Stopping takes a moment (closing every peer): say so first.
     super::notify_stopping(args.systemd);
 
-    stop_etcd();
-    // The hub first: a status client that does not read must not keep peers connected.
-    hub.stop();
-    if let Some(status) = &status {
-        status.stop();
-    }
+    teardown(status.as_ref());
     drop(beating); // stops the beat thread and removes the file
     drop(publisher);
     printer.stop();
