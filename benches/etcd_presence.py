@@ -33,6 +33,8 @@ import threading
 import time
 import urllib.request
 
+from peer_load import cpu_ns  # CPU of every thread, from schedstat
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 BIN = os.path.join(TARGET, "release", "heartbeat")
@@ -43,19 +45,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def cpu_secs(pid):
-    """CPU time of every thread of `pid`, in seconds, to the nanosecond
-    (schedstat: clock ticks are too coarse for a beater's few beats)."""
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except FileNotFoundError:
-            pass  # a thread that ended meanwhile
-    return total / 1e9
 
 
 def gateway(url, path, body):
@@ -133,7 +122,7 @@ def main():
             result["leases"] = len(gateway(url, "/v3/lease/leases", {}).get("leases", []))
 
             pids = [p.pid for p in beaters] + [monitor.pid, etcd.pid]
-            before = {pid: cpu_secs(pid) for pid in pids}
+            before = {pid: cpu_ns(pid) / 1e9 for pid in pids}
             _, rev0 = count_keys(url, "heartbeat/")
             # Every session beats once per interval, over UDP, the whole window.
             rate = max(1, args.sessions // args.interval)
@@ -141,7 +130,7 @@ def main():
                            check=True, stdout=subprocess.DEVNULL)
             _, rev1 = count_keys(url, "heartbeat/")
             result["session_beats_per_s"] = rate
-            used = {pid: cpu_secs(pid) - before[pid] for pid in pids}
+            used = {pid: cpu_ns(pid) / 1e9 - before[pid] for pid in pids}
             per_beater = sorted(used[p.pid] for p in beaters)
             result["window_s"] = args.seconds
             result["beater_cpu_ms_median"] = round(1000 * per_beater[len(per_beater) // 2], 2)
