@@ -80,6 +80,17 @@ fn systemd_units_command_lines_start_the_binary() {
                 }
             })
             .collect();
+        let mut args = args;
+        // A unit that relies on a default address (the monitor's HTTP and UDP
+        // 127.0.0.1:9333) gets port 0 too: no test binds a fixed port, which
+        // would fail beside a monitor the quick start left running.
+        if args.first().is_some_and(|a| a == "monitor") {
+            for flag in ["--listen", "--udp"] {
+                if !args.iter().any(|a| a == flag || a.starts_with(&format!("{flag}="))) {
+                    args.extend([flag.to_owned(), "127.0.0.1:0".to_owned()]);
+                }
+            }
+        }
         let mut child = heartbeat().args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap();
         let lines = read_lines(child.stdout.take().unwrap());
         let mut child = Spawned(child);

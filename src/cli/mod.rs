@@ -155,11 +155,11 @@ fn stop_on_signals(second: fn(i32) -> i32) -> std::io::Result<std::sync::Arc<std
 /// SIGINT and SIGTERM as a channel, for a main thread that waits on other
 /// things too (with `select!`): a thread of its own waits for the first
 /// signal and sends on [`rx`](Self::rx). [`close`](Self::close) ends and
-/// joins it.
+/// joins it, and so does a drop (an early exit of the command).
 struct SignalChannel {
     rx: crossbeam_channel::Receiver<()>,
     handle: signal_hook::iterator::Handle,
-    thread: std::thread::JoinHandle<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl SignalChannel {
@@ -173,12 +173,20 @@ impl SignalChannel {
                 let _ = tx.try_send(());
             }
         })?;
-        Ok(SignalChannel { rx, handle, thread })
+        Ok(SignalChannel { rx, handle, thread: Some(thread) })
     }
 
     fn close(self) {
+        drop(self);
+    }
+}
+
+impl Drop for SignalChannel {
+    fn drop(&mut self) {
         self.handle.close();
-        let _ = self.thread.join();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

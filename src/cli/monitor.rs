@@ -214,6 +214,17 @@ pub fn run(args: MonitorArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Signals wake the main thread through a channel: no polling of the
+    // flag. Made before anything starts, so a descriptor table that fills
+    // later (connections beyond the limit wait in the backlog) cannot make
+    // a running monitor exit for want of the channel's socket pair.
+    let signals = match super::SignalChannel::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("heartbeat monitor: cannot handle signals: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let service = match args.monitor().and_then(|m| Ok((m, args.config()?))) {
         Ok((monitor, config)) => match MonitorService::start(monitor, config) {
             Ok(service) => service,
@@ -265,16 +276,6 @@ pub fn run(args: MonitorArgs) -> ExitCode {
     }
     let _ = out.flush();
     drop(out);
-
-    // Signals wake the main thread through a channel: no polling of the flag.
-    let signals = match super::SignalChannel::new() {
-        Ok(signals) => signals,
-        Err(e) => {
-            eprintln!("heartbeat monitor: cannot handle signals: {e}");
-            let _ = teardown(presence.as_ref());
-            return ExitCode::from(1);
-        }
-    };
 
     let mut code = loop {
         if stop.load(Ordering::SeqCst) {

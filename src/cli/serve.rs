@@ -178,6 +178,17 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Signals wake the main thread through a channel: no polling of the
+    // flag. Made before anything starts, so a descriptor table that fills
+    // later (connections beyond the limit wait in the backlog) cannot make
+    // a running serve exit for want of the channel's socket pair.
+    let signals = match super::SignalChannel::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("heartbeat serve: cannot handle signals: {e}");
+            return ExitCode::from(1);
+        }
+    };
 
     let hub = match Hub::start(args.hub_config()) {
         Ok(hub) => Arc::new(hub),
@@ -262,16 +273,6 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
     let _ = out.flush();
     drop(out);
-
-    // Signals wake the main thread through a channel: no polling of the flag.
-    let signals = match super::SignalChannel::new() {
-        Ok(signals) => signals,
-        Err(e) => {
-            eprintln!("heartbeat serve: cannot handle signals: {e}");
-            teardown(status.as_ref());
-            return ExitCode::from(1);
-        }
-    };
 
     // Events are logged and printed on a thread of their own: a stdout that
     // nobody reads blocks that thread only, never the stop on a signal.
