@@ -101,7 +101,7 @@ impl Client {
     }
 
     fn get(&mut self, path: &str) -> Answer {
-        self.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes());
         self.answer(false)
     }
 
@@ -177,7 +177,7 @@ fn keep_alive_serves_several_requests_on_one_connection() {
     let server = start_default();
     let mut client = Client::connect(server.local_addr());
     for n in 0..3 {
-        client.send(format!("GET /echo?n={n} HTTP/1.1\r\nHost: t\r\nX-Test: yes\r\n\r\n").as_bytes());
+        client.send(format!("GET /echo?n={n} HTTP/1.1\r\nHost: localhost\r\nX-Test: yes\r\n\r\n").as_bytes());
         let answer = client.answer(false);
         assert_eq!(answer.status, 200, "{answer:?}");
         assert_eq!(answer.header("connection"), Some("keep-alive"));
@@ -200,9 +200,9 @@ fn pipelined_requests_are_answered_in_order() {
     let mut client = Client::connect(server.local_addr());
     let mut burst = String::new();
     for n in 0..20 {
-        burst.push_str(&format!("GET /echo?{n} HTTP/1.1\r\nHost: t\r\n\r\n"));
+        burst.push_str(&format!("GET /echo?{n} HTTP/1.1\r\nHost: localhost\r\n\r\n"));
     }
-    burst.push_str("POST /echo?last HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello");
+    burst.push_str("POST /echo?last HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello");
     client.send(burst.as_bytes());
     for n in 0..20 {
         assert_eq!(client.answer(false).json()["query"], n.to_string());
@@ -210,7 +210,9 @@ fn pipelined_requests_are_answered_in_order() {
     let last = client.answer(false).json();
     assert_eq!((last["query"].as_str(), last["body"].as_str()), (Some("last"), Some("hello")));
     // A response too big for the socket holds the requests behind it back.
-    client.send(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\nGET /echo?after HTTP/1.1\r\nHost: t\r\n\r\n");
+    client.send(
+        b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\nGET /echo?after HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    );
     assert_eq!(client.answer(false).body.len(), 32 << 20);
     assert_eq!(client.answer(false).json()["query"], "after");
 }
@@ -232,7 +234,7 @@ fn http_1_0_closes_unless_asked_to_keep_alive_and_close_is_honoured() {
     }
 
     let mut client = Client::connect(addr);
-    client.send(b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    client.send(b"GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     assert_eq!(client.answer(false).header("connection"), Some("close"));
     assert!(client.closed());
 }
@@ -242,7 +244,7 @@ fn head_has_the_length_of_get_and_no_body() {
     let server = start_default();
     let mut client = Client::connect(server.local_addr());
     let get = client.get("/echo");
-    client.send(b"HEAD /echo HTTP/1.1\r\nHost: t\r\n\r\n");
+    client.send(b"HEAD /echo HTTP/1.1\r\nHost: localhost\r\n\r\n");
     let head = client.answer(true);
     assert_eq!(head.status, 200);
     let get_len: usize = get.header("content-length").unwrap().parse().unwrap();
@@ -257,7 +259,8 @@ fn head_has_the_length_of_get_and_no_body() {
 fn expect_100_continue_is_answered_before_the_body() {
     let server = start_default();
     let mut client = Client::connect(server.local_addr());
-    client.send(b"PUT /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n");
+    client
+        .send(b"PUT /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n");
     let interim = client.answer(true);
     assert_eq!(interim.status, 100);
     client.send(b"ping");
@@ -290,35 +293,194 @@ fn each_bad_request_gets_its_code_and_the_others_are_served() {
     assert!(m.contains("Host"), "{m}");
     let m = refused(&server, &mut other, b"\x16\x03\x01 this is not http\r\n\r\n", 400);
     assert!(m.contains("cannot parse"), "{m}");
-    let big = format!("GET /echo HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "a".repeat(2000));
+    let big = format!("GET /echo HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n", "a".repeat(2000));
     let m = refused(&server, &mut other, big.as_bytes(), 431);
     assert!(m.contains("1024"), "{m}");
-    let endless = format!("GET /echo HTTP/1.1\r\nHost: t\r\nX-Big: {}", "a".repeat(5000));
+    let endless = format!("GET /echo HTTP/1.1\r\nHost: localhost\r\nX-Big: {}", "a".repeat(5000));
     refused(&server, &mut other, endless.as_bytes(), 431);
     let many: String = (0..70).map(|n| format!("X-{n}: y\r\n")).collect();
-    refused(&server, &mut other, format!("GET / HTTP/1.1\r\nHost: t\r\n{many}\r\n").as_bytes(), 431);
-    let m =
-        refused(&server, &mut other, b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 101\r\n\r\n", 413);
+    refused(&server, &mut other, format!("GET / HTTP/1.1\r\nHost: localhost\r\n{many}\r\n").as_bytes(), 431);
+    let m = refused(
+        &server,
+        &mut other,
+        b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 101\r\n\r\n",
+        413,
+    );
     assert!(m.contains("101") && m.contains("100"), "{m}");
     // Refused before the body is read, even when the body comes along.
-    let body =
-        format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 50000\r\n\r\n{}", "b".repeat(50000));
+    let body = format!(
+        "POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 50000\r\n\r\n{}",
+        "b".repeat(50000)
+    );
     refused(&server, &mut other, body.as_bytes(), 413);
     let chunked =
-        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        b"POST /echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
     let m = refused(&server, &mut other, chunked, 400);
     assert!(m.contains("chunked") && m.contains("Content-Length"), "{m}");
     refused(
         &server,
         &mut other,
-        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+        b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
         400,
     );
-    refused(&server, &mut other, b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n", 400);
+    refused(
+        &server,
+        &mut other,
+        b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: -1\r\n\r\n",
+        400,
+    );
 
     let c = server.counters();
     assert_eq!(c.bad_requests, 10);
     assert_eq!(c.requests, 11, "only the other client's requests reached the handler");
+}
+
+/// `GET /echo` with `Host: host`, then `POST /echo` with `headers`, on one
+/// connection: their statuses and the error message, if any.
+fn get_then_post(client: &mut Client, host: &str, headers: &str) -> (u16, u16, String) {
+    client.send(format!("GET /echo HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+    let get = client.answer(false);
+    client.send(
+        format!("POST /echo HTTP/1.1\r\nHost: {host}\r\n{headers}Content-Length: 2\r\n\r\nhi").as_bytes(),
+    );
+    let post = client.answer(false);
+    let error = [&get, &post]
+        .iter()
+        .find_map(|a| (a.status != 200).then(|| a.json()["error"].as_str().unwrap_or_default().to_owned()));
+    (get.status, post.status, error.unwrap_or_default())
+}
+
+#[test]
+fn a_host_that_is_not_the_server_is_refused_and_dns_rebinding_reads_nothing() {
+    let server = start_default();
+    let port = server.local_addr().port();
+    let mut client = Client::connect(server.local_addr());
+    // A page of evil.example whose name now resolves to 127.0.0.1: the
+    // browser sends its own name as the Host, and would read the answer.
+    for host in [format!("evil.example:{port}"), "evil.example".into(), "localhost.evil.example".into()] {
+        let (get, post, error) = get_then_post(&mut client, &host, "");
+        assert_eq!((get, post), (403, 403), "{host}");
+        assert!(error.contains(&host) && error.contains("--allow-host"), "{error}");
+    }
+    // The same connection serves on: a 403 leaves it in step.
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+        "LocalHost".into(),
+        // Ports are not compared (a port map), nor addresses (a wildcard listener).
+        "10.1.2.3:8080".into(),
+    ] {
+        assert_eq!(get_then_post(&mut client, &host, ""), (200, 200, String::new()), "{host}");
+    }
+    // HTTP/1.0 without a Host: no browser sends that.
+    client.send(b"GET /echo HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(client.answer(false).status, 200);
+    // Two Hosts: which would count?
+    let mut other = Client::connect(server.local_addr());
+    let two = b"GET /echo HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n\r\n";
+    let m = refused(&server, &mut other, two, 400);
+    assert!(m.contains("more than one Host"), "{m}");
+    let c = server.counters();
+    assert_eq!((c.forbidden, c.requests, c.bad_requests), (6, 12, 1), "{c:?}");
+}
+
+#[test]
+fn a_state_change_from_another_sites_page_is_refused_and_curl_is_served() {
+    let server = start_default();
+    let port = server.local_addr().port();
+    let mut client = Client::connect(server.local_addr());
+    let host = format!("127.0.0.1:{port}");
+    // What browsers send with a page's cross-site `fetch`, form or `<img>`.
+    for sign in [
+        "Origin: http://evil.example\r\n".to_owned(),
+        "Origin: null\r\n".into(),
+        format!("Origin: http://127.0.0.1:{}\r\n", port.wrapping_add(1)),
+        "Sec-Fetch-Site: cross-site\r\n".into(),
+        // Another port of localhost is the same site.
+        "Sec-Fetch-Site: same-site\r\n".into(),
+    ] {
+        let (get, post, error) = get_then_post(&mut client, &host, &sign);
+        assert_eq!((get, post), (200, 403), "{sign}");
+        assert!(error.contains("another site"), "{error}");
+    }
+    // curl, a script, a probe: no Origin, no Sec-Fetch-Site. The server's own
+    // origin, or the user typing the address, are not another site.
+    for same in [
+        String::new(),
+        format!("Origin: http://{host}\r\nSec-Fetch-Site: same-origin\r\n"),
+        "Sec-Fetch-Site: none\r\n".into(),
+    ] {
+        assert_eq!(get_then_post(&mut client, &host, &same), (200, 200, String::new()), "{same}");
+    }
+    let c = server.counters();
+    assert_eq!((c.forbidden, c.requests), (5, 11), "{c:?}");
+    assert!(server.is_running());
+}
+
+#[test]
+fn named_hosts_any_host_and_cross_site_are_the_configs_to_give() {
+    let named = HttpConfig { allow_hosts: vec!["monitor.internal".into()], ..HttpConfig::default() };
+    let (server, _) = start(named);
+    let mut client = Client::connect(server.local_addr());
+    assert_eq!(get_then_post(&mut client, "Monitor.Internal:9333", "").0, 200);
+    assert_eq!(get_then_post(&mut client, "evil.example", "").0, 403);
+    // The origin of a named host is the request's own.
+    let same = "Origin: http://monitor.internal\r\n";
+    assert_eq!(get_then_post(&mut client, "monitor.internal:80", same), (200, 200, String::new()));
+
+    let (server, _) = start(HttpConfig { allow_any_host: true, ..HttpConfig::default() });
+    let mut client = Client::connect(server.local_addr());
+    assert_eq!(get_then_post(&mut client, "evil.example", "").0, 200);
+    let (get, post, _) = get_then_post(&mut client, "evil.example", "Sec-Fetch-Site: cross-site\r\n");
+    assert_eq!((get, post), (200, 403), "any Host is not any site");
+
+    let (server, _) = start(HttpConfig { allow_cross_site: true, ..HttpConfig::default() });
+    let mut client = Client::connect(server.local_addr());
+    let (get, post, _) = get_then_post(&mut client, "localhost", "Origin: http://evil.example\r\n");
+    assert_eq!((get, post), (200, 200));
+    assert_eq!(get_then_post(&mut client, "evil.example", "").0, 403, "cross-site is not any Host");
+
+    for bad in ["monitor:9333", "http://monitor", "", "*.example"] {
+        let config = HttpConfig { allow_hosts: vec![bad.into()], ..HttpConfig::default() };
+        let e = HttpServer::start(config, handler(Sinks::default())).unwrap_err().to_string();
+        assert!(e.contains("not a host name"), "{bad:?}: {e}");
+    }
+}
+
+/// `GET /beacon` counts a visit: a GET that changes state, as a ping does.
+struct Beacon(Arc<std::sync::atomic::AtomicU64>);
+
+impl heartbeat::http::Handler for Beacon {
+    fn handle(&self, _: &Request<'_>) -> Reply {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Response::empty(204).into()
+    }
+
+    fn changes_state(&self, request: &Request<'_>) -> bool {
+        request.path() == "/beacon" || !matches!(request.method(), "GET" | "HEAD")
+    }
+}
+
+#[test]
+fn a_handler_names_the_gets_that_change_state_and_an_img_cannot_send_them() {
+    let visits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let server = HttpServer::start(HttpConfig::default(), Arc::new(Beacon(visits.clone()))).unwrap();
+    let mut client = Client::connect(server.local_addr());
+    // `<img src="http://127.0.0.1:PORT/beacon">` on another site's page.
+    let img = "GET /beacon HTTP/1.1\r\nHost: localhost\r\nSec-Fetch-Site: cross-site\r\n\
+               Sec-Fetch-Mode: no-cors\r\nSec-Fetch-Dest: image\r\n\r\n";
+    client.send(img.as_bytes());
+    assert_eq!(client.answer(false).status, 403);
+    client.send(b"HEAD /beacon HTTP/1.1\r\nHost: localhost\r\nOrigin: null\r\n\r\n");
+    assert_eq!(client.answer(true).status, 403);
+    assert_eq!(visits.load(std::sync::atomic::Ordering::SeqCst), 0, "the handler never saw them");
+    // Other GETs from another site are reads (the page cannot read the answer).
+    client.send(b"GET /other HTTP/1.1\r\nHost: localhost\r\nSec-Fetch-Site: cross-site\r\n\r\n");
+    assert_eq!(client.answer(true).status, 204);
+    client.send(b"GET /beacon HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(client.answer(true).status, 204);
+    assert_eq!(visits.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
 #[test]
@@ -378,7 +540,7 @@ fn a_client_that_does_not_read_a_big_response_is_closed_after_the_write_deadline
     let config = HttpConfig { write_deadline: Duration::from_millis(200), ..HttpConfig::default() };
     let (server, _) = start(config);
     let mut lazy = Client::connect(server.local_addr());
-    lazy.send(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n");
+    lazy.send(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n");
     let mut other = Client::connect(server.local_addr());
     eventually("the lazy reader dropped", || server.counters().timed_out == 1);
     assert_eq!(server.counters().open, 1);
@@ -406,7 +568,7 @@ fn connections_over_the_limit_are_closed_at_once_and_counted() {
     for _ in 0..4 {
         let mut extra = Client::connect(server.local_addr());
         // Whatever it sends, it is closed without an answer.
-        let _ = extra.stream.write_all(b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n");
+        let _ = extra.stream.write_all(b"GET /echo HTTP/1.1\r\nHost: localhost\r\n\r\n");
         assert!(extra.closed());
         assert!(extra.buf.is_empty());
     }
@@ -437,7 +599,7 @@ fn a_panicking_handler_gets_500_and_the_server_keeps_serving() {
 fn streams_arrive_in_order_and_a_client_that_does_not_read_is_dropped() {
     let (server, sinks) = start(HttpConfig::default());
     let mut reader = Client::connect(server.local_addr());
-    reader.send(b"GET /events HTTP/1.1\r\nHost: t\r\n\r\n");
+    reader.send(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n");
     let head = reader.answer(true);
     assert_eq!(head.status, 200);
     assert_eq!(head.header("content-type"), Some("text/event-stream"));
@@ -457,7 +619,7 @@ fn streams_arrive_in_order_and_a_client_that_does_not_read_is_dropped() {
 
     // A second client asks for the stream and never reads it.
     let mut lazy = Client::connect(server.local_addr());
-    lazy.send(b"GET /events HTTP/1.1\r\nHost: t\r\n\r\n");
+    lazy.send(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n");
     eventually("the second stream opened", || sinks.lock().len() == 2);
     let lazy_sink = sinks.lock()[1].clone();
     let chunk = vec![b'z'; 1024];
@@ -488,7 +650,7 @@ fn streams_arrive_in_order_and_a_client_that_does_not_read_is_dropped() {
 
     // A server that stops closes its streams.
     let mut last = Client::connect(server.local_addr());
-    last.send(b"GET /events HTTP/1.1\r\nHost: t\r\n\r\n");
+    last.send(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n");
     eventually("the third stream opened", || sinks.lock().len() == 3);
     let last_sink = sinks.lock()[2].clone();
     server.stop();
@@ -699,7 +861,7 @@ fn out_of_file_descriptors_the_server_backs_off_and_recovers() {
         assert!(served.len() < 200, "never ran out of descriptors");
         let mut client = Client::connect(addr);
         client.stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-        client.send(b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n");
+        client.send(b"GET /echo HTTP/1.1\r\nHost: localhost\r\n\r\n");
         match client.try_answer(false) {
             Ok(answer) => {
                 assert_eq!(answer.status, 200);

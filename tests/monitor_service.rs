@@ -350,7 +350,7 @@ fn a_hook_that_hangs_is_killed() {
 fn event_stream(service: &Service) -> BufReader<TcpStream> {
     let mut stream = TcpStream::connect(service.http).unwrap();
     stream.set_read_timeout(Some(BOUND)).unwrap();
-    stream.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    stream.write_all(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
@@ -412,7 +412,7 @@ fn an_events_client_that_never_reads_is_dropped() {
     let service = Service::spawn(&[]);
     // Connect with a small receive buffer and never read.
     let stuck = TcpStream::connect(service.http).unwrap();
-    (&stuck).write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    (&stuck).write_all(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
     eventually("the stream opened", || service.metric("heartbeat_monitor_http_requests_total") >= 1);
     assert_eq!(put(&service.url("/sessions/noisy"), "").0, 201);
     // Each fail/beat pair makes two events of about 120 bytes: 8,000 pairs
@@ -442,24 +442,26 @@ fn an_events_client_that_never_reads_is_dropped() {
 fn malformed_requests_get_their_4xx_and_others_are_served() {
     let service = Service::spawn(&[]);
     let addr = service.http;
-    let huge_header = format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(10_000));
-    let huge_body = "PUT /sessions/a HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n";
+    let huge_header =
+        format!("GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n", "a".repeat(10_000));
+    let huge_body = "PUT /sessions/a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n";
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("no host", b"GET /health HTTP/1.1\r\n\r\n".to_vec(), 400),
         ("garbage", b"\x16\x03\x01 hello\r\n\r\n".to_vec(), 400),
-        ("bad method", b"BREW /sessions/a HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 405),
+        ("bad method", b"BREW /sessions/a HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(), 405),
         ("huge header", huge_header.into_bytes(), 431),
         ("huge body", huge_body.as_bytes().to_vec(), 413),
-        ("bad id", b"GET /sessions/a%2Fb HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400),
+        ("bad id", b"GET /sessions/a%2Fb HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(), 400),
         (
             "long id",
-            format!("PUT /sessions/{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(129)).into_bytes(),
+            format!("PUT /sessions/{} HTTP/1.1\r\nHost: localhost\r\n\r\n", "a".repeat(129)).into_bytes(),
             400,
         ),
-        ("unknown path", b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 404),
+        ("unknown path", b"GET /nothing HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(), 404),
         (
             "chunked",
-            b"PUT /sessions/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            b"PUT /sessions/a HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                .to_vec(),
             400,
         ),
     ];
@@ -490,6 +492,110 @@ fn malformed_requests_get_their_4xx_and_others_are_served() {
     assert_eq!(get(&service.url("/sessions?limit=0")).0, 400);
     assert_eq!(get(&service.url("/sessions?limit=1001")).0, 400);
     assert_eq!(get(&service.url("/sessions?page=2")).0, 400);
+}
+
+/// One request, `Connection: close`, on a fresh connection: the status and
+/// the body.
+fn raw(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(BOUND)).unwrap();
+    let request = request.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{answer:?}"));
+    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("{head}"));
+    (code, body.to_owned())
+}
+
+#[test]
+fn dns_rebinding_can_neither_read_nor_change_sessions() {
+    let service = Service::spawn(&[]);
+    let (addr, port) = (service.http, service.http.port());
+    assert_eq!(put(&service.url("/sessions/x"), "").0, 201);
+    // A page of evil.example, its name rebound to 127.0.0.1, is same-origin
+    // with the monitor as far as the browser knows; its Host gives it away.
+    let evil = format!("Host: evil.example:{port}\r\nOrigin: http://evil.example:{port}\r\n");
+    for (request, what) in [
+        (format!("GET /sessions HTTP/1.1\r\n{evil}\r\n"), "list"),
+        (format!("GET /sessions/x HTTP/1.1\r\n{evil}\r\n"), "read"),
+        (format!("GET /events HTTP/1.1\r\n{evil}\r\n"), "stream"),
+        (format!("DELETE /sessions/x HTTP/1.1\r\n{evil}\r\n"), "delete"),
+        (format!("POST /sessions/x/pause HTTP/1.1\r\n{evil}Content-Length: 0\r\n\r\n"), "pause"),
+    ] {
+        let (code, body) = raw(addr, &request);
+        assert_eq!(code, 403, "{what}: {body}");
+        assert!(json(&body)["error"].as_str().unwrap().contains("evil.example"), "{body}");
+    }
+    let status = json(&get(&service.url("/sessions/x")).1);
+    assert_eq!((status["session_id"].as_str(), status["is_paused"].as_bool()), (Some("x"), Some(false)));
+    // curl, by address or by localhost, is served.
+    for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
+        let (code, body) = raw(addr, &format!("GET /sessions/x HTTP/1.1\r\nHost: {host}\r\n\r\n"));
+        assert_eq!((code, json(&body)["session_id"].as_str()), (200, Some("x")), "{host}");
+    }
+    assert_eq!(service.metric("heartbeat_monitor_http_forbidden_total"), 5);
+}
+
+#[test]
+fn another_sites_page_cannot_pause_or_fail_a_session() {
+    let service = Service::spawn(&[]);
+    let addr = service.http;
+    let host = format!("Host: {addr}\r\n");
+    assert_eq!(put(&service.url("/sessions/x"), "").0, 201);
+    // A form or `fetch(.., {mode: "no-cors"})` of evil.example: a simple
+    // request, no preflight, sent with the page's Origin.
+    let pause = format!(
+        "POST /sessions/x/pause HTTP/1.1\r\n{host}Origin: http://evil.example\r\n\
+         Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi"
+    );
+    let (code, body) = raw(addr, &pause);
+    assert_eq!(code, 403, "{body}");
+    assert!(json(&body)["error"].as_str().unwrap().contains("another site"), "{body}");
+    // `<img src="http://127.0.0.1:9333/ping/x/fail">`: a GET with no Origin,
+    // but Sec-Fetch-Site says where it comes from.
+    let img = format!(
+        "GET /ping/x/fail HTTP/1.1\r\n{host}Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: no-cors\r\n\
+         Sec-Fetch-Dest: image\r\n\r\n"
+    );
+    assert_eq!(raw(addr, &img).0, 403);
+    assert_eq!(raw(addr, &img.replace("/ping/x/fail", "/ping/new")).0, 403, "nor registers one");
+    let status = json(&get(&service.url("/sessions/x")).1);
+    assert_eq!((status["is_paused"].as_bool(), status["failed"].as_bool()), (Some(false), Some(false)));
+    assert_eq!(get(&service.url("/sessions/new")).0, 404);
+    // Reading is not refused: the page cannot read the answer (no CORS).
+    let read = format!("GET /health HTTP/1.1\r\n{host}Sec-Fetch-Site: cross-site\r\n\r\n");
+    assert_eq!(raw(addr, &read).0, 200);
+
+    // The same requests as curl sends them are served.
+    let pause = format!(
+        "POST /sessions/x/pause HTTP/1.1\r\n{host}Content-Type: text/plain\r\nContent-Length: 0\r\n\r\n"
+    );
+    assert_eq!(raw(addr, &pause).0, 204);
+    assert_eq!(raw(addr, &format!("GET /ping/x/fail HTTP/1.1\r\n{host}\r\n")).0, 200);
+    let status = json(&get(&service.url("/sessions/x")).1);
+    assert_eq!((status["is_paused"].as_bool(), status["failed"].as_bool()), (Some(true), Some(true)));
+}
+
+#[test]
+fn allow_host_allow_any_host_and_allow_cross_site_open_what_they_say() {
+    let request = |host: &str, extra: &str| format!("GET /ping/p HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n");
+    let cross = "Origin: http://dashboard.example\r\n";
+    let service = Service::spawn(&["--allow-host", "monitor.internal", "--allow-host", "hb"]);
+    assert_eq!(raw(service.http, &request("monitor.internal:9333", "")).0, 201);
+    assert_eq!(raw(service.http, &request("HB", "")).0, 200);
+    assert_eq!(raw(service.http, &request("evil.example", "")).0, 403);
+    assert_eq!(raw(service.http, &request("hb", cross)).0, 403);
+    let service = Service::spawn(&["--allow-any-host"]);
+    assert_eq!(raw(service.http, &request("evil.example", "")).0, 201);
+    assert_eq!(raw(service.http, &request("evil.example", cross)).0, 403);
+    let service = Service::spawn(&["--allow-cross-site"]);
+    assert_eq!(raw(service.http, &request("localhost", cross)).0, 201);
+    assert_eq!(raw(service.http, &request("evil.example", "")).0, 403);
+
+    let out = heartbeat().args(["monitor", "--allow-host", "monitor:9333"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no port"), "{out:?}");
 }
 
 #[test]
@@ -548,7 +654,7 @@ fn a_thousand_idle_connections_hold_no_thread_each() {
 
 /// Asks for `/health` on a kept-alive connection; whether a 200 came back.
 fn health_on(stream: &mut TcpStream) -> bool {
-    if stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").is_err() {
+    if stream.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n").is_err() {
         return false;
     }
     // The answer is small: its head and JSON body come in one read or a few.

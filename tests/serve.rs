@@ -283,6 +283,37 @@ fn serve_stops_on_sigint_and_runs_without_status_or_beat_file() {
     assert_eq!(serve.wait().code(), Some(0));
 }
 
+/// One HTTP/1.1 request for `path` with `Host: host`: the status and the body.
+fn get_with_host(addr: SocketAddr, path: &str, host: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, BOUND).unwrap();
+    stream.set_read_timeout(Some(BOUND)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{response:?}"));
+    (head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), body.to_owned())
+}
+
+#[test]
+fn the_status_endpoint_answers_only_for_its_own_host_names() {
+    let serve =
+        Serving::spawn(&["--listen", "127.0.0.1:0", "--status", "127.0.0.1:0", "--allow-host", "hub.lan"]);
+    let status = serve.status();
+    let port = status.port();
+    // DNS rebinding would let a page of evil.example read every peer's address.
+    for path in ["/status", "/health", "/metrics"] {
+        let (code, body) = get_with_host(status, path, &format!("evil.example:{port}"));
+        assert_eq!(code, 403, "{path}: {body}");
+        assert!(body.contains("evil.example"), "{body}");
+    }
+    for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}"), "hub.lan:9222".into()] {
+        assert_eq!(get_with_host(status, "/health", &host).0, 200, "{host}");
+    }
+    assert_eq!(http(status, "GET", "/health").0, 200, "HTTP/1.0 without a Host");
+    let out = heartbeat().args(["serve", "--allow-host", "hub.lan"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "--allow-host needs --status: {}", stderr(&out));
+}
+
 #[test]
 fn invalid_combinations_exit_2_with_the_library_message() {
     for (args, says) in [

@@ -233,6 +233,41 @@ fn parse_socket_addr(s: &str) -> Result<std::net::SocketAddr, String> {
     }
 }
 
+/// Where an HTTP front listens, and the name it was given as (`HOST:PORT`
+/// with a name, not an address): requests for that `Host` are answered too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HttpAddr {
+    addr: std::net::SocketAddr,
+    name: Option<String>,
+}
+
+impl HttpAddr {
+    /// `config.listen` set, and the name given allowed as a `Host`.
+    fn configure(&self, config: &mut heartbeat::http::HttpConfig) {
+        config.listen = self.addr;
+        config.allow_hosts.extend(self.name.clone());
+    }
+}
+
+/// [`parse_socket_addr`], keeping the name of `HOST:PORT`.
+fn parse_http_addr(s: &str) -> Result<HttpAddr, String> {
+    let addr = parse_socket_addr(s)?;
+    let name = match s.rsplit_once(':') {
+        Some((host, _)) if s.parse::<std::net::SocketAddr>().is_err() => {
+            heartbeat::http::check_host_name(host).is_ok().then(|| host.to_owned())
+        }
+        _ => None,
+    };
+    Ok(HttpAddr { addr, name })
+}
+
+/// A name for `--allow-host`: a host name or an IP address, no port.
+fn parse_host_name(s: &str) -> Result<String, String> {
+    heartbeat::http::check_host_name(s).map(|()| s.to_owned()).map_err(|_| {
+        "not a host name (letters, digits, `-`, `.`, `_`) or an IP address; no scheme, no port".to_owned()
+    })
+}
+
 /// A JoinMarket network name as handshakes carry it: 1 to 64 bytes of
 /// letters, digits, `-`, `_` and `.` (mainnet, testnet, signet, regtest, ...).
 fn parse_network(s: &str) -> Result<String, String> {

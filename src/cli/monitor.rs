@@ -51,6 +51,11 @@ Never a reply; unknown ids and malformed datagrams are counted in /metrics.
 Off loopback without --token-file, anyone who can reach the port can beat
 any session: keep the default 127.0.0.1, or set a token.
 
+Web pages: a request whose Host is not an IP address, localhost, the
+--listen name or an --allow-host NAME gets 403 (DNS rebinding), and so does
+a PUT, POST, DELETE or /ping sent from another site's page (its Origin or
+Sec-Fetch-Site says so). curl and scripts send neither and are served.
+
 With --etcd, the monitor keeps PREFIXhosts/HOST/PID-UUID (its heartbeat,
 rewritten every TTL/3) and one key per session, PREFIXsessions/HOST/PID-UUID/ID
 (state alive, warning or failed), under one lease; a session's key is
@@ -67,9 +72,22 @@ written first); 1 if it could not start (an address in use, a state file
 that cannot be read) or a thread stopped on its own, or the last save
 failed; 2 for bad arguments.")]
 pub struct MonitorArgs {
-    /// Where the HTTP API listens. The default is loopback only.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9333")]
-    listen: SocketAddr,
+    /// Where the HTTP API listens, HOST:PORT (a name resolves to its first
+    /// address, and is answered as a Host). The default is loopback only.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9333", value_parser = super::parse_http_addr)]
+    listen: super::HttpAddr,
+    /// Answer HTTP requests for this Host too (repeatable), besides IP addresses, localhost
+    /// and the --listen name: the name clients use (a proxy's, a container's, a service's).
+    #[arg(long = "allow-host", value_name = "NAME", value_parser = super::parse_host_name)]
+    allow_host: Vec<String>,
+    /// Answer any Host: DNS rebinding then lets web pages read and change sessions;
+    /// only behind a proxy that checks Host.
+    #[arg(long, conflicts_with = "allow_host")]
+    allow_any_host: bool,
+    /// Take requests that change state (PUT, POST, DELETE, /ping) from other sites'
+    /// web pages too: any page the user opens may then send them.
+    #[arg(long)]
+    allow_cross_site: bool,
     /// Where UDP beats are taken, or `off`.
     #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:9333", value_parser = parse_udp)]
     udp: UdpAddr,
@@ -160,12 +178,16 @@ impl MonitorArgs {
             Some(path) => Some(read_token(path)?),
             None => None,
         };
+        let mut http = HttpConfig {
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            allow_hosts: self.allow_host.clone(),
+            allow_any_host: self.allow_any_host,
+            allow_cross_site: self.allow_cross_site,
+            ..HttpConfig::default()
+        };
+        self.listen.configure(&mut http);
         Ok(ServiceConfig {
-            http: HttpConfig {
-                listen: self.listen,
-                max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
-                ..HttpConfig::default()
-            },
+            http,
             udp: self.udp.0,
             max_sessions: usize::try_from(self.max_sessions).unwrap_or(usize::MAX),
             token,
@@ -365,6 +387,25 @@ mod tests {
         let args = Cli::try_parse_from(["monitor", "--udp", "off", "--detector", "phi"]).unwrap().monitor;
         assert!(args.config().unwrap().udp.is_none());
         assert!(matches!(args.monitor().unwrap().detector(), Detector::Phi(_)));
+    }
+
+    #[test]
+    fn hosts_to_answer_for_are_the_listen_name_and_the_allowed_ones() {
+        let args = Cli::try_parse_from(["monitor", "--listen", "localhost:0", "--allow-host", "monitor.lan"]);
+        let config = args.unwrap().monitor.config().unwrap().http;
+        assert!(config.listen.ip().is_loopback() && config.listen.port() == 0);
+        assert_eq!(config.allow_hosts, ["monitor.lan", "localhost"]);
+        assert!(!config.allow_any_host && !config.allow_cross_site);
+        let args = Cli::try_parse_from(["monitor", "--allow-any-host", "--allow-cross-site"]).unwrap();
+        let config = args.monitor.config().unwrap().http;
+        assert!(config.allow_hosts.is_empty() && config.allow_any_host && config.allow_cross_site);
+        for bad in [
+            &["monitor", "--allow-host", "monitor.lan:9333"][..],
+            &["monitor", "--allow-host", "http://monitor.lan"],
+            &["monitor", "--allow-host", "a", "--allow-any-host"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

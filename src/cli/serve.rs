@@ -52,7 +52,9 @@ Examples:
 
 Status endpoint (--status ADDR): GET /health (200 while the hub runs, 503
 once it does not; JSON), GET /status (every peer and the counters; JSON),
-GET /metrics (Prometheus text format).
+GET /metrics (Prometheus text format). It answers requests whose Host is
+an IP address, localhost, the --status name or an --allow-host NAME (403
+otherwise: a web page whose name was rebound to it cannot read the peers).
 
 With --etcd, the hub keeps PREFIXhosts/HOST/PID-UUID (its heartbeat,
 rewritten every TTL/3) and one key per peer, PREFIXpeers/HOST/PID-UUID/NICK,
@@ -107,8 +109,15 @@ pub struct ServeArgs {
     #[arg(long)]
     announce_takers: bool,
     /// Serve /health, /status and /metrics over HTTP on ADDR (e.g. 127.0.0.1:9222).
-    #[arg(long, value_name = "ADDR", value_parser = super::parse_socket_addr)]
-    status: Option<SocketAddr>,
+    #[arg(long, value_name = "ADDR", value_parser = super::parse_http_addr)]
+    status: Option<super::HttpAddr>,
+    /// The status endpoint answers for this Host too (repeatable), besides IP addresses,
+    /// localhost and the --status name: the name a scraper uses.
+    #[arg(long = "allow-host", value_name = "NAME", requires = "status", value_parser = super::parse_host_name)]
+    allow_host: Vec<String>,
+    /// The status endpoint answers any Host (DNS rebinding then lets web pages read it).
+    #[arg(long, requires = "status", conflicts_with = "allow_host")]
+    allow_any_host: bool,
     /// Keep a heartbeat file at PATH (every 10 s, removed on exit) for `heartbeat check`.
     #[arg(long, value_name = "PATH")]
     beat_file: Option<PathBuf>,
@@ -219,7 +228,12 @@ pub fn run(args: ServeArgs) -> ExitCode {
             status.stop();
         }
     };
-    let status = match args.status.map(|addr| status_server(addr, &hub, presence.as_ref())).transpose() {
+    let status = match args
+        .status
+        .as_ref()
+        .map(|addr| status_server(addr, &args, &hub, presence.as_ref()))
+        .transpose()
+    {
         Ok(status) => status,
         Err(e) => {
             teardown(None);
@@ -312,11 +326,17 @@ pub fn run(args: ServeArgs) -> ExitCode {
 
 /// The status endpoint, with the etcd presence's state when publishing.
 fn status_server(
-    addr: SocketAddr,
+    addr: &super::HttpAddr,
+    args: &ServeArgs,
     hub: &Arc<Hub>,
     presence: Option<&Presence>,
 ) -> Result<StatusServer, Error> {
-    let config = HttpConfig { listen: addr, ..HttpConfig::default() };
+    let mut config = HttpConfig {
+        allow_hosts: args.allow_host.clone(),
+        allow_any_host: args.allow_any_host,
+        ..HttpConfig::default()
+    };
+    addr.configure(&mut config);
     match presence {
         Some(presence) => StatusServer::start_with_etcd(config, hub.clone(), presence.clone()),
         None => StatusServer::start_with(config, hub.clone()),
@@ -492,6 +512,7 @@ mod tests {
         assert_eq!(config.announce_takers, defaults.announce_takers);
         assert_eq!(config.motd, defaults.motd);
         assert_eq!((config.nick, args.status, args.beat_file), (None, None, None));
+        assert!(args.allow_host.is_empty() && !args.allow_any_host);
         assert_eq!(config.nick_auth_id, None);
         assert_eq!(config.nick_auth_timeout, defaults.nick_auth_timeout);
     }

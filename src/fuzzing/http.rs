@@ -5,6 +5,11 @@
 //! (a JSON body that parses, `{"error": ...}` for errors); what the API
 //! says it did, the monitor shows; nothing outgrows its limits.
 //!
+//! Requests pass the server's admission first, as on a socket: a `Host`
+//! other than an IP address, `localhost` or `x` (the corpus's), or a state
+//! change with another site's `Origin` or `Sec-Fetch-Site`, is refused
+//! `403` before the API sees it.
+//!
 //! Input: one byte of settings (bit 0: a bearer token is required), then
 //! the bytes of the connection.
 
@@ -14,8 +19,9 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::clock::ManualClock;
+use crate::http::admit::Admission;
 use crate::http::server::{Outcome, parse_request};
-use crate::http::{Handler, Reply, Request, Response};
+use crate::http::{Handler, HttpConfig, Reply, Request, Response};
 use crate::monitor::{Monitor, valid_session_id};
 use crate::service::Shared;
 use crate::service::api::Api;
@@ -40,11 +46,14 @@ pub(crate) fn check(data: &[u8]) {
     let shared = Arc::new(shared);
     let api = Api::new(shared.clone());
     let peer = SocketAddr::from(([127, 0, 0, 1], 40_000));
+    let config = HttpConfig { allow_hosts: vec!["x".into()], ..HttpConfig::default() };
+    let admission = Admission::new(&config).expect("x is a host name");
 
     let mut input = stream.to_vec();
     let mut continue_sent = false;
     for _ in 0..MAX_REQUESTS {
-        let outcome = parse_request(&input, (MAX_HEAD, MAX_BODY), continue_sent, peer, |request| {
+        let admit = (&admission, |request: &Request<'_>| api.changes_state(request));
+        let outcome = parse_request(&input, (MAX_HEAD, MAX_BODY), continue_sent, peer, admit, |request| {
             let reply = api.handle(request);
             if let Reply::Full(response) = &reply {
                 answer(&shared, request, response);
@@ -61,6 +70,12 @@ pub(crate) fn check(data: &[u8]) {
                 assert!(matches!(status, 400 | 413 | 431), "the parser refused with {status}");
                 assert!(message.len() <= 512, "a refusal of {} bytes: {message}", message.len());
                 break;
+            }
+            Outcome::Forbidden { consumed, message, .. } => {
+                assert!(message.len() <= 512, "a refusal of {} bytes: {message}", message.len());
+                assert!(consumed > 0 && consumed <= input.len(), "consumed {consumed} of {}", input.len());
+                input.drain(..consumed);
+                continue_sent = false;
             }
             Outcome::Handled { consumed, .. } => {
                 assert!(consumed > 0 && consumed <= input.len(), "consumed {consumed} of {}", input.len());

@@ -14,6 +14,16 @@
 //! | a stream's queue | `max_stream_queue` (256 KiB) | the client dropped, the sink closed |
 //! | output per connection | one response: pipelined requests wait until it is written | not read meanwhile |
 //!
+//! Before a handler sees a request, the server checks that a browser's page
+//! did not send it: a `Host` that is not one of the server's own (its IP
+//! addresses, `localhost`, [`HttpConfig::allow_hosts`]) is refused `403`,
+//! which stops DNS rebinding; so is a request that changes state
+//! ([`Handler::changes_state`]) with a `Sec-Fetch-Site` of `cross-site` or
+//! `same-site`, or an `Origin` that is not the request's own. Clients that
+//! send no `Origin` and no `Sec-Fetch-Site` (curl, scripts, probes) are
+//! served. No CORS headers are ever sent: a page of another origin cannot
+//! read an answer.
+//!
 //! ```
 //! use std::io::{Read, Write};
 //! use std::sync::Arc;
@@ -41,11 +51,13 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub(crate) mod admit;
 mod message;
 pub mod metrics;
 pub(crate) mod server;
 mod stream;
 
+pub use admit::check_host_name;
 pub use message::{Reply, Request, Response};
 pub use server::HttpServer;
 pub use stream::StreamSink;
@@ -80,6 +92,23 @@ pub struct HttpConfig {
     /// `ENFILE`, `ENOBUFS`, `ENOMEM`), stop accepting for this long while
     /// serving the open connections, then retry. Default 100 ms.
     pub accept_backoff: Duration,
+    /// Host names the server answers for, besides its IP addresses and
+    /// `localhost`, which it always answers for: a request whose `Host`
+    /// names anything else gets `403` (so a page whose name was rebound to
+    /// this server's address cannot read it). Names, without a port (ports
+    /// are not compared: a port map or a proxy may change them), compared
+    /// without regard to case; each is checked by [`check_host_name`] at
+    /// start. Name the ones clients use: a reverse proxy's public name, a
+    /// container's or a Kubernetes service's. Default: none.
+    pub allow_hosts: Vec<String>,
+    /// Answer whatever `Host` a request names. Default `false`; only behind
+    /// a proxy that checks `Host` itself.
+    pub allow_any_host: bool,
+    /// Take requests that change state ([`Handler::changes_state`]) from
+    /// other sites' pages too (an `Origin` not the request's own, a
+    /// `Sec-Fetch-Site` of `cross-site` or `same-site`). Default `false`:
+    /// `403`. Any web page the user opens may then send them.
+    pub allow_cross_site: bool,
 }
 
 impl Default for HttpConfig {
@@ -94,6 +123,9 @@ impl Default for HttpConfig {
             idle_timeout: Duration::from_secs(60),
             max_stream_queue: 256 * 1024,
             accept_backoff: Duration::from_millis(100),
+            allow_hosts: Vec::new(),
+            allow_any_host: false,
+            allow_cross_site: false,
         }
     }
 }
@@ -106,6 +138,16 @@ impl Default for HttpConfig {
 pub trait Handler: Send + Sync + 'static {
     /// The reply to one request.
     fn handle(&self, request: &Request<'_>) -> Reply;
+
+    /// Whether `request` changes state: the server refuses such a request
+    /// (`403`, before [`handle`](Handler::handle)) when another site's page
+    /// sent it, unless [`HttpConfig::allow_cross_site`]. Asked only about
+    /// requests that carry an `Origin` or `Sec-Fetch-Site` of another site.
+    /// Default: every method but `GET` and `HEAD`; a handler whose `GET`s
+    /// change something (a ping that an `<img>` could send) says so here.
+    fn changes_state(&self, request: &Request<'_>) -> bool {
+        !matches!(request.method(), "GET" | "HEAD")
+    }
 }
 
 impl<F: Fn(&Request<'_>) -> Reply + Send + Sync + 'static> Handler for F {
@@ -127,6 +169,9 @@ pub struct HttpCounters {
     pub requests: u64,
     /// Requests the server answered itself: `400`, `413`, `431`, `408`.
     pub bad_requests: u64,
+    /// Requests refused `403` before the handler: a `Host` not the
+    /// server's, or a state change from another site's page.
+    pub forbidden: u64,
     /// Connections closed by a read, idle or write deadline.
     pub timed_out: u64,
     /// Streaming clients dropped because their queue passed `max_stream_queue`.
@@ -141,6 +186,7 @@ impl HttpCounters {
     /// `{prefix}_http_connections_accepted_total`,
     /// `{prefix}_http_connections_refused_total`, `{prefix}_http_connections_open`,
     /// `{prefix}_http_requests_total`, `{prefix}_http_bad_requests_total`,
+    /// `{prefix}_http_forbidden_total`,
     /// `{prefix}_http_timeouts_total`, `{prefix}_http_streams_dropped_total`
     /// and `{prefix}_http_accept_errors_total`.
     pub fn prometheus(&self, out: &mut String, prefix: &str) {
@@ -160,6 +206,12 @@ impl HttpCounters {
                 "counter",
                 "HTTP requests the server refused itself (400, 413, 431, 408).",
                 c.bad_requests,
+            ),
+            (
+                "forbidden_total",
+                "counter",
+                "HTTP requests refused (403) for their Host or as a state change from another site's page.",
+                c.forbidden,
             ),
             (
                 "timeouts_total",
@@ -190,6 +242,7 @@ pub(crate) struct Counters {
     open: AtomicU64,
     requests: AtomicU64,
     bad_requests: AtomicU64,
+    forbidden: AtomicU64,
     timed_out: AtomicU64,
     streams_dropped: AtomicU64,
     accept_errors: AtomicU64,
@@ -208,6 +261,7 @@ impl Counters {
             open: get(&self.open),
             requests: get(&self.requests),
             bad_requests: get(&self.bad_requests),
+            forbidden: get(&self.forbidden),
             timed_out: get(&self.timed_out),
             streams_dropped: get(&self.streams_dropped),
             accept_errors: get(&self.accept_errors),
@@ -234,7 +288,7 @@ mod tests {
         ] {
             assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
         }
-        assert_eq!(out.lines().filter(|l| !l.starts_with('#')).count(), 8);
+        assert_eq!(out.lines().filter(|l| !l.starts_with('#')).count(), 9);
     }
 
     #[test]
@@ -243,5 +297,6 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:0".parse().unwrap());
         assert_eq!((c.max_connections, c.max_head, c.max_body), (1024, 8192, 65536));
         assert_eq!((c.max_stream_queue, c.accept_backoff), (262_144, Duration::from_millis(100)));
+        assert!(c.allow_hosts.is_empty() && !c.allow_any_host && !c.allow_cross_site, "safe by default");
     }
 }

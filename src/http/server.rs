@@ -17,6 +17,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
 
+use super::admit::Admission;
 use super::message::{Reply, Request, Response, stream_head};
 use super::stream::{Notify, StreamSink, StreamState};
 use super::{Counters, Handler, HttpConfig, HttpCounters};
@@ -69,7 +70,8 @@ struct Shared {
 impl HttpServer {
     /// Binds `config.listen` and starts the event-loop thread that hands
     /// requests to `handler`. A bind failure is an [`Error::Io`] naming the
-    /// address.
+    /// address; a bad name in `config.allow_hosts` an
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig).
     pub fn start(config: HttpConfig, handler: Arc<dyn Handler>) -> Result<HttpServer> {
         HttpServer::start_counting(config, handler, Arc::default())
     }
@@ -81,6 +83,7 @@ impl HttpServer {
         handler: Arc<dyn Handler>,
         counters: Arc<Counters>,
     ) -> Result<HttpServer> {
+        let admission = Admission::new(&config)?;
         let addr = config.listen;
         let named =
             |e: io::Error| Error::Io(io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")));
@@ -102,6 +105,7 @@ impl HttpServer {
             conns: HashMap::new(),
             next_token: FIRST_TOKEN,
             config,
+            admission,
             handler,
             shared: shared.clone(),
             timers: BinaryHeap::new(),
@@ -226,6 +230,14 @@ pub(crate) enum Outcome {
     Continue,
     /// Answer this error and close.
     Refuse(u16, String),
+    /// A whole request, refused `403` before the handler (its `Host`, or
+    /// a state change from another site's page): `consumed` bytes were it.
+    Forbidden {
+        consumed: usize,
+        keep_alive: bool,
+        head: bool,
+        message: String,
+    },
     /// A request was handled: `consumed` bytes of input were it.
     Handled {
         consumed: usize,
@@ -241,6 +253,7 @@ struct Loop {
     conns: HashMap<usize, Conn>,
     next_token: usize,
     config: HttpConfig,
+    admission: Admission,
     handler: Arc<dyn Handler>,
     shared: Arc<Shared>,
     /// (deadline, token, generation); entries whose generation is not the
@@ -464,6 +477,15 @@ impl Loop {
                     conn.output.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
                 }
                 Outcome::Refuse(status, message) => self.refuse(conn, status, &message),
+                Outcome::Forbidden { consumed, keep_alive, head, message } => {
+                    Counters::add(&self.shared.counters.forbidden);
+                    log::debug!("http: {} refused with 403: {message}", conn.peer);
+                    conn.input.drain(..consumed);
+                    conn.continue_sent = false;
+                    conn.responses += 1;
+                    let keep_alive = keep_alive && !self.shared.stopping.load(Ordering::Relaxed);
+                    queue(conn, &Response::error(403, &message), keep_alive, head);
+                }
                 Outcome::Handled { consumed, keep_alive, head, reply } => {
                     conn.input.drain(..consumed);
                     conn.continue_sent = false;
@@ -521,7 +543,13 @@ impl Loop {
     /// the handler here.
     fn parse(&self, conn: &Conn) -> Outcome {
         let limits = (self.config.max_head, self.config.max_body);
-        parse_request(&conn.input, limits, conn.continue_sent, conn.peer, |view| {
+        // A handler that panics deciding is taken to change state: refused
+        // from another site's page rather than let through.
+        let changes_state = |view: &Request<'_>| {
+            catch_unwind(AssertUnwindSafe(|| self.handler.changes_state(view))).unwrap_or(true)
+        };
+        let admit = (&self.admission, changes_state);
+        parse_request(&conn.input, limits, conn.continue_sent, conn.peer, admit, |view| {
             Counters::add(&self.shared.counters.requests);
             catch_unwind(AssertUnwindSafe(|| self.handler.handle(view))).unwrap_or_else(|panic| {
                 let why = crate::ticker::panic_message(&*panic);
@@ -760,7 +788,9 @@ fn read_some(conn: &mut Conn, scratch: &mut [u8]) -> io::Result<usize> {
 
 /// What the buffered `input` amounts to, for a connection whose request
 /// may already have had its `100 Continue` (`continue_sent`). A whole
-/// request is handed to `handle` here. `limits` are `(max_head, max_body)`.
+/// request that `admission` lets through (asking `changes_state` if need
+/// be; `Forbidden` otherwise) is handed to `handle` here. `limits` are
+/// `(max_head, max_body)`.
 ///
 /// No sockets: the server calls it on a connection's input, the `http`
 /// fuzz target on arbitrary bytes.
@@ -769,6 +799,7 @@ pub(crate) fn parse_request(
     (max_head, max_body): (usize, usize),
     continue_sent: bool,
     peer: SocketAddr,
+    (admission, changes_state): (&Admission, impl FnOnce(&Request<'_>) -> bool),
     handle: impl FnOnce(&Request<'_>) -> Reply,
 ) -> Outcome {
     if input.is_empty() {
@@ -800,8 +831,12 @@ pub(crate) fn parse_request(
             "chunked request bodies are not supported: send the body with a Content-Length".into(),
         );
     }
-    if version >= 1 && !fields.host {
+    if version >= 1 && fields.hosts == 0 {
         return Outcome::Refuse(400, "an HTTP/1.1 request must carry a Host header".into());
+    }
+    if fields.hosts > 1 {
+        // RFC 9112 3.2: which one would count?
+        return Outcome::Refuse(400, "more than one Host header".into());
     }
     let body_len = fields.content_length.unwrap_or(0);
     if body_len > max_body as u64 {
@@ -825,13 +860,17 @@ pub(crate) fn parse_request(
     };
     let keep_alive = !fields.close && (version >= 1 || fields.keep_alive);
     let view = Request { method, path, query, headers: request.headers, body: &input[head_len..total], peer };
+    let head = method == "HEAD";
+    if let Err(message) = admission.check(&view, changes_state) {
+        return Outcome::Forbidden { consumed: total, keep_alive, head, message };
+    }
     let reply = handle(&view);
-    Outcome::Handled { consumed: total, keep_alive, head: method == "HEAD", reply }
+    Outcome::Handled { consumed: total, keep_alive, head, reply }
 }
 
 /// `s` Debug-quoted and cut to 64 characters: refusals quote what a client
 /// sent, and a client may send kilobytes.
-fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     match s.char_indices().nth(64) {
         Some((cut, _)) => format!("{:?}...", &s[..cut]),
         None => format!("{s:?}"),
@@ -841,7 +880,8 @@ fn quote(s: &str) -> String {
 /// The headers the server itself looks at.
 #[derive(Default)]
 struct Fields {
-    host: bool,
+    /// Host headers seen.
+    hosts: usize,
     transfer_encoding: bool,
     content_length: Option<u64>,
     close: bool,
@@ -854,7 +894,7 @@ impl Fields {
         let name = header.name;
         let value = String::from_utf8_lossy(header.value);
         if name.eq_ignore_ascii_case("host") {
-            self.host = true;
+            self.hosts += 1;
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             self.transfer_encoding = true;
         } else if name.eq_ignore_ascii_case("content-length") {
@@ -930,6 +970,6 @@ mod tests {
         assert!(f.keep_alive && !f.close);
         let f =
             fields(&[("Expect", "100-Continue"), ("Host", "x"), ("Transfer-Encoding", "chunked")]).unwrap();
-        assert!(f.expect_continue && f.host && f.transfer_encoding);
+        assert!(f.expect_continue && f.hosts == 1 && f.transfer_encoding);
     }
 }

@@ -57,6 +57,14 @@ impl Handler for Api {
         }
         route(&self.shared, request)
     }
+
+    /// Every method but `GET` and `HEAD`, and `/ping` by any method: a
+    /// ping beats, registers or fails a session, and an `<img>` on any web
+    /// page could send its `GET`.
+    fn changes_state(&self, request: &Request<'_>) -> bool {
+        let path = request.path();
+        !matches!(request.method(), "GET" | "HEAD") || path == "/ping" || path.starts_with("/ping/")
+    }
 }
 
 /// What a path allows, for 405 answers.

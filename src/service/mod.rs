@@ -81,7 +81,11 @@ pub(crate) fn check_restored(
 /// How a [`MonitorService`] listens and what it allows.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
-    /// The HTTP front: address and limits. Default: `127.0.0.1:9333`.
+    /// The HTTP front: address, limits, and the `Host` names it answers for
+    /// ([`HttpConfig::allow_hosts`]; refused `403` otherwise, as is a `PUT`,
+    /// `POST`, `DELETE` or `/ping` from another site's web page unless
+    /// [`HttpConfig::allow_cross_site`]). Default: `127.0.0.1:9333`, its IP
+    /// addresses and `localhost` only, no request from another site.
     pub http: HttpConfig,
     /// Where UDP beats are taken, if anywhere. Default: `127.0.0.1:9333`.
     pub udp: Option<SocketAddr>,
