@@ -288,14 +288,29 @@ impl BeaterBuilder {
         let (path, remove_default) = match &self.location {
             Location::Nowhere => (None, false),
             Location::File(p) => {
-                if p.is_dir() {
-                    return Err(Error::InvalidConfig(format!("state file {} is a directory", p.display())));
+                // Whatever is there is replaced by a rename at each beat:
+                // a FIFO, socket or device someone named is refused rather
+                // than silently replaced.
+                if let Ok(meta) = std::fs::metadata(p).map(|m| m.file_type())
+                    && !meta.is_file()
+                {
+                    return Err(Error::InvalidConfig(format!(
+                        "heartbeat file {} is {}, not a regular file",
+                        p.display(),
+                        crate::files::kind(meta)
+                    )));
                 }
                 (Some(p.clone()), false)
             }
             Location::Directory(dir) => {
-                if dir.exists() && !dir.is_dir() {
-                    return Err(Error::InvalidConfig(format!("{} is not a directory", dir.display())));
+                if let Ok(meta) = std::fs::metadata(dir).map(|m| m.file_type())
+                    && !meta.is_dir()
+                {
+                    return Err(Error::InvalidConfig(format!(
+                        "heartbeat directory {} is {}, not a directory",
+                        dir.display(),
+                        crate::files::kind(meta)
+                    )));
                 }
                 let uuid = state.uuid.as_deref().expect("for_current_process sets a uuid");
                 (Some(dir.join(format!("heartbeat-{}-{uuid}.json", state.pid))), true)
@@ -496,9 +511,19 @@ impl LockFile {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 
         let path = Self::path_for(state_file);
-        let err = |source: std::io::Error| Error::Write { path: path.clone(), source };
+        // Errors name the file the user gave, and the lock file as its part.
+        let err = |source: std::io::Error| Error::Write {
+            path: state_file.to_owned(),
+            source: std::io::Error::new(source.kind(), format!("its lock file {}: {source}", path.display())),
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(err)?;
+            fs::DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(|source| Error::Write {
+                path: state_file.to_owned(),
+                source: std::io::Error::new(
+                    source.kind(),
+                    format!("cannot create its directory {}: {source}", dir.display()),
+                ),
+            })?;
         }
         // A few rounds: a lock file can be removed (by its holder's clean
         // exit, or a take-over) between our open and our lock.
@@ -523,11 +548,12 @@ impl LockFile {
             match file.try_lock() {
                 Ok(()) => {}
                 Err(std::fs::TryLockError::WouldBlock) => {
+                    let holder = Self::holder(&file);
                     if take_over {
                         log::warn!(
                             "taking {} over from another beater{}",
                             state_file.display(),
-                            crate::error::PidSuffix(Self::holder(&path))
+                            crate::error::PidSuffix(holder)
                         );
                         match fs::remove_file(&path) {
                             Ok(()) => continue,
@@ -535,7 +561,7 @@ impl LockFile {
                             Err(e) => return Err(err(e)),
                         }
                     }
-                    return Err(Error::Locked { path: state_file.to_owned(), holder: Self::holder(&path) });
+                    return Err(Error::Locked { path: state_file.to_owned(), holder });
                 }
                 Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
             }
@@ -550,9 +576,13 @@ impl LockFile {
         Err(err(std::io::Error::other("the lock file keeps changing under us")))
     }
 
-    /// The pid a lock file names, if it names one yet.
-    fn holder(path: &Path) -> Option<u32> {
-        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    /// The pid the lock file we opened names, if it names one yet. Read
+    /// from the open file, checked regular: the path may be a FIFO by now.
+    fn holder(mut file: &std::fs::File) -> Option<u32> {
+        use std::io::Read;
+        let mut text = String::new();
+        file.by_ref().take(64).read_to_string(&mut text).ok()?;
+        text.trim().parse().ok()
     }
 
     /// Whether the lock file at `path` is still the one we hold: not
@@ -855,7 +885,8 @@ impl Inner {
         if let Some(lock) = &w.lock
             && !lock.is_current()
         {
-            let by = LockFile::holder(&lock.path);
+            let by =
+                crate::files::open_regular(&lock.path).ok().and_then(|(file, _)| LockFile::holder(&file));
             return Err(Error::TakenOver { path: self.path.clone().unwrap_or_default(), by });
         }
         if let Some(path) = &self.path {

@@ -61,6 +61,7 @@ pub mod capi;
 mod clock;
 mod error;
 pub mod etcd;
+mod files;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;

@@ -495,15 +495,8 @@ pub const MAX_STATE_BYTES: u64 = 1 << 20;
 
 fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
     use std::io::Read;
-    // O_NONBLOCK: opening a FIFO must not wait for a writer.
-    let file = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
-    let meta = file.metadata()?;
-    if meta.is_dir() {
-        return Err(io::Error::new(io::ErrorKind::IsADirectory, "it is a directory"));
-    }
-    if !meta.is_file() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
-    }
+    // A FIFO must not wait for a writer, nor a device be opened.
+    let (file, meta) = crate::files::open_regular(path)?;
     let mut bytes = Vec::with_capacity(meta.len().min(MAX_STATE_BYTES) as usize + 1);
     file.take(MAX_STATE_BYTES + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_STATE_BYTES {

@@ -153,3 +153,23 @@ pub(crate) fn set_socket_int(socket: BorrowedFd<'_>, option: libc::c_int, value:
     };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
+
+/// Sets or clears `O_NONBLOCK` on the open file description of `fd`
+/// (`fcntl(F_GETFL)`, then `fcntl(F_SETFL)`).
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> {
+    // SAFETY: F_GETFL takes no argument and has no memory effects.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let wanted = if nonblocking { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+    if wanted == flags {
+        return Ok(());
+    }
+    // SAFETY: F_SETFL takes an int of flags and has no memory effects.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, wanted) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

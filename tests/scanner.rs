@@ -413,20 +413,25 @@ fn a_missing_directory_is_an_empty_scan() {
 }
 
 #[test]
-fn a_path_that_is_a_regular_file_is_a_directory_error() {
+fn a_path_that_is_not_a_directory_is_a_directory_error_saying_what_it_is() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("plain");
     std::fs::write(&file, "").unwrap();
-    let scanner = scanner(&file, &manual_clock());
-    match scanner.scan() {
-        Err(Error::Directory { path, source }) => {
-            assert_eq!(path, file);
-            assert_eq!(source.raw_os_error(), Some(libc::ENOTDIR), "{source}");
+    let fifo = dir.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    for (given, what) in [(&file, "a regular file"), (&fifo, "a FIFO")] {
+        let scanner = scanner(given, &manual_clock());
+        match scanner.scan() {
+            Err(Error::Directory { path, source }) => {
+                assert_eq!(&path, given);
+                assert_eq!(source.kind(), std::io::ErrorKind::NotADirectory, "{source}");
+                assert_eq!(source.to_string(), format!("it is {what}, not a directory"));
+            }
+            other => panic!("expected Error::Directory, got {other:?}"),
         }
-        other => panic!("expected Error::Directory, got {other:?}"),
+        assert!(matches!(scanner.is_active(), Err(Error::Directory { .. })));
+        assert!(matches!(scanner.cleanup(), Err(Error::Directory { .. })));
     }
-    assert!(matches!(scanner.is_active(), Err(Error::Directory { .. })));
-    assert!(matches!(scanner.cleanup(), Err(Error::Directory { .. })));
 }
 
 // ---- 4. files vanishing mid-scan ----

@@ -136,20 +136,57 @@ fn write_out(bytes: &[u8]) -> ExitCode {
     }
 }
 
-/// A flag that SIGINT and SIGTERM set, for commands that run until told to
-/// stop. A second signal while stopping exits at once with the code
-/// `second(signal)` gives, in case the stop itself is stuck. Registered
-/// before the command starts its work, so an early signal is not lost.
-fn stop_on_signals(second: fn(i32) -> i32) -> std::io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+/// SIGINT and SIGTERM for commands that run until told to stop, registered
+/// before the command starts its work so that no signal is lost.
+///
+/// Until [`up`](Self::up), while the command starts (reads its files,
+/// binds, builds its beater), a signal has its default action: the process
+/// ends at once, as it would without any handler, so that a start-up step
+/// that blocks (a file system that hangs, a stderr nobody reads) cannot
+/// make it deaf to SIGTERM. What that can lose is what a crash at that
+/// moment would: a monitor's beats of the last milliseconds (its state
+/// file was just read), a heartbeat file left to go stale, an etcd lease
+/// left to expire. From `up` on, a signal sets a flag, and the
+/// command stops cleanly; a second signal while stopping exits at once with
+/// the code `second(signal)` gives, in case the stop itself is stuck.
+struct StopSignals {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    starting: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn stop_on_signals(second: fn(i32) -> i32) -> std::io::Result<StopSignals> {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
     use signal_hook::consts::{SIGINT, SIGTERM};
     use signal_hook::flag;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let starting = Arc::new(AtomicBool::new(true));
     for sig in [SIGINT, SIGTERM] {
-        // The order matters: the conditional exit sees the flag the first signal set.
+        // The order matters: while starting, the first ends the process;
+        // then the conditional exit sees the flag a first signal set.
+        flag::register_conditional_default(sig, starting.clone())?;
         flag::register_conditional_shutdown(sig, second(sig), stop.clone())?;
         flag::register(sig, stop.clone())?;
     }
-    Ok(stop)
+    Ok(StopSignals { stop, starting })
+}
+
+impl StopSignals {
+    /// The start-up is over: from now on a signal asks for a clean stop.
+    fn up(&self) {
+        self.starting.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether a signal asked for a stop (since [`up`](Self::up)).
+    fn requested(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The flag a signal sets.
+    fn flag(&self) -> &std::sync::atomic::AtomicBool {
+        &self.stop
+    }
 }
 
 /// SIGINT and SIGTERM as a channel, for a main thread that waits on other

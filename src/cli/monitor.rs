@@ -5,7 +5,6 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -69,8 +68,9 @@ at most 4 at once, each killed after --hook-timeout.
 
 Exit codes: 0 after a clean stop on SIGINT or SIGTERM (the state file is
 written first); 1 if it could not start (an address in use, a state file
-that cannot be read) or a thread stopped on its own, or the last save
-failed; 2 for bad arguments.")]
+that cannot be read, a hook naming a file that cannot run) or a thread
+stopped on its own, or the last save failed; 2 for bad arguments. A
+signal before it is up ends it at once (128+N).")]
 pub struct MonitorArgs {
     /// Where the HTTP API listens, HOST:PORT (a name resolves to its first
     /// address, and is answered as a Host). The default is loopback only.
@@ -174,8 +174,17 @@ impl MonitorArgs {
     }
 
     fn config(&self) -> Result<ServiceConfig, Error> {
+        for (flag, hook) in [
+            ("--on-warning", &self.on_warning),
+            ("--on-timeout", &self.on_timeout),
+            ("--on-recovery", &self.on_recovery),
+        ] {
+            if let Some(command) = hook {
+                check_hook(flag, command)?;
+            }
+        }
         let token = match &self.token_file {
-            Some(path) => Some(read_token(path)?),
+            Some(path) => Some(heartbeat::service::read_token_file(path)?),
             None => None,
         };
         let mut http = HttpConfig {
@@ -205,22 +214,51 @@ impl MonitorArgs {
     }
 }
 
-/// Reads a token file: its first line, without the line ending.
-pub(super) fn read_token(path: &std::path::Path) -> Result<String, Error> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::InvalidConfig(format!("cannot read the token file {}: {e}", path.display())))?;
-    let token = text.lines().next().unwrap_or("").trim_end_matches('\r').to_owned();
-    heartbeat::service::check_token(&token).map_err(|e| match e {
-        Error::InvalidConfig(why) => Error::InvalidConfig(format!("token file {}: {why}", path.display())),
-        other => other,
-    })?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        use std::os::unix::fs::PermissionsExt;
-        if meta.permissions().mode() & 0o044 != 0 {
-            log::warn!("token file {} is readable by others (chmod 600 it)", path.display());
+/// The program a hook names by its path, when the shell would run that
+/// file: the first word of the command, if it holds a `/` and nothing the
+/// shell would quote, expand or redirect (`A=1 cmd`, `$HOME/x`, `>log x`
+/// and `'/a b'` are left to the shell).
+fn hook_program(command: &str) -> Option<&std::path::Path> {
+    let first = command.split_ascii_whitespace().next()?;
+    let plain = !first.bytes().any(|b| b"'\"\\$`;&|<>(){}[]*?~=#!".contains(&b));
+    (plain && first.contains('/')).then(|| std::path::Path::new(first))
+}
+
+/// A hook that names its program by path must name an executable regular
+/// file: found out at the start, not at the first timeout, in a log line.
+fn check_hook(flag: &str, command: &str) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(program) = hook_program(command) else { return Ok(()) };
+    let why = match std::fs::metadata(program) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_owned(),
+        Err(e) => format!("cannot be looked at: {e}"),
+        Ok(meta) if !meta.is_file() => format!("is {}, not a regular file", file_kind(&meta)),
+        Ok(meta) if meta.permissions().mode() & 0o111 == 0 => {
+            format!("is not executable (mode {:o}; chmod +x it)", meta.permissions().mode() & 0o7777)
         }
+        Ok(_) => return Ok(()),
+    };
+    Err(Error::InvalidConfig(format!("{flag}: {} {why}", program.display())))
+}
+
+/// What a file that is not a regular one is, for [`check_hook`] (in the
+/// library's words: "it is a FIFO, not a regular file").
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "not a regular file"
     }
-    Ok(token)
 }
 
 fn failed(e: &Error) -> ExitCode {
@@ -276,6 +314,10 @@ pub fn run(args: MonitorArgs) -> ExitCode {
         let _ = teardown(Some(presence));
         return failed(&e);
     }
+    // Up: from here a signal is a clean stop (until now it ended the
+    // process at once, whatever step it interrupted). Before the first
+    // beat, which tells systemd READY=1: a stop after that must be clean.
+    stop.up();
     let beating = match beat(&args, &service) {
         Ok(guard) => guard,
         Err(e) => {
@@ -300,7 +342,7 @@ pub fn run(args: MonitorArgs) -> ExitCode {
     drop(out);
 
     let mut code = loop {
-        if stop.load(Ordering::SeqCst) {
+        if stop.requested() {
             log::info!("signal received; stopping");
             break ExitCode::SUCCESS;
         }
@@ -373,6 +415,48 @@ mod tests {
     }
 
     #[test]
+    fn a_hook_naming_its_program_by_path_must_name_an_executable_file() {
+        use std::path::Path;
+        assert_eq!(hook_program("/usr/local/bin/alert --loud"), Some(Path::new("/usr/local/bin/alert")));
+        assert_eq!(hook_program("  ./alert.sh"), Some(Path::new("./alert.sh")));
+        for left_to_the_shell in [
+            "logger \"$HEARTBEAT_SESSION\"",
+            "A=1 /bin/x",
+            "'/a b'",
+            "$HOME/x",
+            ">log /bin/x",
+            "~/x",
+            "",
+            "x;/y",
+        ] {
+            assert_eq!(hook_program(left_to_the_shell), None, "{left_to_the_shell:?}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("alert.sh");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        let at = |p: &Path| format!("{} --now", p.display());
+        let says = |command: &str| check_hook("--on-timeout", command).unwrap_err().to_string();
+        let e = says(&at(&script));
+        assert!(
+            e.contains("--on-timeout: ") && e.ends_with("alert.sh is not executable (mode 644; chmod +x it)"),
+            "{e}"
+        );
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        check_hook("--on-timeout", &at(&script)).unwrap();
+        check_hook("--on-timeout", "logger timed out").unwrap();
+        assert!(says(&at(dir.path())).ends_with("is a directory, not a regular file"));
+        assert!(says(&at(&dir.path().join("gone"))).ends_with("gone does not exist"));
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        assert!(says(&at(&fifo)).ends_with("fifo is a FIFO, not a regular file"));
+        // Through the command line: before anything starts.
+        let fifo = fifo.display().to_string();
+        let args = Cli::try_parse_from(["monitor", "--on-recovery", &fifo]).unwrap().monitor;
+        assert!(args.config().unwrap_err().to_string().contains("--on-recovery: "));
+    }
+
+    #[test]
     fn bad_flags_are_refused() {
         for bad in [
             &["monitor", "--timeout", "0"][..],
@@ -406,16 +490,5 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn a_token_file_is_read_and_checked() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("token");
-        std::fs::write(&path, "s3cret\n").unwrap();
-        assert_eq!(read_token(&path).unwrap(), "s3cret");
-        std::fs::write(&path, "\n").unwrap();
-        assert!(read_token(&path).is_err());
-        assert!(read_token(&dir.path().join("missing")).unwrap_err().to_string().contains("missing"));
     }
 }

@@ -55,7 +55,7 @@ With --format json, the same events as one JSON object per line:
 Exit codes: 0 after SIGINT or SIGTERM (or once stdout is closed), 1 if the
 client could not run (e.g. a --key-file that cannot be read or created), 2
 for bad arguments (also --nick-auth require without --key-file or a
-directory id).")]
+directory id). A signal before it is up ends it at once (128+N).")]
 pub struct PeerArgs {
     /// The directory node, HOST:PORT (a name resolves to its first address).
     #[arg(value_name = "HOST:PORT", value_parser = parse_endpoint)]
@@ -164,7 +164,8 @@ pub fn run(args: PeerArgs) -> ExitCode {
         Ok(printer) => printer,
         Err(e) => return failed(&format_args!("cannot start the output thread: {e}")),
     };
-    while !printer.closed() && !stop.load(Ordering::Relaxed) {
+    stop.up();
+    while !printer.closed() && !stop.requested() {
         match client.events().recv_timeout(SIGNAL_CHECK) {
             Ok(event) => printer.print(line(&event)),
             Err(RecvTimeoutError::Timeout) => {}

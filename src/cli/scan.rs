@@ -264,9 +264,10 @@ fn watch(scanner: &Scanner, format: Format) -> ExitCode {
         Err(e) => return failed(&e),
     };
     let events = watch.events().clone();
+    stop.up();
     follow(
         &events,
-        &stop,
+        stop.flag(),
         || watch.stop(),
         |out, picture, event| print_event(out, picture, event, format),
         update,

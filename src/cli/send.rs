@@ -29,7 +29,8 @@ Examples:
   heartbeat send 127.0.0.1:9333 worker-3 --udp
 
 Exit codes: 0 when the monitor took the beat (with --every: after SIGINT or
-SIGTERM); 1 when it did not, with the reason on stderr; 2 for bad arguments.")]
+SIGTERM); 1 when it did not, with the reason on stderr; 2 for bad arguments
+(a --token-file that cannot be read included).")]
 pub struct SendArgs {
     /// The monitor: http://HOST:PORT, or HOST:PORT with --udp.
     url: String,
@@ -76,7 +77,11 @@ impl Target {
             )));
         }
         let token = match &args.token_file {
-            Some(path) => Some(super::monitor::read_token(path).map_err(|e| Bad::Run(e.to_string()))?),
+            // A token file that cannot be read is a bad argument: exit 1
+            // says the monitor did not take the beat, and it was never asked.
+            Some(path) => {
+                Some(heartbeat::service::read_token_file(path).map_err(|e| Bad::Usage(e.to_string()))?)
+            }
             None => None,
         };
         if args.udp {

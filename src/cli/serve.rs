@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Args;
@@ -71,7 +70,7 @@ Exit codes: 0 after a clean stop on SIGINT or SIGTERM (a second signal
 during the stop exits at once with 1); 1 if the hub could not start (an
 address in use, a beat file that cannot be written) or stopped on its own;
 2 for bad arguments, including --idle not less than --hard-evict and a
-malformed --nick.")]
+malformed --nick. A signal before it is up ends it at once (128+N).")]
 pub struct ServeArgs {
     /// Where peers connect, HOST:PORT (a name resolves to its first
     /// address). The default is loopback only.
@@ -247,11 +246,18 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return failed(&e);
         }
     };
+    // Up: from here a signal is a clean stop (until now it ended the
+    // process at once, whatever step it interrupted). Before the first
+    // beat, which tells systemd READY=1: a stop after that must be clean.
+    stop.up();
     let beating = match beat(&args, &hub, status.as_ref()) {
         Ok(guard) => guard,
+        // A --beat-file that cannot be written (a directory, a FIFO, held
+        // by another beater) is a failure to start, 1, as for every command.
         Err(e) => {
             teardown(status.as_ref());
-            return failed(&e);
+            eprintln!("heartbeat serve: {e}");
+            return ExitCode::from(1);
         }
     };
 
@@ -300,7 +306,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
         }
     };
     let code = loop {
-        if stop.load(Ordering::SeqCst) {
+        if stop.requested() {
             log::info!("signal received; stopping");
             break ExitCode::SUCCESS;
         }

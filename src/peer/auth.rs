@@ -440,13 +440,22 @@ impl Identity {
     /// over an existing file); when another process created `path`
     /// meanwhile, its key is read instead.
     pub fn load_or_create(path: &Path) -> io::Result<Identity> {
+        Identity::load_or_create_at(path, true)
+    }
+
+    /// [`load_or_create`](Self::load_or_create); `create` false once a file
+    /// another process created is being read instead, so that a name that
+    /// keeps refusing both (a symlink to nothing) cannot loop for ever.
+    fn load_or_create_at(path: &Path, create: bool) -> io::Result<Identity> {
         let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
-        match std::fs::File::open(path) {
-            Ok(file) => {
+        // Only a regular file: a FIFO is never waited on, a directory is
+        // said to be one (not told to chmod 600).
+        match crate::files::open_regular(path) {
+            Ok((file, meta)) => {
                 #[cfg(unix)]
                 {
                     use std::os::unix::fs::PermissionsExt;
-                    let mode = file.metadata()?.permissions().mode();
+                    let mode = meta.permissions().mode();
                     if mode & 0o077 != 0 {
                         return Err(io::Error::new(
                             io::ErrorKind::PermissionDenied,
@@ -466,12 +475,23 @@ impl Identity {
                 Identity::from_hex(&text)
                     .map_err(|why| invalid(format!("key file {}: {why}", path.display())))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                if std::fs::symlink_metadata(path).is_ok() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!(
+                            "cannot open the key file {}: it is a symbolic link to nothing",
+                            path.display()
+                        ),
+                    ));
+                }
                 let identity = Identity::generate()?;
                 match create_whole(path, &format!("{}\n", hex(&identity.secret.secret_bytes()))) {
                     Ok(()) => Ok(identity),
                     // Another process created it first: its key is the one.
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Identity::load_or_create(path),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        Identity::load_or_create_at(path, false)
+                    }
                     Err(e) => Err(io::Error::new(
                         e.kind(),
                         format!("cannot create the key file {}: {e}", path.display()),
@@ -979,6 +999,24 @@ mod tests {
         let e = Identity::load_or_create(&path).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         assert!(!e.to_string().contains("not a key"), "the file's content is not quoted: {e}");
+    }
+
+    #[test]
+    fn a_key_path_that_is_no_regular_file_is_named_for_what_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Identity::load_or_create(dir.path()).unwrap_err().to_string();
+        assert!(e.ends_with("it is a directory, not a regular file") && !e.contains("chmod"), "{e}");
+        let fifo = dir.path().join("fifo.key");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        // Opened as a file is, it would wait for a writer for ever.
+        let e = Identity::load_or_create(&fifo).unwrap_err().to_string();
+        assert!(e.contains("fifo.key: it is a FIFO, not a regular file") && !e.contains("chmod"), "{e}");
+        // Neither followed nor replaced, and no endless retry.
+        let dangling = dir.path().join("dangling.key");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        let e = Identity::load_or_create(&dangling).unwrap_err().to_string();
+        assert!(e.contains("dangling.key: it is a symbolic link to nothing"), "{e}");
+        assert!(!dir.path().join("nowhere").exists());
     }
 
     #[cfg(unix)]

@@ -853,6 +853,15 @@ impl Inner {
         match OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY).open(&self.dir) {
             Ok(dir) => Ok(Some(dir)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            // O_DIRECTORY refuses anything else unopened (a FIFO does not
+            // wait): say what it is.
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => match std::fs::metadata(&self.dir) {
+                Ok(meta) => {
+                    let what = crate::files::kind(meta.file_type());
+                    Err(self.dir_error(io::Error::new(e.kind(), format!("it is {what}, not a directory"))))
+                }
+                Err(_) => Err(self.dir_error(e)),
+            },
             Err(e) => Err(self.dir_error(e)),
         }
     }

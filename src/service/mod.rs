@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 
 pub use self::hooks::HookConfig;
 use self::hooks::{HookEvent, HookJob, Hooks};
-pub use self::persist::{load_state, save_state};
+pub use self::persist::{load_state, read_token_file, save_state};
 use crate::error::{Error, Result};
 use crate::etcd::{MonitorPublisher, Presence, PresenceStatus};
 use crate::http::{HttpConfig, HttpServer, StreamSink};

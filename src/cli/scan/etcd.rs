@@ -78,9 +78,10 @@ fn watch(scanner: &EtcdScanner, format: Format) -> ExitCode {
         Err(e) => return failed(&e),
     };
     let events = watch.events().clone();
+    stop.up();
     super::follow(
         &events,
-        &stop,
+        stop.flag(),
         || watch.stop(),
         |out, picture, event| print_event(out, picture, event, format),
         update,
