@@ -66,6 +66,7 @@ mod files;
 pub mod fuzzing;
 pub mod http;
 mod json;
+mod lograte;
 mod monitor;
 pub mod peer;
 pub mod process;

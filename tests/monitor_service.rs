@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -923,4 +924,201 @@ fn the_monitor_beats_its_own_file_and_tells_systemd_it_is_ready() {
     }
     assert!(service.wait().success());
     assert!(!beat_file.exists(), "removed at a clean stop");
+}
+
+/// Runs `spawn` with its stderr piped; the stderr, whole, once it closes
+/// (the process exited and so did the hooks it killed), within the bound.
+fn with_stderr(
+    spawn: impl FnOnce(&mut dyn FnMut(&mut Command)) -> Service,
+) -> (Service, mpsc::Receiver<String>) {
+    let mut service = spawn(&mut |cmd| {
+        cmd.stderr(Stdio::piped());
+    });
+    let mut stderr = service.child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    // Read as it comes: a flood must not block the monitor on a full pipe.
+    thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        let _ = tx.send(text);
+    });
+    (service, rx)
+}
+
+/// Stops the service with SIGTERM and returns what it wrote on stderr.
+fn stop_and_read(mut service: Service, stderr: &mpsc::Receiver<String>) -> String {
+    service.signal(libc::SIGTERM);
+    assert!(service.wait().success());
+    stderr.recv_timeout(BOUND).expect("stderr closed within the bound")
+}
+
+/// The lines a rate-limited call site was asked for: the lines written
+/// that contain `line`, and the counts of those suppressed, which come
+/// with the next line written or in a summary line starting `summary`.
+fn told(log: &str, line: &str, summary: &str) -> u64 {
+    let count = |l: &str| -> u64 {
+        l.split_once(" similar line")
+            .and_then(|(before, _)| before.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    log.lines()
+        .filter(|l| l.contains(line) || l.contains(summary))
+        .map(|l| if l.contains(summary) { count(l) } else { 1 + count(l) })
+        .sum()
+}
+
+/// Issue 22, defect 5: a failure report wrote a WARN line each, and each
+/// one's hook dropped for a full queue another (98,151 lines, 10.7 MB for
+/// 50,000 reports). Now each kind of line is limited to a few per 10 s,
+/// with the count of the others.
+#[test]
+fn a_flood_of_failure_reports_writes_a_few_lines_that_count_the_others() {
+    const REPORTS: usize = 10_000;
+    const SENDERS: usize = 4;
+    // A hook that fails: 4 run at once, 1,024 wait, the others are dropped.
+    let (service, stderr) = with_stderr(|tweak| {
+        Service::spawn_with(&["--on-timeout", "exit 3", "--udp", "off"], |cmd| tweak(cmd))
+    });
+    let started = Instant::now();
+    thread::scope(|s| {
+        for _ in 0..SENDERS {
+            s.spawn(|| {
+                let agent = agent();
+                for _ in 0..REPORTS / SENDERS {
+                    let status = answer(agent.get(&service.url("/ping/x/fail")).call()).0;
+                    assert!(status == 200 || status == 201, "{status}");
+                }
+            });
+        }
+    });
+    let took = started.elapsed();
+    let failed = "heartbeat_monitor_events_total{kind=\"failed\"}";
+    eventually("every report's event handled", || service.metric(failed) == REPORTS as u64);
+    let dropped = service.metric("heartbeat_monitor_hooks_total{outcome=\"dropped\"}");
+    let hooks_failed = service.metric("heartbeat_monitor_hooks_total{outcome=\"failed\"}");
+    assert!(dropped > 0 && hooks_failed > 0, "{dropped} hooks dropped, {hooks_failed} failed");
+    let log = stop_and_read(service, &stderr);
+    let lines = log.lines().count();
+    // Per kind (failure reports, hooks dropped, hooks failed), at most 10
+    // lines and a summary per 10 s window the flood touched, and a few
+    // lines of the monitor's own.
+    let windows = took.as_secs() as usize / 10 + 2;
+    assert!(lines <= 3 * 11 * windows + 5, "{lines} lines in {took:?}:\n{log}");
+    assert_eq!(told(&log, "reported a failure", "sessions reported a failure:"), REPORTS as u64, "{log}");
+    let told_dropped = told(&log, "dropped (", "hook queue full, hooks dropped:");
+    assert!(told_dropped >= dropped && told_dropped <= REPORTS as u64, "{told_dropped} of {dropped}:\n{log}");
+    let told_failed = told(&log, "failed: exit status: 3", "hooks failed:");
+    assert!(told_failed >= hooks_failed, "{told_failed} of {hooks_failed}:\n{log}");
+}
+
+/// Bad datagrams are counted, never logged one by one.
+#[test]
+fn a_flood_of_bad_datagrams_writes_no_line_each() {
+    const DATAGRAMS: u64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let (service, stderr) = with_stderr(|tweak| {
+        Service::spawn_with(&["--token-file", token.to_str().unwrap()], |cmd| tweak(cmd))
+    });
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp = service.udp.unwrap();
+    let bad: [&[u8]; 4] =
+        [b"wrong x\n", b"s3cret-token bad id\n", b"s3cret-token \xff\n", b"no-token-at-all"];
+    let metric = |series: &str| {
+        let response =
+            agent().get(&service.url("/metrics")).header("Authorization", "Bearer s3cret-token").call();
+        let (code, text) = answer(response);
+        assert_eq!(code, 200);
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<u64>().ok()).unwrap()
+    };
+    let mut sent = 0;
+    // In rounds the receive buffer holds, so that the kernel drops none.
+    while sent < DATAGRAMS {
+        for _ in 0..1000 {
+            socket.send_to(bad[sent as usize % bad.len()], udp).unwrap();
+            sent += 1;
+        }
+        eventually("the round taken", || metric("heartbeat_monitor_udp_datagrams_total") == sent);
+    }
+    let dropped =
+        |reason: &str| metric(&format!("heartbeat_monitor_udp_dropped_total{{reason=\"{reason}\"}}"));
+    assert_eq!(dropped("unauthorized") + dropped("malformed"), DATAGRAMS);
+    let log = stop_and_read(service, &stderr);
+    assert!(log.lines().count() <= 3, "{log}");
+}
+
+/// A metric read over a connection already open (none can be opened while
+/// the monitor is out of descriptors).
+fn metric_on(stream: &mut TcpStream, series: &str) -> u64 {
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let body_start = loop {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "the metrics connection closed");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&got[..body_start]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a content-length");
+    while got.len() < body_start + length {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "the metrics connection closed");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let body = String::from_utf8_lossy(&got[body_start..body_start + length]);
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series}"))
+}
+
+/// Clients that keep the monitor at its descriptor limit make accept fail
+/// and work again as often as they close a connection: a warning and an
+/// info line each time, before; now as many as the limit allows.
+#[test]
+fn accept_failing_and_working_again_in_a_loop_writes_a_few_lines() {
+    const EPISODES: usize = 50;
+    let (service, stderr) = with_stderr(|tweak| {
+        Service::spawn_with(&["--udp", "off"], |cmd| {
+            nofile(cmd, 40);
+            cmd.env("RUST_LOG", "info");
+            tweak(cmd);
+        })
+    });
+    let mut kept = TcpStream::connect(service.http).unwrap();
+    kept.set_read_timeout(Some(BOUND)).unwrap();
+    let accepted = "heartbeat_monitor_http_connections_accepted_total";
+    // More than the descriptors: the rest waits in the backlog.
+    let mut held: std::collections::VecDeque<TcpStream> =
+        (0..60).map(|_| TcpStream::connect(service.http).unwrap()).collect();
+    eventually("accept failing", || metric_on(&mut kept, "heartbeat_monitor_http_accept_errors_total") > 0);
+    let started = Instant::now();
+    for _ in 0..EPISODES {
+        // One descriptor free: the next accept works, the one after fails.
+        let before = metric_on(&mut kept, accepted);
+        drop(held.pop_front());
+        held.push_back(TcpStream::connect(service.http).unwrap());
+        eventually("an accept again", || metric_on(&mut kept, accepted) > before);
+    }
+    let took = started.elapsed();
+    drop(held);
+    drop(kept);
+    let log = stop_and_read(service, &stderr);
+    let episodes = log.lines().filter(|l| l.contains("accepting connections again")).count();
+    let failures = log.lines().filter(|l| l.contains("accept failed")).count();
+    let windows = took.as_secs() as usize / 10 + 2;
+    assert!(
+        failures <= 10 * windows && episodes <= failures,
+        "{failures} and {episodes} in {took:?}:\n{log}"
+    );
+    assert!(log.lines().count() <= 21 * windows + 10, "{took:?}:\n{log}");
+    assert!(log.contains("similar lines suppressed"), "{log}");
 }

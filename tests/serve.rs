@@ -36,8 +36,14 @@ struct Serving {
 
 impl Serving {
     fn spawn(args: &[&str]) -> Serving {
-        let mut child =
-            heartbeat().arg("serve").args(args).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap();
+        Serving::spawn_with(args, |_| {})
+    }
+
+    fn spawn_with(args: &[&str], tweak: impl FnOnce(&mut std::process::Command)) -> Serving {
+        let mut cmd = heartbeat();
+        cmd.arg("serve").args(args).stdin(Stdio::null()).stdout(Stdio::piped());
+        tweak(&mut cmd);
+        let mut child = cmd.spawn().unwrap();
         let lines = read_lines(child.stdout.take().unwrap());
         let mut serving = Serving { child: Spawned(child), hub: "0.0.0.0:0".parse().unwrap(), status: None };
         let line = lines.recv_timeout(BOUND).expect("the listening line within the bound");
@@ -643,4 +649,64 @@ fn peer_with_a_stdout_nobody_reads_still_stops_on_sigterm() {
     child.signal(libc::SIGTERM);
     assert!(child.wait_bounded(BOUND, "peer with a full stdout").success());
     hub.stop();
+}
+
+/// The lines a rate-limited call site was asked for: the lines written
+/// that contain `line`, and the counts of those suppressed, which come
+/// with the next line written or in a summary line containing `summary`.
+fn told(log: &str, line: &str, summary: &str) -> u64 {
+    let count = |l: &str| -> u64 {
+        l.split_once(" similar line")
+            .and_then(|(before, _)| before.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    log.lines()
+        .filter(|l| l.contains(line) || l.contains(summary))
+        .map(|l| if l.contains(summary) { count(l) } else { 1 + count(l) })
+        .sum()
+}
+
+/// Issue 22, defect 5, for the hub: each peer evicted was a line at info,
+/// so peers that join and misbehave in a loop flooded the log of an
+/// operator who runs with `RUST_LOG=info`. Now a few lines per 10 s, with
+/// the count of the others.
+#[test]
+fn peers_evicted_in_a_loop_write_a_few_lines_that_count_the_others() {
+    const SPOOFERS: u64 = 300;
+    let mut serving = Serving::spawn_with(
+        &["--listen", "127.0.0.1:0", "--network", "regtest", "--status", "127.0.0.1:0"],
+        |cmd| {
+            cmd.env("RUST_LOG", "info").stderr(Stdio::piped());
+        },
+    );
+    let mut stderr = serving.child.stderr.take().unwrap();
+    let (tx, log) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        let _ = tx.send(text);
+    });
+    let started = Instant::now();
+    for _ in 0..SPOOFERS {
+        let (_, mut stream) = join(serving.hub, "regtest", false);
+        let mut spoofed = Vec::new();
+        wire::encode(wire::PUBMSG, "J5someoneelse!PUBLIC!hello", &mut spoofed);
+        stream.write_all(&spoofed).unwrap();
+        // Evicted: the hub closes the connection (after what it had queued).
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink);
+    }
+    let took = started.elapsed();
+    let series = "heartbeat_hub_evictions_total{reason=\"spoofed\"}";
+    eventually("every spoofer evicted", || {
+        (metric(&http(serving.status(), "GET", "/metrics").2, series) == Some(SPOOFERS)).then_some(())
+    });
+    serving.signal(libc::SIGTERM);
+    assert_eq!(serving.wait().code(), Some(0));
+    let log = log.recv_timeout(BOUND).expect("stderr closed within the bound");
+    let windows = took.as_secs() as usize / 10 + 2;
+    let evicting = log.lines().filter(|l| l.contains("hub: evicting")).count();
+    assert!(evicting <= 10 * windows, "{evicting} lines in {took:?}:\n{log}");
+    assert!(log.lines().count() <= 11 * windows + 10, "{took:?}:\n{log}");
+    assert_eq!(told(&log, "hub: evicting", "hub: peers evicted:"), SPOOFERS, "{log}");
 }

@@ -15,6 +15,7 @@ use super::client::{Client, KeyValue, WatchBatch, WatchEvent};
 use super::{ALIVE, DEFAULT_PREFIX, MemberRecord, check_prefix};
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::{Error, Result};
+use crate::lograte::{LogLimit, log_limit};
 use crate::scanner::{DEFAULT_STALE_AFTER, ScanStatus};
 use crate::state::{HeartbeatState, MAX_STATE_BYTES, beat_age, parse_timestamp};
 
@@ -722,6 +723,10 @@ struct Follower {
     status: Arc<Mutex<EtcdWatchStatus>>,
 }
 
+/// Whoever may compact the cluster decides how often a watch is compacted
+/// past: each costs a range read and this line, limited.
+static COMPACTED: LogLimit = log_limit!(log::Level::Info, "etcd watches compacted past");
+
 /// The thread was told to stop (or its reader is gone).
 struct Stopped;
 
@@ -730,6 +735,7 @@ type Step = std::result::Result<(), Stopped>;
 impl Follower {
     fn run(mut self) {
         let _ = self.follow();
+        COMPACTED.finish(self.scanner.clock.now());
     }
 
     fn follow(&mut self) -> Step {
@@ -779,8 +785,11 @@ impl Follower {
                         self.apply(&events)?;
                     }
                     Ok(Some(WatchBatch::Compacted { compact_revision })) => {
-                        log::info!(
-                            "etcd compacted past revision {revision} (now {compact_revision}): reading {prefix} again"
+                        COMPACTED.log(
+                            clock.now(),
+                            format_args!(
+                                "etcd compacted past revision {revision} (now {compact_revision}): reading {prefix} again"
+                            ),
                         );
                         need_range = true;
                         break;
@@ -797,6 +806,7 @@ impl Follower {
                     let keys = self.all_keys();
                     self.reconcile(keys)?;
                     next_tick = clock.now() + REJUDGE_EVERY;
+                    COMPACTED.flush(clock.now());
                 }
             }
             if !need_range && clock.now() >= next_tick {

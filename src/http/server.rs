@@ -22,6 +22,13 @@ use super::message::{Reply, Request, Response, stream_head};
 use super::stream::{Notify, StreamSink, StreamState};
 use super::{Counters, Handler, HttpConfig, HttpCounters};
 use crate::error::{Error, Result};
+use crate::lograte::{LogLimit, log_limit};
+
+/// The lines clients can cause, each limited (see [`crate::lograte`]);
+/// the loop flushes their counts.
+static ACCEPT_FAILED: LogLimit = log_limit!(log::Level::Warn, "http: accept failures");
+static NOT_WATCHED: LogLimit = log_limit!(log::Level::Warn, "http: connections that could not be watched");
+static PANICKED: LogLimit = log_limit!(log::Level::Error, "http: handler panics");
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -112,7 +119,7 @@ impl HttpServer {
             again: Vec::new(),
             accept_paused_until: None,
             accept_more: false,
-            accept_failing: false,
+            accept_failing: None,
             scratch: vec![0; READ_CHUNK],
         };
         let thread = thread::Builder::new().name("heartbeat-http".into()).spawn(move || {
@@ -264,8 +271,10 @@ struct Loop {
     accept_paused_until: Option<Instant>,
     /// The accept budget ran out with connections left in the backlog.
     accept_more: bool,
-    /// Whether accepting fails (logged once per episode).
-    accept_failing: bool,
+    /// `Some` while accepting fails, with whether the episode's line was
+    /// written (once per episode, and as many episodes as the limit allows;
+    /// "again" only after a failure that was told).
+    accept_failing: Option<bool>,
     scratch: Vec<u8>,
 }
 
@@ -310,6 +319,9 @@ impl Loop {
                 self.accept_all(now);
             }
             self.expire(now);
+            for limit in [&ACCEPT_FAILED, &NOT_WATCHED, &PANICKED, &super::stream::WAKE_FAILED] {
+                limit.flush(now);
+            }
         }
         self.shutdown();
     }
@@ -343,9 +355,8 @@ impl Loop {
         for _ in 0..ACCEPT_BUDGET {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
-                    if self.accept_failing {
+                    if self.accept_failing.take() == Some(true) {
                         log::info!("http: accepting connections again");
-                        self.accept_failing = false;
                     }
                     if self.conns.len() >= self.config.max_connections {
                         Counters::add(&self.shared.counters.refused_over_limit);
@@ -362,12 +373,15 @@ impl Loop {
                     // Out of descriptors or memory (or worse): serve the
                     // connections we have and try again after a while.
                     Counters::add(&self.shared.counters.accept_errors);
-                    if !self.accept_failing {
-                        log::warn!(
-                            "http: accept failed, retrying every {:?} until it works: {e}",
-                            self.config.accept_backoff
-                        );
-                        self.accept_failing = true;
+                    if self.accept_failing.is_none() {
+                        let note = ACCEPT_FAILED.admit(now);
+                        if let Some(note) = note {
+                            log::warn!(
+                                "http: accept failed, retrying every {:?} until it works: {e}{note}",
+                                self.config.accept_backoff
+                            );
+                        }
+                        self.accept_failing = Some(note.is_some());
                     }
                     self.accept_paused_until = Some(now + self.config.accept_backoff);
                     return;
@@ -386,7 +400,7 @@ impl Loop {
         }
         // Data that arrived before this is reported by the registration.
         if let Err(e) = self.poll.registry().register(&mut stream, Token(token), Interest::READABLE) {
-            log::warn!("http: cannot watch {peer}: {e}");
+            NOT_WATCHED.log(now, format_args!("http: cannot watch {peer}: {e}"));
             return;
         }
         Counters::add(&self.shared.counters.accepted);
@@ -553,11 +567,12 @@ impl Loop {
             Counters::add(&self.shared.counters.requests);
             catch_unwind(AssertUnwindSafe(|| self.handler.handle(view))).unwrap_or_else(|panic| {
                 let why = crate::ticker::panic_message(&*panic);
-                log::error!(
-                    "http: the handler panicked on {} {} from {}: {why}",
-                    view.method,
-                    view.path,
-                    view.peer
+                PANICKED.log(
+                    Instant::now(),
+                    format_args!(
+                        "http: the handler panicked on {} {} from {}: {why}",
+                        view.method, view.path, view.peer
+                    ),
                 );
                 Response::error(500, "the handler panicked; see the server's log").into()
             })
@@ -583,7 +598,7 @@ impl Loop {
         conn.request_started = None;
         let sink = StreamSink::new(state);
         if catch_unwind(AssertUnwindSafe(|| open(sink))).is_err() {
-            log::error!("http: a stream's open panicked; closing {}", conn.peer);
+            PANICKED.log(now, format_args!("http: a stream's open panicked; closing {}", conn.peer));
             return Err(Close::Done);
         }
         self.serve_stream(token, conn, now)
@@ -738,6 +753,9 @@ impl Loop {
 
     /// The loop ends: streams are told, every connection closes.
     fn shutdown(&mut self) {
+        for limit in [&ACCEPT_FAILED, &NOT_WATCHED, &PANICKED, &super::stream::WAKE_FAILED] {
+            limit.finish(Instant::now());
+        }
         for (_, conn) in self.conns.drain() {
             if let Some(state) = &conn.stream_state {
                 state.close();

@@ -2,9 +2,15 @@
 //! queue it shares with the event loop, which writes it to the client.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use mio::Waker;
 use parking_lot::Mutex;
+
+use crate::lograte::{LogLimit, log_limit};
+
+/// A wake-up that failed: once per event sent to a stream, at worst.
+pub(crate) static WAKE_FAILED: LogLimit = log_limit!(log::Level::Error, "http: event-loop wake-ups failed");
 
 /// How the event loop learns that a stream has news: the stream's token in
 /// a list, and a wakeup.
@@ -25,7 +31,7 @@ impl Notify {
 
     pub(crate) fn wake(&self) {
         if let Err(e) = self.waker.wake() {
-            log::error!("http: cannot wake the event loop: {e}");
+            WAKE_FAILED.log(Instant::now(), format_args!("http: cannot wake the event loop: {e}"));
         }
     }
 

@@ -41,6 +41,7 @@ pub use self::snapshot::SessionSnapshot;
 use self::wheel::{Entry, Wheel};
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::{Error, Result};
+use crate::lograte::{LogLimit, log_limit};
 use crate::state::format_timestamp;
 use crate::ticker::{Ticker, contained};
 
@@ -479,6 +480,10 @@ fn nanos(d: Duration) -> u64 {
 pub struct Monitor {
     inner: Arc<Inner>,
 }
+
+/// The failure reports' line: anyone who may ping may report failures as
+/// fast as they can send them. Flushed by the sweeps.
+static FAILURES: LogLimit = log_limit!(log::Level::Warn, "sessions reported a failure");
 
 struct Inner {
     timeout: u64,
@@ -973,7 +978,9 @@ impl Monitor {
     /// silence starts again from now and its missed beats are forgotten,
     /// but it stays unhealthy (no [`Event::Recovered`]) until its next beat
     /// (or resume, or registering again) clears the failure. `false` if it
-    /// is not registered.
+    /// is not registered. Logged at warn, at most 10 lines per 10 s in the
+    /// process; the count of the others comes with the next line, or with
+    /// a sweep once the 10 s are over.
     pub fn fail(&self, session_id: &str) -> bool {
         let inner = &*self.inner;
         let now = inner.now();
@@ -994,7 +1001,7 @@ impl Monitor {
             agent
         });
         let Some(agent) = agent else { return false };
-        log::warn!("session {session_id} ({agent}) reported a failure");
+        FAILURES.log(inner.clock.now(), format_args!("session {session_id} ({agent}) reported a failure"));
         if let Some(f) = &inner.on_failure {
             contained("on_failure", || f(session_id, &agent));
         }
@@ -1225,6 +1232,7 @@ impl Monitor {
                     monitor.maintain();
                 }
             }
+            FAILURES.finish(monitor.inner.clock.now());
         })?;
         let id = inner.sweepers_started.fetch_add(1, Ordering::SeqCst);
         *sweeper = Some(Sweeper { id, stop: stop_tx, done: done_rx, handle });

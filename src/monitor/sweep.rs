@@ -225,8 +225,10 @@ impl Inner {
     }
 
     /// The lines a sweep adds to the per-session ones it wrote: how many
-    /// were left out, and at most every minute a summary of the unhealthy.
+    /// were left out, at most every minute a summary of the unhealthy, and
+    /// the count of failure reports not logged (once their window is over).
     fn log_sweep(&self, report: &SweepReport, now: u64) {
+        super::FAILURES.flush(self.clock.now());
         for (count, what) in [(report.warned, "warned"), (report.timed_out, "timed out")] {
             if count > LOG_LINES_PER_SWEEP {
                 log::warn!(

@@ -22,6 +22,7 @@ use super::registry::{Counters, Dropped, Kind, PeerInfo};
 use super::server::{HubConfig, HubEvent, Shared};
 use super::sweep::{Command, EvictReason, later, pinged_ids};
 use super::wire::{self, HandshakeError, Location};
+use crate::lograte::{LogLimit, log_limit};
 
 pub(super) const LISTENER: Token = Token(0);
 pub(super) const WAKER: Token = Token(1);
@@ -40,6 +41,18 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Refused connections are logged one by one at debug level, and as a
 /// warning at most this often.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The lines peers can cause, each limited (see [`crate::lograte`]); the
+/// I/O thread flushes their counts after each turn and at its end.
+static REFUSED: LogLimit = log_limit!(log::Level::Warn, "hub: connections refused").per(1, REFUSAL_LOG_EVERY);
+static ACCEPT_FAILED: LogLimit = log_limit!(log::Level::Warn, "hub: accept failures");
+static SET_UP_FAILED: LogLimit = log_limit!(log::Level::Warn, "hub: connections not set up");
+static OVER_BUDGET: LogLimit = log_limit!(log::Level::Warn, "hub: peers evicted over the output budget");
+static NO_CHALLENGE: LogLimit = log_limit!(log::Level::Error, "hub: nick-auth challenges not drawn");
+static DISPLACED: LogLimit = log_limit!(log::Level::Info, "hub: connections displaced by a proven nick");
+static EVICTED: LogLimit = log_limit!(log::Level::Info, "hub: peers evicted");
+static LIMITS: [&LogLimit; 7] =
+    [&REFUSED, &ACCEPT_FAILED, &SET_UP_FAILED, &OVER_BUDGET, &NO_CHALLENGE, &DISPLACED, &EVICTED];
 /// The PEERLIST envelope around its `line`: `{"type": 789, "line": "` and `"}\r\n`.
 const PEERLIST_ENVELOPE: usize = 27;
 
@@ -174,13 +187,6 @@ struct Notices {
     last_sent: Option<Instant>,
 }
 
-/// Warnings about refused connections, at most one per [`REFUSAL_LOG_EVERY`].
-#[derive(Default)]
-struct RefusalLog {
-    since_logged: u64,
-    logged_at: Option<Instant>,
-}
-
 pub(super) struct Io {
     poll: Poll,
     listener: TcpListener,
@@ -209,7 +215,6 @@ pub(super) struct Io {
     /// The encoded GETPEERLIST answers, without and with `F:` features,
     /// shared by every requester until a maker joins or leaves.
     peerlists: [Option<Arc<SharedBytes>>; 2],
-    refusals: RefusalLog,
     /// Nick-auth challenges that may still be sent (`max_challenges_per_sec`
     /// a second, as many in a burst), and when they were last counted.
     challenges: (f64, Instant),
@@ -247,7 +252,6 @@ impl Io {
             accept_failing: false,
             notices: Notices::default(),
             peerlists: [None, None],
-            refusals: RefusalLog::default(),
             challenges: (f64::from(config.max_challenges_per_sec), awake),
             scratch: vec![0; 64 * 1024],
             line: Vec::new(),
@@ -310,6 +314,9 @@ impl Io {
             self.expire_backlogs();
             self.keep_budget();
             self.send_notices();
+            for limit in LIMITS {
+                limit.flush(now);
+            }
             self.awake = now;
         }
         self.shutdown();
@@ -470,7 +477,12 @@ impl Io {
                     // Out of descriptors or memory: the listener will not
                     // signal again for connections already queued, so retry.
                     if !self.accept_failing {
-                        log::warn!("hub: accept failed, retrying every {ACCEPT_RETRY:?} until it works: {e}");
+                        ACCEPT_FAILED.log(
+                            self.now(),
+                            format_args!(
+                                "hub: accept failed, retrying every {ACCEPT_RETRY:?} until it works: {e}"
+                            ),
+                        );
                         self.accept_failing = true;
                     }
                     self.accept_retry = Some(self.now() + ACCEPT_RETRY);
@@ -496,11 +508,12 @@ impl Io {
             if size > 0
                 && let Err(e) = crate::sys::set_socket_int(stream.as_fd(), option, size)
             {
-                log::warn!("hub: cannot cap the socket buffers of {addr}: {e}");
+                SET_UP_FAILED
+                    .log(self.now(), format_args!("hub: cannot cap the socket buffers of {addr}: {e}"));
             }
         }
         if let Err(e) = self.poll.registry().register(&mut stream, Token(id as usize), Interest::READABLE) {
-            log::warn!("hub: cannot watch {addr}: {e}");
+            SET_UP_FAILED.log(self.now(), format_args!("hub: cannot watch {addr}: {e}"));
             return;
         }
         let now = self.now();
@@ -634,10 +647,13 @@ impl Io {
             if self.budget.used() <= self.config.max_queued_total {
                 break;
             }
-            log::warn!(
-                "hub: {} bytes of output queued, over the {}-byte budget: evicting peer {id}, {queued} bytes behind",
-                self.budget.used(),
-                self.config.max_queued_total
+            OVER_BUDGET.log(
+                self.now(),
+                format_args!(
+                    "hub: {} bytes of output queued, over the {}-byte budget: evicting peer {id}, {queued} bytes behind",
+                    self.budget.used(),
+                    self.config.max_queued_total
+                ),
             );
             self.close(id, Close::Evicted(EvictReason::SlowConsumer));
         }
@@ -1004,7 +1020,7 @@ impl Io {
         let challenge = match auth::random_challenge() {
             Ok(challenge) => challenge,
             Err(e) => {
-                log::error!("hub: cannot draw a nick-auth challenge: {e}");
+                NO_CHALLENGE.log(self.now(), format_args!("hub: cannot draw a nick-auth challenge: {e}"));
                 self.refuse(conn, Some("Rejected: the directory cannot authenticate nicks now"));
                 return Some(Close::Refused(format!("no challenge: {e}")));
             }
@@ -1092,7 +1108,13 @@ impl Io {
                 );
             }
             Some((old, _)) => {
-                log::info!("hub: {nick} proved its nick from {}: displacing connection {old}", conn.addr);
+                DISPLACED.log(
+                    self.now(),
+                    format_args!(
+                        "hub: {nick} proved its nick from {}: displacing connection {old}",
+                        conn.addr
+                    ),
+                );
                 self.close(old, Close::Evicted(EvictReason::Displaced));
                 // Its `;D` now if the notice interval allows, before the new
                 // owner is routed: a `;D` after its first messages would make
@@ -1259,7 +1281,10 @@ impl Io {
                 }
                 let event = match why {
                     Close::Evicted(reason) => {
-                        log::info!("hub: evicting {} ({}): {reason}", peer.nick, conn.addr);
+                        EVICTED.log(
+                            shared.clock.now(),
+                            format_args!("hub: evicting {} ({}): {reason}", peer.nick, conn.addr),
+                        );
                         shared.counters.evicted(&reason);
                         HubEvent::Evicted { id, nick: peer.nick, reason }
                     }
@@ -1281,8 +1306,10 @@ impl Io {
                     }
                     Close::Refused(reason) => {
                         Counters::add(&shared.counters.refused);
-                        let now = shared.clock.now();
-                        self.refusals.note(now, conn.addr, &reason);
+                        REFUSED.log(
+                            shared.clock.now(),
+                            format_args!("hub: refused a connection from {}: {reason}", conn.addr),
+                        );
                         reason
                     }
                     Close::Left(reason) | Close::Rejected(reason) => reason,
@@ -1351,31 +1378,10 @@ impl Io {
             self.close(id, Close::Left("the hub stopped".into()));
         }
         self.notices.gone.clear();
-        self.refusals.flush();
+        for limit in LIMITS {
+            limit.finish(self.now());
+        }
         log::info!("hub {} stopped", self.shared.nick);
-    }
-}
-
-impl RefusalLog {
-    fn note(&mut self, now: Instant, addr: SocketAddr, reason: &str) {
-        self.since_logged += 1;
-        if self.logged_at.is_some_and(|at| now.saturating_duration_since(at) < REFUSAL_LOG_EVERY) {
-            return;
-        }
-        log::warn!(
-            "hub: refused {} connection(s) since the last warning; the latest, {addr}: {reason}",
-            self.since_logged
-        );
-        self.since_logged = 0;
-        self.logged_at = Some(now);
-    }
-
-    /// Logs the refusals not yet told (at shutdown).
-    fn flush(&mut self) {
-        if self.since_logged > 0 {
-            log::warn!("hub: refused {} connection(s) since the last warning", self.since_logged);
-            self.since_logged = 0;
-        }
     }
 }
 

@@ -2,8 +2,9 @@
 //! recovers, on a thread of their own.
 //!
 //! Events reach the hook thread through a bounded queue: when it is full the
-//! event is counted as dropped and logged, never buffered without bound, and
-//! never waited for by whoever reported it. At most
+//! event is counted as dropped and logged (a few lines per 10 s with the
+//! count of the others, as every hook line is), never buffered without
+//! bound, and never waited for by whoever reported it. At most
 //! [`HookConfig::max_running`] commands run at once; each runs in a process
 //! group of its own, so that a command that outlives its
 //! [`HookConfig::timeout`] is killed with everything it started.
@@ -17,10 +18,17 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError, select};
 
 use crate::error::Result;
+use crate::lograte::{LogLimit, log_limit};
 
 /// How often a running hook is checked for having exited. Only while hooks
 /// run: with none running the thread sleeps until an event comes.
 const REAP_EVERY: Duration = Duration::from_millis(10);
+
+/// The hooks' lines: a flood of failure reports fills the queue, and a
+/// hook that fails fast fails as often as it is run.
+static DROPPED: LogLimit = log_limit!(log::Level::Warn, "hook queue full, hooks dropped");
+static FAILED: LogLimit = log_limit!(log::Level::Warn, "hooks failed");
+static TIMED_OUT: LogLimit = log_limit!(log::Level::Warn, "hooks killed after their timeout");
 
 /// The commands and their limits.
 #[derive(Debug, Clone)]
@@ -183,11 +191,14 @@ impl HookSender {
         }
         if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = self.queue.try_send(job) {
             let dropped = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            log::warn!(
-                "hook queue full ({} waiting): {} hook for {} dropped ({dropped} so far)",
-                self.config.queue,
-                job.event.name(),
-                job.session_id
+            DROPPED.log(
+                Instant::now(),
+                format_args!(
+                    "hook queue full ({} waiting): {} hook for {} dropped ({dropped} so far)",
+                    self.config.queue,
+                    job.event.name(),
+                    job.session_id
+                ),
             );
         }
     }
@@ -236,6 +247,12 @@ fn run(config: &HookConfig, jobs: &Receiver<HookJob>, stop: &Receiver<()>, count
             },
             recv(tick) -> _ => {}
         }
+        for limit in [&DROPPED, &FAILED, &TIMED_OUT] {
+            limit.flush(Instant::now());
+        }
+    }
+    for limit in [&DROPPED, &FAILED, &TIMED_OUT] {
+        limit.finish(Instant::now());
     }
     for mut r in running {
         kill_group(&mut r.child);
@@ -267,7 +284,7 @@ fn spawn(config: &HookConfig, job: &HookJob, counters: &HookCounters) -> Option<
         }
         Err(e) => {
             counters.failed.fetch_add(1, Ordering::Relaxed);
-            log::warn!("hook {what} could not start: {e}");
+            FAILED.log(Instant::now(), format_args!("hook {what} could not start: {e}"));
             None
         }
     }
@@ -291,16 +308,16 @@ fn reap(running: &mut Vec<Running>, counters: &HookCounters) {
                     Ok(status) if status.success() => log::debug!("hook {} done", r.what),
                     Ok(status) => {
                         counters.failed.fetch_add(1, Ordering::Relaxed);
-                        log::warn!("hook {} failed: {status}", r.what);
+                        FAILED.log(now, format_args!("hook {} failed: {status}", r.what));
                     }
-                    Err(e) => log::warn!("hook {}: cannot wait for it: {e}", r.what),
+                    Err(e) => FAILED.log(now, format_args!("hook {}: cannot wait for it: {e}", r.what)),
                 }
                 false
             }
             Ok(false) if now >= r.deadline => {
                 kill_group(&mut r.child);
                 counters.timed_out.fetch_add(1, Ordering::Relaxed);
-                log::warn!("hook {} still running after its timeout: killed", r.what);
+                TIMED_OUT.log(now, format_args!("hook {} still running after its timeout: killed", r.what));
                 false
             }
             Ok(false) => true,
@@ -308,7 +325,7 @@ fn reap(running: &mut Vec<Running>, counters: &HookCounters) {
                 // ECHILD: reaped by someone else (SIGCHLD ignored by the
                 // process, say). Its pid, and its group's, may belong to
                 // another process by now: signal nothing.
-                log::warn!("hook {}: cannot wait for it ({e}); forgetting it", r.what);
+                FAILED.log(now, format_args!("hook {}: cannot wait for it ({e}); forgetting it", r.what));
                 false
             }
         }
