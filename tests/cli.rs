@@ -472,6 +472,7 @@ fn beat_logs_where_it_writes_at_the_default_level() {
         err.contains(&format!("beating {} every 30.000s (pid {})", file.display(), beat.0.id())),
         "{err}"
     );
+    assert!(err.contains("signal SIGTERM received; stopping"), "the signal by its name: {err}");
 }
 
 #[test]
@@ -626,5 +627,109 @@ fn completions_and_man_page_generate() {
     assert_eq!(code(&run(&["man", "--out", mandir.to_str().unwrap()])), 0);
     for page in ["heartbeat.1", "heartbeat-beat.1", "heartbeat-check.1", "heartbeat-monitor.1"] {
         assert!(std::fs::metadata(mandir.join(page)).unwrap().len() > 100, "{page}");
+    }
+}
+
+#[test]
+fn negative_and_out_of_range_numbers_get_a_clear_error() {
+    // Clap alone takes `-1` for a flag and tips `-- -1`, which then fails
+    // otherwise: every number of seconds or count says what is wrong with it.
+    for (args, why) in [
+        (&["beat", "f.json", "--interval", "-1"][..], "must be a number of seconds, zero or more"),
+        (&["check", "f.json", "--max-age", "-5"], "must be a number of seconds, zero or more"),
+        (&["check", "f.json", "--missed", "-1"], "-1 is not in 1..=1000"),
+        (&["scan", "/tmp", "--stale-after", "-1"], "must be a number of seconds, zero or more"),
+        (&["scan", "/tmp", "--watch", "--interval", "-0.5"], "must be a positive number of seconds"),
+        (&["serve", "--sweep", "-1"], "must be a positive number of seconds"),
+        (&["serve", "--max-peers", "-3"], "must be a whole number, 1 or more"),
+        (&["monitor", "--max-sessions", "-3"], "must be a whole number, 1 or more"),
+        (&["monitor", "--timeout", "-1"], "must be a positive number of seconds"),
+        (&["monitor", "--max-missed", "-1"], "-1 is not in 1.."),
+        (&["monitor", "--etcd", "http://127.0.0.1:1", "--etcd-ttl", "-10"], "must be a positive number"),
+        (&["send", "http://127.0.0.1:1", "x", "--every", "-2"], "must be a positive number of seconds"),
+        (&["check", "f.json", "--max-age", "1e30"], "too large: at most 3155760000 seconds (100 years)"),
+        (&["check", "f.json", "--max-age", "inf"], "too large: at most 3155760000 seconds (100 years)"),
+        (&["beat", "f.json", "--interval", "NaN"], "not a number of seconds"),
+    ] {
+        let out = run(args);
+        assert_eq!(code(&out), 2, "{args:?}");
+        let err = stderr(&out);
+        assert!(err.contains("invalid value") && err.contains(why), "{args:?}: {err}");
+        assert!(!err.contains("tip:"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn the_man_pages_are_one_per_command_and_name_only_pages_that_exist() {
+    let commands = ["beat", "check", "completions", "man", "monitor", "peer", "scan", "send", "serve"];
+    let top = stdout(&run(&["man"]));
+    assert!(!top.contains("heartbeat\\-help"), "no help subcommand, no heartbeat-help(1): {top}");
+    for cmd in commands {
+        assert!(top.contains(&format!("heartbeat\\-{cmd}(1)")), "{cmd} listed: {top}");
+        let out = run(&["man", cmd]);
+        assert_eq!(code(&out), 0, "{cmd}: {}", stderr(&out));
+        let page = stdout(&out);
+        assert!(page.starts_with(".ie") && page.contains(&format!(".TH heartbeat-{cmd} 1")), "{cmd}: {page}");
+        assert!(page.contains("Examples:"), "{cmd}: {page}");
+    }
+    assert_eq!(code(&run(&["man", "help"])), 2);
+    assert_eq!(code(&run(&["man", "frobnicate"])), 2);
+
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(code(&run(&["man", "--out", dir.path().to_str().unwrap()])), 0);
+    let mut pages: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    pages.sort();
+    let mut expected: Vec<String> = commands.iter().map(|c| format!("heartbeat-{c}.1")).collect();
+    expected.push("heartbeat.1".into());
+    expected.sort();
+    assert_eq!(pages, expected);
+    // What --out writes is what `man COMMAND` prints.
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("heartbeat-beat.1")).unwrap(),
+        stdout(&run(&["man", "beat"]))
+    );
+    assert_eq!(std::fs::read_to_string(dir.path().join("heartbeat.1")).unwrap(), top);
+}
+
+/// The README's synopsis of `command`: its lines in the block under "The
+/// command", from `heartbeat COMMAND` to the next command's line.
+fn readme_synopsis(readme: &str, command: &str) -> String {
+    let section = readme.split("\n## The command\n").nth(1).expect("a section \"The command\"");
+    let block = section.split("```text\n").nth(1).and_then(|b| b.split("```").next()).expect("its synopsis");
+    let mut lines = String::new();
+    let mut inside = false;
+    for line in block.lines() {
+        if let Some(rest) = line.strip_prefix("heartbeat ") {
+            inside = rest.split(' ').next() == Some(command);
+        }
+        if inside {
+            lines.push_str(line);
+            lines.push('\n');
+        }
+    }
+    lines
+}
+
+#[test]
+fn the_readme_synopsis_names_every_flag_of_every_command() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for command in ["beat", "check", "scan", "serve", "peer", "monitor", "send"] {
+        let synopsis = readme_synopsis(&readme, command);
+        assert!(!synopsis.is_empty(), "{command} has a synopsis");
+        let help = stdout(&run(&[command, "--help"]));
+        for line in help.lines() {
+            let Some(flag) = line.trim_start().split([' ', ',', '=']).find(|w| w.starts_with("--")) else {
+                continue;
+            };
+            let listed = line.trim_start().starts_with('-');
+            if !listed || flag == "--help" || flag == "--version" {
+                continue;
+            }
+            let named = synopsis.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).any(|w| w == flag);
+            assert!(named, "`{command} {flag}` is missing from the README's synopsis:\n{synopsis}");
+        }
     }
 }

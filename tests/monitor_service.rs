@@ -874,6 +874,34 @@ fn send_beats_once_or_every_interval() {
 }
 
 #[test]
+fn listen_and_udp_take_host_names_as_serve_does() {
+    let mut child = heartbeat()
+        .args(["monitor", "--listen", "localhost:0", "--udp", "localhost:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = read_lines(child.stdout.take().unwrap());
+    let mut child = child::Spawned(child);
+    let line = lines.recv_timeout(BOUND).expect("the listening line within the bound");
+    let http: SocketAddr = line.strip_prefix("listening on http://").and_then(|a| a.parse().ok()).unwrap();
+    let line = lines.recv_timeout(BOUND).expect("the udp line within the bound");
+    let udp: SocketAddr = line.strip_prefix("udp on ").and_then(|a| a.parse().ok()).unwrap();
+    assert!(http.ip().is_loopback() && udp.ip().is_loopback(), "{http} {udp}");
+    assert_eq!(get(&format!("http://{http}/health")).0, 200);
+    child.signal(libc::SIGTERM);
+    assert!(child.wait_bounded(BOUND, "monitor").success());
+
+    for flag in ["--listen", "--udp"] {
+        let out = heartbeat().args(["monitor", flag, "no-port"]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {err}");
+        assert!(err.contains("not HOST:PORT"), "{flag}: {err}");
+    }
+}
+
+#[test]
 fn sigterm_saves_and_exits_zero_and_idle_uses_no_cpu() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("s.json");

@@ -328,7 +328,7 @@ fn invalid_combinations_exit_2_with_the_library_message() {
         (&["--nick", "alice"], "is not a nick"),
         (&["--network", ""], "not a network name"),
         (&["--sweep", "0"], "positive"),
-        (&["--pong-wait", "soon"], "not a positive, finite number of seconds"),
+        (&["--pong-wait", "soon"], "not a number of seconds"),
         (&["--max-peers", "0"], "error"),
         (&["--listen", "localhost"], "error"),
         (&["--nick-auth", "require"], "cannot be required without a directory id"),

@@ -55,7 +55,7 @@ pub struct BeatArgs {
     #[arg(required_unless_present_any = ["dir", "etcd"], conflicts_with = "dir")]
     file: Option<PathBuf>,
     /// Seconds between beats, clamped to [1, 300].
-    #[arg(long, value_name = "S", default_value = "10", value_parser = super::parse_seconds)]
+    #[arg(long, value_name = "S", allow_negative_numbers = true, default_value = "10", value_parser = super::parse_seconds)]
     interval: Duration,
     /// Adds KEY=VALUE (a string) to the file's metadata; repeatable.
     #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
@@ -238,7 +238,8 @@ fn wait_for_stop(signals: &mut Signals, taken_over: &crossbeam_channel::Receiver
         });
         let code = crossbeam_channel::select! {
             recv(rx) -> sig => {
-                log::info!("signal {:?} received; stopping", sig.ok().flatten());
+                let name = sig.ok().flatten().map_or_else(|| "?".into(), signal_name);
+                log::info!("signal {name} received; stopping");
                 ExitCode::SUCCESS
             }
             recv(taken_over) -> why => {
@@ -278,12 +279,18 @@ fn supervise(command: &[OsString], signals: &mut Signals) -> ExitCode {
             }
             // Only this thread reaps the child, so its pid is still its own here
             // (at worst a zombie, which ignores the signal).
-            log::info!("forwarding signal {sig} to {program} (pid {})", child.id());
+            let name = signal_name(sig);
+            log::info!("forwarding signal {name} to {program} (pid {})", child.id());
             if let Err(e) = process::send_signal(child.id(), sig) {
-                log::warn!("cannot forward signal {sig} to pid {}: {e}", child.id());
+                log::warn!("cannot forward signal {name} to pid {}: {e}", child.id());
             }
         }
     }
+}
+
+/// A signal by its name (SIGTERM), or its number if it has none.
+fn signal_name(sig: i32) -> String {
+    signal_hook::low_level::signal_name(sig).map_or_else(|| sig.to_string(), str::to_owned)
 }
 
 /// The shell's convention: the exit code, or 128+N for death by signal N.
@@ -314,5 +321,12 @@ mod tests {
         assert!(parse_etcd("ftp://a:1").is_err());
         assert_eq!(parse_prefix("apps/heartbeat/").as_deref(), Ok("apps/heartbeat/"));
         assert!(parse_prefix("with space").unwrap_err().contains("printable"));
+    }
+
+    #[test]
+    fn signals_are_logged_by_name() {
+        assert_eq!(signal_name(SIGTERM), "SIGTERM");
+        assert_eq!(signal_name(SIGUSR2), "SIGUSR2");
+        assert_eq!(signal_name(1000), "1000");
     }
 }

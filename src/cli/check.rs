@@ -34,10 +34,10 @@ pub struct CheckArgs {
     file: PathBuf,
     /// The oldest beat still counted as alive: seconds, or `auto` for
     /// --missed times the file's own interval (30 s if it has none).
-    #[arg(long, value_name = "S|auto", default_value = "auto", value_parser = parse_max_age)]
+    #[arg(long, value_name = "S|auto", allow_negative_numbers = true, default_value = "auto", value_parser = parse_max_age)]
     max_age: MaxAge,
     /// With --max-age auto: how many intervals may pass without a beat.
-    #[arg(long, value_name = "N", default_value = "3", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value = "3", value_parser = clap::value_parser!(u32).range(1..=1000))]
     missed: u32,
     /// Also require the writer's process to be alive: its PID exists on this
     /// host and, where the file records them, has the same start time and
@@ -64,7 +64,7 @@ fn parse_max_age(s: &str) -> Result<MaxAge, String> {
     if s == "auto" {
         return Ok(MaxAge::Auto);
     }
-    super::parse_seconds(s).map(MaxAge::Fixed).map_err(|e| format!("{e}, nor `auto`"))
+    super::parse_seconds(s).map(MaxAge::Fixed).map_err(|e| format!("{e} (or `auto`)"))
 }
 
 impl MaxAge {

@@ -89,13 +89,17 @@ fn completions(args: &CompletionsArgs) -> ExitCode {
     write_out(&out)
 }
 
-/// Print the man page (roff) on stdout: the command and every subcommand.
+/// Print a man page (roff) on stdout: heartbeat(1), or with COMMAND heartbeat-COMMAND(1).
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Examples:
-  heartbeat man > heartbeat.1 && man ./heartbeat.1
-  heartbeat man --out /usr/local/share/man/man1   # heartbeat.1, heartbeat-beat.1, ...")]
+  heartbeat man | man -l -                      # heartbeat(1), which lists the commands
+  heartbeat man beat | man -l -                 # heartbeat-beat(1)
+  heartbeat man --out ~/.cargo/share/man/man1   # all of them: heartbeat.1, heartbeat-beat.1, ...")]
 struct ManArgs {
+    /// The command whose page to print (beat, check, monitor, ...).
+    #[arg(value_name = "COMMAND", conflicts_with = "out")]
+    command: Option<String>,
     /// Write heartbeat.1 and one heartbeat-COMMAND.1 page per command into DIR instead.
     #[arg(long, value_name = "DIR")]
     out: Option<std::path::PathBuf>,
@@ -103,21 +107,35 @@ struct ManArgs {
 
 fn man(args: &ManArgs) -> ExitCode {
     use clap::CommandFactory;
-    let command = Cli::command();
-    let Some(dir) = &args.out else {
-        let mut out = Vec::new();
-        return match clap_mangen::Man::new(command).render(&mut out) {
-            Ok(()) => write_out(&out),
+    // No `help` subcommand in the pages: clap adds it to the parser, but it
+    // has no page of its own, so heartbeat(1) must not list heartbeat-help(1).
+    let mut command = Cli::command().disable_help_subcommand(true);
+    command.build(); // names the subcommands heartbeat-beat, ... as their pages
+    if let Some(dir) = &args.out {
+        return match std::fs::create_dir_all(dir).and_then(|()| clap_mangen::generate_to(command, dir)) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("heartbeat man: {e}");
+                eprintln!("heartbeat man: cannot write into {}: {e}", dir.display());
                 ExitCode::from(1)
             }
         };
+    }
+    let page = match &args.command {
+        None => command,
+        Some(name) => match command.find_subcommand(name) {
+            Some(sub) => sub.clone(),
+            None => {
+                let names: Vec<&str> = command.get_subcommands().map(clap::Command::get_name).collect();
+                eprintln!("heartbeat man: no command {}; one of: {}", one_line(name), names.join(", "));
+                return ExitCode::from(2);
+            }
+        },
     };
-    match std::fs::create_dir_all(dir).and_then(|()| clap_mangen::generate_to(command, dir)) {
-        Ok(()) => ExitCode::SUCCESS,
+    let mut out = Vec::new();
+    match clap_mangen::Man::new(page).render(&mut out) {
+        Ok(()) => write_out(&out),
         Err(e) => {
-            eprintln!("heartbeat man: cannot write into {}: {e}", dir.display());
+            eprintln!("heartbeat man: {e}");
             ExitCode::from(1)
         }
     }
@@ -244,18 +262,49 @@ fn notify_stopping(systemd: bool) {
     }
 }
 
-/// Parses a non-negative, finite number of seconds such as `10` or `0.5`.
+/// The most seconds any flag takes: 100 years. More means "never" to
+/// every command here; the limit lets a value such as 1e30, past what a
+/// `Duration` holds, be told it is too large and what the most is.
+const MAX_SECONDS: u64 = 36_525 * 86_400; // 100 years of 365.25 days
+
+/// Parses a number of seconds, zero or more, such as `10` or `0.5`, up to
+/// [`MAX_SECONDS`]. Its flags are declared with `allow_negative_numbers`,
+/// so that `-1` reaches this parser and its message, not clap's tip to
+/// write `-- -1`.
 fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s.trim().parse().map_err(|_| "not a number of seconds".to_owned())?;
-    Duration::try_from_secs_f64(secs).map_err(|_| "not a non-negative, finite number of seconds".to_owned())
+    seconds(s, "must be a number of seconds, zero or more")
 }
 
-/// Parses a positive, finite number of seconds: like [`parse_seconds`], but not zero.
+/// Parses a positive number of seconds: like [`parse_seconds`], but not zero.
 fn parse_positive_seconds(s: &str) -> Result<Duration, String> {
-    parse_seconds(s)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| "not a positive, finite number of seconds".to_owned())
+    seconds(s, "must be a positive number of seconds").and_then(|d| {
+        if d.is_zero() { Err("must be a positive number of seconds".to_owned()) } else { Ok(d) }
+    })
+}
+
+/// `s` as a duration; `negative` is the message for a value below zero.
+fn seconds(s: &str, negative: &str) -> Result<Duration, String> {
+    let secs: f64 = s.trim().parse().map_err(|_| "not a number of seconds".to_owned())?;
+    if secs.is_nan() {
+        return Err("not a number of seconds".to_owned());
+    }
+    if secs < 0.0 {
+        return Err(negative.to_owned());
+    }
+    // MAX_SECONDS is exact as an f64 (it is below 2^53).
+    if secs > MAX_SECONDS as f64 {
+        return Err(format!("too large: at most {MAX_SECONDS} seconds (100 years)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses a count of at least 1, such as a `--max-peers`.
+fn parse_count(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<i128>() {
+        Ok(n) if n < 1 => Err("must be a whole number, 1 or more".to_owned()),
+        Ok(n) => u64::try_from(n).map_err(|_| format!("too large: at most {}", u64::MAX)),
+        Err(_) => Err("not a whole number".to_owned()),
+    }
 }
 
 /// A socket address, or `HOST:PORT` with a name resolved to its first address.
@@ -350,13 +399,27 @@ mod tests {
     fn seconds_parse_or_say_why() {
         assert_eq!(parse_seconds("10"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_seconds("0.25"), Ok(Duration::from_millis(250)));
-        assert!(parse_seconds("-1").unwrap_err().contains("non-negative"));
-        assert!(parse_seconds("inf").is_err());
-        assert!(parse_seconds("NaN").is_err());
+        assert_eq!(parse_seconds("-0"), Ok(Duration::ZERO));
+        assert_eq!(parse_seconds("-1").unwrap_err(), "must be a number of seconds, zero or more");
+        assert_eq!(parse_seconds("inf").unwrap_err(), "too large: at most 3155760000 seconds (100 years)");
+        assert_eq!(parse_seconds("1e30").unwrap_err(), "too large: at most 3155760000 seconds (100 years)");
+        assert_eq!(parse_seconds("3155760000"), Ok(Duration::from_secs(MAX_SECONDS)));
+        assert!(parse_seconds("3155760000.5").unwrap_err().contains("too large"));
+        assert_eq!(parse_seconds("NaN").unwrap_err(), "not a number of seconds");
         assert!(parse_seconds("ten").unwrap_err().contains("not a number"));
         assert_eq!(parse_positive_seconds("0.2"), Ok(Duration::from_millis(200)));
-        assert!(parse_positive_seconds("0").unwrap_err().contains("positive"));
-        assert!(parse_positive_seconds("-1").is_err());
+        assert_eq!(parse_positive_seconds("0").unwrap_err(), "must be a positive number of seconds");
+        assert_eq!(parse_positive_seconds("-1").unwrap_err(), "must be a positive number of seconds");
+    }
+
+    #[test]
+    fn counts_parse_or_say_why() {
+        assert_eq!(parse_count("7"), Ok(7));
+        assert_eq!(parse_count("18446744073709551615"), Ok(u64::MAX));
+        assert!(parse_count("18446744073709551616").unwrap_err().contains("too large"));
+        assert_eq!(parse_count("0").unwrap_err(), "must be a whole number, 1 or more");
+        assert_eq!(parse_count("-3").unwrap_err(), "must be a whole number, 1 or more");
+        assert_eq!(parse_count("1.5").unwrap_err(), "not a whole number");
     }
 
     #[test]
@@ -380,6 +443,31 @@ mod tests {
         assert_eq!(one_line("a\nb\tc\u{1b}[31m\u{7f}"), "a\\nb\\tc\\u{1b}[31m\\u{7f}");
         assert_eq!(one_line("web-1 héllo ✓"), "web-1 héllo ✓");
         assert_eq!(one_line("a\u{202e}b\u{2066}c"), "a\\u{202e}b\\u{2066}c");
+    }
+
+    #[test]
+    fn every_number_flag_takes_a_negative_value_to_its_parser() {
+        // Without this, clap reads `--interval -1` as two flags and tips
+        // `-- -1`; the parser's own message is the one that helps.
+        use clap::CommandFactory;
+        let mut command = Cli::command();
+        command.build();
+        let mut numbers = 0;
+        for sub in command.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let names = arg.get_value_names().unwrap_or_default();
+                if names.iter().any(|n| ["S", "N", "S|auto"].contains(&n.as_str())) {
+                    numbers += 1;
+                    assert!(
+                        arg.is_allow_negative_numbers_set() || arg.is_allow_hyphen_values_set(),
+                        "{} --{}",
+                        sub.get_name(),
+                        arg.get_id()
+                    );
+                }
+            }
+        }
+        assert!(numbers >= 20, "{numbers} number flags found");
     }
 
     #[test]

@@ -88,7 +88,7 @@ pub struct MonitorArgs {
     /// web pages too: any page the user opens may then send them.
     #[arg(long)]
     allow_cross_site: bool,
-    /// Where UDP beats are taken, or `off`.
+    /// Where UDP beats are taken, HOST:PORT as for --listen, or `off`.
     #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:9333", value_parser = parse_udp)]
     udp: UdpAddr,
     /// Seconds of silence that count as a missed beat (per session: timeout_sec).
@@ -98,16 +98,16 @@ pub struct MonitorArgs {
     #[arg(long, value_name = "S", default_value = "5", allow_hyphen_values = true, value_parser = super::parse_positive_seconds)]
     check_interval: Duration,
     /// Missed beats that time a session out (per session: max_missed).
-    #[arg(long, value_name = "N", default_value = "3", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value = "3", value_parser = clap::value_parser!(u32).range(1..))]
     max_missed: u32,
     /// How silence is judged: a fixed timeout, or phi accrual.
     #[arg(long, value_enum, default_value_t = DetectorArg::Fixed)]
     detector: DetectorArg,
     /// Sessions at most; a registration beyond gets 507.
-    #[arg(long, value_name = "N", default_value = "1000000", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value = "1000000", value_parser = super::parse_count)]
     max_sessions: u64,
     /// HTTP connections at most; more are closed at once.
-    #[arg(long, value_name = "N", default_value = "1024", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value = "1024", value_parser = super::parse_count)]
     max_connections: u64,
     /// Save the registry here every 10 s and at exit, and restore it at start.
     #[arg(long, value_name = "FILE")]
@@ -154,9 +154,8 @@ fn parse_udp(s: &str) -> Result<UdpAddr, String> {
     if s == "off" {
         return Ok(UdpAddr(None));
     }
-    s.parse()
-        .map(|a| UdpAddr(Some(a)))
-        .map_err(|_| "not an address such as 127.0.0.1:9333, or off".to_owned())
+    // The same parser as --listen (and serve's): names resolve there and here alike.
+    super::parse_socket_addr(s).map(|a| UdpAddr(Some(a))).map_err(|e| format!("{e}; or `off`"))
 }
 
 impl MonitorArgs {

@@ -18,7 +18,7 @@ pub(super) struct EtcdArgs {
     pub(super) etcd_prefix: String,
     /// The etcd lease's TTL in seconds (at least 2): a crashed or frozen
     /// process's keys vanish within it. Kept alive every TTL/3.
-    #[arg(long, value_name = "S", default_value = "10", requires = "etcd", value_parser = parse_ttl)]
+    #[arg(long, value_name = "S", allow_negative_numbers = true, default_value = "10", requires = "etcd", value_parser = parse_ttl)]
     pub(super) etcd_ttl: Duration,
 }
 

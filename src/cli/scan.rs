@@ -65,7 +65,7 @@ pub struct ScanArgs {
     #[arg(long, value_name = "P", visible_alias = "etcd-prefix", default_value = heartbeat::etcd::DEFAULT_PREFIX, requires = "etcd")]
     prefix: String,
     /// Beats older than this are STALE, in seconds.
-    #[arg(long, value_name = "S", default_value = "90", value_parser = super::parse_seconds)]
+    #[arg(long, value_name = "S", allow_negative_numbers = true, default_value = "90", value_parser = super::parse_seconds)]
     stale_after: Duration,
     /// What to print: an aligned table, or one JSON object per line.
     #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -74,7 +74,7 @@ pub struct ScanArgs {
     #[arg(long, conflicts_with = "cleanup")]
     watch: bool,
     /// Seconds between scans with --watch (a directory only: --etcd follows etcd's watch stream).
-    #[arg(long, value_name = "S", default_value = "30", requires = "watch", value_parser = super::parse_positive_seconds)]
+    #[arg(long, value_name = "S", allow_negative_numbers = true, default_value = "30", requires = "watch", value_parser = super::parse_positive_seconds)]
     interval: Duration,
     /// Remove the STALE and ORPHAN files, printing each one removed (kept ones on stderr).
     #[arg(long)]

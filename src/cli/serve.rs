@@ -87,22 +87,22 @@ pub struct ServeArgs {
     #[arg(long, value_name = "TEXT")]
     motd: Option<String>,
     /// Seconds between heartbeat sweeps.
-    #[arg(long, value_name = "S", default_value = "60", value_parser = super::parse_positive_seconds)]
+    #[arg(long, value_name = "S", allow_negative_numbers = true, default_value = "60", value_parser = super::parse_positive_seconds)]
     sweep: Duration,
     /// Seconds of silence after which a peer is pinged.
-    #[arg(long, value_name = "S", default_value = "600", value_parser = super::parse_positive_seconds)]
+    #[arg(long, value_name = "S", allow_negative_numbers = true, default_value = "600", value_parser = super::parse_positive_seconds)]
     idle: Duration,
     /// Seconds of silence after which a peer is evicted without a ping; more than --idle.
-    #[arg(long, value_name = "S", default_value = "1500", value_parser = super::parse_positive_seconds)]
+    #[arg(long, value_name = "S", allow_negative_numbers = true, default_value = "1500", value_parser = super::parse_positive_seconds)]
     hard_evict: Duration,
     /// Seconds a pinged peer has to answer with a PONG.
-    #[arg(long, value_name = "S", default_value = "30", value_parser = super::parse_positive_seconds)]
+    #[arg(long, value_name = "S", allow_negative_numbers = true, default_value = "30", value_parser = super::parse_positive_seconds)]
     pong_wait: Duration,
     /// Handshaked peers at most; a handshake beyond is refused ("Maximum peers reached").
-    #[arg(long, value_name = "N", default_value = "20000", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value = "20000", value_parser = super::parse_count)]
     max_peers: u64,
     /// Connections not yet handshaked at most; when full, the oldest is closed to admit a newcomer.
-    #[arg(long, value_name = "N", default_value = "1000", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value = "1000", value_parser = super::parse_count)]
     max_pending: u64,
     /// Announce departed takers with `;D` notices too (as joinmarket-ng does); by default only makers.
     #[arg(long)]
@@ -136,7 +136,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MODE", value_parser = ["prefer", "require", "off"])]
     nick_auth: Option<String>,
     /// Seconds a challenged client has to send its nick-auth proof (at most 30).
-    #[arg(long, value_name = "S", default_value = "30", value_parser = super::parse_positive_seconds)]
+    #[arg(long, value_name = "S", allow_negative_numbers = true, default_value = "30", value_parser = super::parse_positive_seconds)]
     nick_auth_timeout: Duration,
     #[command(flatten)]
     etcd: super::presence::EtcdArgs,
