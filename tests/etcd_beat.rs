@@ -63,7 +63,7 @@ fn beat_etcd(etcd_url: &str, extra: &[&str]) -> Spawned {
 
 #[test]
 fn a_beater_publishes_its_heartbeat_json_every_beat_and_a_stop_revokes_it_at_once() {
-    let etcd = Etcd::start();
+    let Some(etcd) = Etcd::start() else { return };
     let c = etcd.client();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.json");
@@ -111,7 +111,7 @@ fn a_beater_publishes_its_heartbeat_json_every_beat_and_a_stop_revokes_it_at_onc
 
 #[test]
 fn a_beater_without_a_file_publishes_only_to_etcd_and_publishes_again_after_a_restart() {
-    let etcd = Etcd::start();
+    let Some(etcd) = Etcd::start() else { return };
     let c = etcd.client();
     let beater =
         Beater::builder().interval(Duration::from_secs(1)).etcd_client(etcd.client()).build().unwrap();
@@ -136,7 +136,7 @@ fn a_beater_without_a_file_publishes_only_to_etcd_and_publishes_again_after_a_re
 
 #[test]
 fn a_beater_on_a_shared_presence_removes_only_its_own_key() {
-    let etcd = Etcd::start();
+    let Some(etcd) = Etcd::start() else { return };
     let c = etcd.client();
     let presence = Presence::start(etcd.client(), Duration::from_secs(30)).unwrap();
     presence.set("apps/sessions/other", b"kept".to_vec());
@@ -201,7 +201,7 @@ fn etcd_unreachable_never_fails_a_beat() {
 
 #[test]
 fn two_beat_processes_appear_a_killed_one_expires_a_terminated_one_goes_at_once() {
-    let etcd = Etcd::start();
+    let Some(etcd) = Etcd::start() else { return };
     let c = etcd.client();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("b.json");
@@ -267,7 +267,7 @@ fn two_beat_processes_appear_a_killed_one_expires_a_terminated_one_goes_at_once(
 
 #[test]
 fn a_process_stopped_past_its_ttl_expires_and_republishes_after_sigcont() {
-    let etcd = Etcd::start();
+    let Some(etcd) = Etcd::start() else { return };
     let c = etcd.client();
     let mut p = beat_etcd(&etcd.url(), &[]);
     let before = wait_for_key(&c, p.id(), "the process publishes");
@@ -294,7 +294,7 @@ fn a_process_stopped_past_its_ttl_expires_and_republishes_after_sigcont() {
 
 #[test]
 fn etcd_down_at_start_leaves_the_file_beating_and_the_key_comes_when_etcd_does() {
-    let mut etcd = Etcd::start();
+    let Some(mut etcd) = Etcd::start() else { return };
     let url = etcd.url();
     etcd.stop();
     let dir = tempfile::tempdir().unwrap();
@@ -334,7 +334,7 @@ fn etcd_down_at_start_leaves_the_file_beating_and_the_key_comes_when_etcd_does()
 
 #[test]
 fn once_with_etcd_leaves_the_key_to_expire_on_its_lease() {
-    let etcd = Etcd::start();
+    let Some(etcd) = Etcd::start() else { return };
     let c = etcd.client();
     let mut p = Spawned(
         heartbeat()
