@@ -22,8 +22,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::HttpConfig;
 use super::message::Request;
-use super::server::quote;
 use crate::error::{Error, Result};
+use crate::json::quote;
 
 /// The longest host name (RFC 1035: 253 characters).
 const MAX_NAME: usize = 253;

@@ -22,6 +22,7 @@ use super::message::{Reply, Request, Response, stream_head};
 use super::stream::{Notify, StreamSink, StreamState};
 use super::{Counters, Handler, HttpConfig, HttpCounters};
 use crate::error::{Error, Result};
+use crate::json::quote;
 use crate::lograte::{LogLimit, log_limit};
 
 /// The lines clients can cause, each limited (see [`crate::lograte`]);
@@ -884,15 +885,6 @@ pub(crate) fn parse_request(
     }
     let reply = handle(&view);
     Outcome::Handled { consumed: total, keep_alive, head, reply }
-}
-
-/// `s` Debug-quoted and cut to 64 characters: refusals quote what a client
-/// sent, and a client may send kilobytes.
-pub(crate) fn quote(s: &str) -> String {
-    match s.char_indices().nth(64) {
-        Some((cut, _)) => format!("{:?}...", &s[..cut]),
-        None => format!("{s:?}"),
-    }
 }
 
 /// The headers the server itself looks at.
