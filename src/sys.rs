@@ -173,3 +173,276 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, nonblocking: bool) -> io::Resu
         Err(io::Error::last_os_error())
     }
 }
+
+/// Makes `cmd` start under a hook supervisor (see [`supervisor`]): the
+/// process `cmd.spawn()` returns is the supervisor, and the program runs as
+/// its child. Signal the supervisor with `SIGTERM` to end the program and
+/// every process it started; it exits with the program's status once they
+/// are all gone.
+#[cfg(target_os = "linux")]
+pub(crate) fn supervise(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
+    // SAFETY: the closure runs in the child std forked, before exec, where
+    // only async-signal-safe calls are allowed: `supervisor::start` makes raw
+    // system calls on its own stack data, and neither allocates nor locks.
+    unsafe { cmd.pre_exec(move || supervisor::start(parent)) };
+}
+
+/// A hook's supervisor: a process between the monitor and the hook's shell
+/// that outlives the shell until everything the shell started is dead.
+///
+/// It is made in `pre_exec`, in the child std forked for the command: that
+/// child blocks the signals it waits for, asks for `SIGTERM` when the
+/// thread that spawned it ends (`PR_SET_PDEATHSIG`, so even a monitor
+/// killed with `SIGKILL` reaches it), becomes a child subreaper
+/// (`PR_SET_CHILD_SUBREAPER`: every orphan among its descendants, a
+/// double-forked or `setsid` daemon too, is reparented to it, not to init)
+/// and forks again. The grandchild returns from `pre_exec` and std execs the
+/// command in it as usual; its exec error, if any, still reaches `spawn()`
+/// through std's close-on-exec pipe. The supervisor never returns: it closes
+/// every descriptor above 2 (std's pipe among them, or `spawn()` would wait
+/// for it), waits for the shell's exit or a `SIGTERM`/`SIGINT`/`SIGHUP`/
+/// `SIGQUIT`, then `SIGKILL`s its children, reaps them and kills those
+/// reparented to it in turn, until `waitpid` says it has no child left,
+/// and exits as the shell did: its exit code, or killed by the same signal.
+///
+/// Everything here is async-signal-safe: raw system calls on stack data.
+#[cfg(target_os = "linux")]
+mod supervisor {
+    use std::io;
+    use std::mem::MaybeUninit;
+    use std::ptr;
+
+    /// Children are listed here (`CONFIG_PROC_CHILDREN`, in distribution
+    /// kernels); the supervisor is single-threaded, so its one thread's
+    /// children are all its children.
+    const CHILDREN: &std::ffi::CStr = c"/proc/thread-self/children";
+
+    fn last_error() -> io::Error {
+        io::Error::last_os_error()
+    }
+
+    /// `prctl(option, arg, 0, 0, 0)`, every argument an `unsigned long` as
+    /// the kernel reads them (prctl is variadic).
+    fn prctl(option: libc::c_int, arg: libc::c_ulong) -> libc::c_int {
+        // SAFETY: the options used here read only their integer argument
+        // (PR_SET_NAME: a pointer to a static NUL-terminated string).
+        unsafe { libc::prctl(option, arg, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) }
+    }
+
+    /// The signals the supervisor waits for, blocked, with `sigwaitinfo`.
+    fn waited() -> libc::sigset_t {
+        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: sigemptyset initialises the set, sigaddset adds valid signals to it.
+        unsafe {
+            libc::sigemptyset(set.as_mut_ptr());
+            for sig in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
+                libc::sigaddset(set.as_mut_ptr(), sig);
+            }
+            set.assume_init()
+        }
+    }
+
+    /// In std's forked child: returns `Ok` in the grandchild, which std then
+    /// execs; the supervisor never returns. `parent` is the monitor's pid.
+    pub(super) fn start(parent: libc::pid_t) -> io::Result<()> {
+        let set = waited();
+        let mut old = MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: both pointers are valid sigsets on this stack.
+        if unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, old.as_mut_ptr()) } != 0 {
+            return Err(last_error());
+        }
+        // SAFETY: sigprocmask succeeded and filled `old`.
+        let old = unsafe { old.assume_init() };
+        // SAFETY: plain integer arguments. SIGCHLD left ignored by the
+        // monitor would reap the shell before its status could be read.
+        unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+        if prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM.unsigned_abs().into()) != 0 {
+            return Err(last_error());
+        }
+        // The monitor died before PDEATHSIG was set: nothing to run for.
+        // SAFETY: getppid has no arguments.
+        if unsafe { libc::getppid() } != parent {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        if prctl(libc::PR_SET_CHILD_SUBREAPER, 1) != 0 {
+            return Err(last_error());
+        }
+        // SAFETY: this process is single-threaded (a fork's child), so
+        // forking again is sound; the child only makes raw system calls
+        // before std execs it.
+        let shell = unsafe { libc::fork() };
+        if shell < 0 {
+            return Err(last_error());
+        }
+        if shell == 0 {
+            // The shell-to-be: the signal mask std set, and a process group
+            // of its own, killed whole if the children cannot be listed.
+            // SAFETY: `old` is a valid sigset; setpgid takes integers.
+            unsafe {
+                libc::sigprocmask(libc::SIG_SETMASK, &old, ptr::null_mut());
+                libc::setpgid(0, 0);
+            }
+            return Ok(());
+        }
+        supervise(shell, &set)
+    }
+
+    fn supervise(shell: libc::pid_t, set: &libc::sigset_t) -> ! {
+        close_descriptors();
+        // What `ps` calls it (PR_SET_NAME: 15 bytes at most).
+        prctl(libc::PR_SET_NAME, c"heartbeat-hook".as_ptr() as libc::c_ulong);
+        let mut status = None;
+        loop {
+            // SAFETY: `set` is a valid sigset; no siginfo is asked for.
+            let sig = unsafe { libc::sigwaitinfo(set, ptr::null_mut()) };
+            if sig == libc::SIGCHLD {
+                reap(shell, &mut status, libc::WNOHANG);
+                if status.is_some() {
+                    break;
+                }
+            } else if sig > 0 {
+                break; // SIGTERM and the like: end the hook now
+            }
+        }
+        // Kill every child; those reparented to us as they die are
+        // children in turn. `waitpid` fails (ECHILD) once none is left.
+        loop {
+            if !for_each_child(|pid| {
+                // SAFETY: kill takes integers; `pid` is our child, not reaped.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }) {
+                // No /proc: the shell's process group, at least.
+                // SAFETY: kill takes integers; the shell's pid stays ours
+                // (so its group id too) until it is reaped.
+                unsafe { libc::kill(-shell, libc::SIGKILL) };
+            }
+            if !reap(shell, &mut status, 0) {
+                break;
+            }
+        }
+        exit_as(status)
+    }
+
+    /// Reaps children (one, blocking, with `flags` 0; all that exited, with
+    /// `WNOHANG`), keeping the shell's status. False once no child is left.
+    fn reap(shell: libc::pid_t, status: &mut Option<libc::c_int>, flags: libc::c_int) -> bool {
+        loop {
+            let mut st = 0;
+            // SAFETY: `st` is a valid int for waitpid to write.
+            let pid = unsafe { libc::waitpid(-1, &mut st, flags) };
+            if pid == shell {
+                *status = Some(st);
+            }
+            if pid < 0 {
+                if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return false;
+            }
+            if pid == 0 || flags == 0 {
+                return true;
+            }
+        }
+    }
+
+    /// Calls `f` with each child's pid; false if they cannot be listed.
+    fn for_each_child(mut f: impl FnMut(libc::pid_t)) -> bool {
+        // SAFETY: a NUL-terminated path; the descriptor is closed below.
+        let fd = unsafe { libc::open(CHILDREN.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return false;
+        }
+        let mut buf = [0u8; 512];
+        let (mut pid, mut digits): (libc::pid_t, bool) = (0, false);
+        loop {
+            // SAFETY: the pointer and length describe `buf`.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            let Ok(n) = usize::try_from(n) else { break };
+            if n == 0 {
+                break;
+            }
+            // A pid may straddle two reads: the digits carry over.
+            for &b in &buf[..n] {
+                if b.is_ascii_digit() {
+                    pid = pid.saturating_mul(10).saturating_add(libc::pid_t::from(b - b'0'));
+                    digits = true;
+                } else if digits {
+                    f(pid);
+                    (pid, digits) = (0, false);
+                }
+            }
+        }
+        if digits {
+            f(pid);
+        }
+        // SAFETY: `fd` is ours, opened above.
+        unsafe { libc::close(fd) };
+        true
+    }
+
+    /// Closes every descriptor above 2, and points 0, 1 and 2 at /dev/null:
+    /// the supervisor holds none of the monitor's files open.
+    fn close_descriptors() {
+        // SAFETY: close_range takes integers (Linux 5.9; ENOSYS before).
+        let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+        if rc != 0 {
+            let mut limit = MaybeUninit::<libc::rlimit>::uninit();
+            // SAFETY: getrlimit writes one rlimit into `limit`.
+            let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, limit.as_mut_ptr()) } == 0 {
+                // SAFETY: getrlimit succeeded and filled `limit`.
+                unsafe { limit.assume_init() }.rlim_cur.min(1 << 20)
+            } else {
+                1 << 16
+            };
+            let max = libc::c_int::try_from(max).unwrap_or(libc::c_int::MAX);
+            for fd in 3..max {
+                // SAFETY: closing a descriptor number; none is used after.
+                unsafe { libc::close(fd) };
+            }
+        }
+        // SAFETY: a NUL-terminated path, and descriptor numbers.
+        unsafe {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            if null > 2 {
+                for fd in 0..3 {
+                    libc::dup2(null, fd);
+                }
+                libc::close(null);
+            }
+        }
+    }
+
+    /// Exits with the shell's exit code, or dies of the signal that killed
+    /// it (without a core dump), so that the monitor sees what it would
+    /// have seen of the shell itself.
+    fn exit_as(status: Option<libc::c_int>) -> ! {
+        let Some(st) = status else {
+            // SAFETY: _exit ends the process and never returns.
+            unsafe { libc::_exit(1) }
+        };
+        if libc::WIFSIGNALED(st) {
+            let sig = libc::WTERMSIG(st);
+            let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: integer arguments and valid sigsets/rlimits on this
+            // stack; the signal, unblocked with its default action, ends
+            // this process before kill returns.
+            unsafe {
+                libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+                libc::signal(sig, libc::SIG_DFL);
+                let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+                libc::sigemptyset(set.as_mut_ptr());
+                libc::sigaddset(set.as_mut_ptr(), sig);
+                libc::sigprocmask(libc::SIG_UNBLOCK, set.as_ptr(), ptr::null_mut());
+                libc::kill(libc::getpid(), sig);
+            }
+        }
+        let code = if libc::WIFEXITED(st) { libc::WEXITSTATUS(st) } else { 128 + libc::WTERMSIG(st) };
+        // SAFETY: _exit ends the process and never returns.
+        unsafe { libc::_exit(code) }
+    }
+}

@@ -347,6 +347,125 @@ fn a_hook_that_hangs_is_killed() {
     });
 }
 
+/// A process a hook left running (`sleep 301x`, its pid in a file), killed
+/// when the test ends if it still runs: a failing test leaves nothing behind.
+struct Leftover(u32);
+
+impl Leftover {
+    /// Waits (bounded) for the hook to write the pid file.
+    fn from(file: &std::path::Path) -> Leftover {
+        eventually("the hook's pid file", || file.exists());
+        Leftover(std::fs::read_to_string(file).unwrap().trim().parse().unwrap())
+    }
+
+    /// No such process any more, or a zombie (dead, not yet reaped).
+    fn is_gone(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.0))
+            .map_or(true, |s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+    }
+
+    fn assert_gone_soon(&self, what: &str) {
+        eventually(what, || self.is_gone());
+    }
+}
+
+impl Drop for Leftover {
+    fn drop(&mut self) {
+        let ours =
+            std::fs::read(format!("/proc/{}/cmdline", self.0)).is_ok_and(|c| c.starts_with(b"sleep\x00301"));
+        if ours && !self.is_gone() {
+            let _ = heartbeat::process::send_signal(self.0, libc::SIGKILL);
+        }
+    }
+}
+
+/// A hook (`--on-warning`, the first missed beat of session `s`) that runs
+/// `script` with `$D` set (and exported) to a fresh directory.
+fn hook_service(script: &str, more: &[&str]) -> (Service, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = format!("export D={}; {script}", dir.path().display());
+    let mut args = FAST.to_vec();
+    args.extend(["--on-warning", &hook]);
+    args.extend(more);
+    let service = Service::spawn(&args);
+    assert_eq!(put(&service.url("/sessions/s"), "").0, 201);
+    (service, dir)
+}
+
+/// `setsid` starts a daemon in a session of its own, outside the hook's
+/// process group: it dies when the hook's shell exits all the same.
+#[test]
+fn a_daemon_a_hook_starts_with_setsid_dies_when_the_hook_ends() {
+    let (service, dir) = hook_service(
+        "setsid sh -c 'echo $$ > $D/d.tmp && mv $D/d.tmp $D/d; exec sleep 3011' & \
+         while [ -d $D ] && [ ! -e $D/d ]; do sleep 0.01; done",
+        &[],
+    );
+    let daemon = Leftover::from(&dir.path().join("d"));
+    daemon.assert_gone_soon("the setsid daemon killed when the hook ended");
+    assert_eq!(service.metric("heartbeat_monitor_hooks_total{outcome=\"run\"}"), 1);
+}
+
+/// The classic daemon: fork, setsid, fork again, the middle one exits; the
+/// daemon's parent and grandparent are gone before the hook ends.
+#[test]
+fn a_daemon_a_hook_starts_by_forking_twice_dies_when_the_hook_ends() {
+    let (_service, dir) = hook_service(
+        "(setsid sh -c 'sleep 3012 & echo $! > $D/d.tmp && mv $D/d.tmp $D/d' &); \
+         while [ -d $D ] && [ ! -e $D/d ]; do sleep 0.01; done",
+        &[],
+    );
+    let daemon = Leftover::from(&dir.path().join("d"));
+    daemon.assert_gone_soon("the double-forked daemon killed when the hook ended");
+}
+
+/// A hook that outlives `--hook-timeout` is killed with its daemon. (The
+/// timeout leaves 3 s for the daemon to start: killed before, it would
+/// never write its pid.)
+#[test]
+fn a_hook_s_daemon_dies_with_it_at_the_hook_timeout() {
+    let (service, dir) = hook_service(
+        "(setsid sh -c 'sleep 3013 & echo $! > $D/d.tmp && mv $D/d.tmp $D/d' &); exec sleep 3014",
+        &["--hook-timeout", "3"],
+    );
+    let daemon = Leftover::from(&dir.path().join("d"));
+    eventually("the hook timed out", || {
+        service.metric("heartbeat_monitor_hooks_total{outcome=\"timed_out\"}") == 1
+    });
+    daemon.assert_gone_soon("the daemon killed at the hook's timeout");
+}
+
+/// A stop kills the hooks still running and what they started.
+#[test]
+fn a_hook_s_daemon_dies_when_the_monitor_stops() {
+    let (mut service, dir) = hook_service(
+        "echo $$ > $D/h.tmp && mv $D/h.tmp $D/h; \
+         (setsid sh -c 'sleep 3015 & echo $! > $D/d.tmp && mv $D/d.tmp $D/d' &); exec sleep 3016",
+        &[],
+    );
+    let (hook, daemon) = (Leftover::from(&dir.path().join("h")), Leftover::from(&dir.path().join("d")));
+    service.signal(libc::SIGTERM);
+    assert!(service.wait().success());
+    hook.assert_gone_soon("the hook killed at the stop");
+    daemon.assert_gone_soon("the hook's daemon killed at the stop");
+}
+
+/// Even a monitor killed with SIGKILL, which cannot clean up, leaves no
+/// hook behind.
+#[test]
+fn a_hook_s_daemon_dies_when_the_monitor_is_killed() {
+    let (mut service, dir) = hook_service(
+        "echo $$ > $D/h.tmp && mv $D/h.tmp $D/h; \
+         (setsid sh -c 'sleep 3017 & echo $! > $D/d.tmp && mv $D/d.tmp $D/d' &); exec sleep 3018",
+        &[],
+    );
+    let (hook, daemon) = (Leftover::from(&dir.path().join("h")), Leftover::from(&dir.path().join("d")));
+    service.signal(libc::SIGKILL);
+    service.wait();
+    hook.assert_gone_soon("the hook killed with the monitor");
+    daemon.assert_gone_soon("the hook's daemon killed with the monitor");
+}
+
 /// Reads Server-Sent Events' `data:` lines from a raw connection.
 fn event_stream(service: &Service) -> BufReader<TcpStream> {
     let mut stream = TcpStream::connect(service.http).unwrap();

@@ -64,7 +64,9 @@ A clean stop revokes the lease (the keys go at once).
 
 Hooks run through `sh -c` with HEARTBEAT_EVENT (warning, timeout, failed,
 recovery), HEARTBEAT_SESSION, HEARTBEAT_AGENT_TYPE and HEARTBEAT_MISSED set;
-at most 4 at once, each killed after --hook-timeout.
+at most 4 at once. On Linux whatever a hook starts, setsid daemons too, is
+killed with it: when its shell exits, after --hook-timeout, and when the
+monitor stops or dies.
 
 Exit codes: 0 after a clean stop on SIGINT or SIGTERM (the state file is
 written first); 1 if it could not start (an address in use, a state file
@@ -128,7 +130,7 @@ pub struct MonitorArgs {
     /// Run when a warned or failed session beats again.
     #[arg(long, value_name = "CMD")]
     on_recovery: Option<String>,
-    /// Seconds a hook may run before it is killed.
+    /// Seconds a hook may run before it is killed, with what it started.
     #[arg(long, value_name = "S", default_value = "30", allow_hyphen_values = true, value_parser = super::parse_positive_seconds)]
     hook_timeout: Duration,
     /// Keep a heartbeat file of the monitor itself (for `heartbeat check`).

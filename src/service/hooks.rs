@@ -5,9 +5,25 @@
 //! event is counted as dropped and logged (a few lines per 10 s with the
 //! count of the others, as every hook line is), never buffered without
 //! bound, and never waited for by whoever reported it. At most
-//! [`HookConfig::max_running`] commands run at once; each runs in a process
-//! group of its own, so that a command that outlives its
-//! [`HookConfig::timeout`] is killed with everything it started.
+//! [`HookConfig::max_running`] hooks run at once, each counted until
+//! everything it started is dead.
+//!
+//! **Containment (Linux).** Each hook's shell runs under a supervisor
+//! process of its own (`crate::sys::supervise`), a child subreaper: every
+//! process the hook starts stays its descendant, a daemon that calls
+//! `setsid` or forks twice included, since orphans are reparented to the
+//! supervisor rather than to init. When the shell exits, when the hook
+//! outlives [`HookConfig::timeout`], when the hooks stop, and when the
+//! monitor dies (even by `SIGKILL`: the supervisor asks for a signal when
+//! its parent thread ends), the supervisor kills every descendant and exits
+//! only once none is left; a slot is free only then. Not contained: a
+//! process started outside the hook's tree on its behalf (`systemd-run`,
+//! `at`, a request to a daemon such as `docker run`); a process that
+//! changes credentials (a setuid helper) and so cannot be signalled, when
+//! the monitor is not root; anything left behind by a hook that kills its
+//! own supervisor (`kill -9 $PPID`). Elsewhere than Linux each hook only
+//! gets a process group of its own, killed at the same moments, which a
+//! `setsid` escapes.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -39,10 +55,10 @@ pub struct HookConfig {
     pub on_timeout: Option<String>,
     /// Run when a warned or failed session beats again.
     pub on_recovery: Option<String>,
-    /// A hook still running after this long is killed (its process group
-    /// with it). Default 30 s.
+    /// A hook still running after this long is killed, with every process
+    /// it started. Default 30 s.
     pub timeout: Duration,
-    /// Hooks running at once, at most. Default 4.
+    /// Hooks running at once, at most, each with what it started. Default 4.
     pub max_running: usize,
     /// Events waiting for a free slot, at most; more are dropped and counted.
     /// Default 1,024.
@@ -219,9 +235,12 @@ fn command_for(config: &HookConfig, event: HookEvent) -> Option<&str> {
 }
 
 struct Running {
+    /// The supervisor (Linux), or the shell itself.
     child: Child,
     deadline: Instant,
     what: String,
+    /// Told to end (timed out): its slot stays taken until it has.
+    ended: bool,
 }
 
 /// The hook thread: takes jobs while a slot is free, reaps and kills, until
@@ -255,7 +274,10 @@ fn run(config: &HookConfig, jobs: &Receiver<HookJob>, stop: &Receiver<()>, count
         limit.finish(Instant::now());
     }
     for mut r in running {
-        kill_group(&mut r.child);
+        if !r.ended {
+            end(&r.child);
+        }
+        let _ = r.child.wait();
         log::info!("stopping: killed hook {}", r.what);
     }
 }
@@ -272,6 +294,8 @@ fn spawn(config: &HookConfig, job: &HookJob, counters: &HookCounters) -> Option<
         .env("HEARTBEAT_MISSED", job.missed.to_string())
         .stdin(Stdio::null())
         .process_group(0);
+    #[cfg(target_os = "linux")]
+    crate::sys::supervise(&mut cmd);
     // A hook's output goes to our stderr (stdout carries the listening lines).
     if let Ok(err) = std::io::stderr().as_fd().try_clone_to_owned() {
         cmd.stdout(Stdio::from(err));
@@ -280,7 +304,7 @@ fn spawn(config: &HookConfig, job: &HookJob, counters: &HookCounters) -> Option<
     match cmd.spawn() {
         Ok(child) => {
             log::debug!("hook {what} started (pid {})", child.id());
-            Some(Running { child, deadline: Instant::now() + config.timeout, what })
+            Some(Running { child, deadline: Instant::now() + config.timeout, what, ended: false })
         }
         Err(e) => {
             counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -293,16 +317,21 @@ fn spawn(config: &HookConfig, job: &HookJob, counters: &HookCounters) -> Option<
 use std::os::fd::AsFd as _;
 use std::os::unix::process::CommandExt as _;
 
-/// Forgets hooks that ended, killing whatever they left running in their
-/// process group (a hook cannot leave a daemon behind, nor escape the limit
-/// on hooks running at once); kills those past their deadline.
+/// Forgets hooks that ended (their supervisor killed whatever they left
+/// running before it exited: a hook cannot leave a daemon behind, nor escape
+/// the limit on hooks running at once); ends those past their deadline.
 fn reap(running: &mut Vec<Running>, counters: &HookCounters) {
     let now = Instant::now();
     running.retain_mut(|r| {
         let pid = libc::pid_t::try_from(r.child.id()).unwrap_or(0);
         match crate::sys::exited_unreaped(pid) {
+            Ok(true) if r.ended => {
+                let _ = r.child.wait();
+                false
+            }
             Ok(true) => {
-                // Not reaped yet: the group's id is still ours to signal.
+                // Not reaped yet: the group's id is still ours to signal
+                // (without a supervisor, the hook's group).
                 let _ = crate::sys::kill(-pid, libc::SIGKILL);
                 match r.child.wait() {
                     Ok(status) if status.success() => log::debug!("hook {} done", r.what),
@@ -314,11 +343,12 @@ fn reap(running: &mut Vec<Running>, counters: &HookCounters) {
                 }
                 false
             }
-            Ok(false) if now >= r.deadline => {
-                kill_group(&mut r.child);
+            Ok(false) if now >= r.deadline && !r.ended => {
+                end(&r.child);
+                r.ended = true;
                 counters.timed_out.fetch_add(1, Ordering::Relaxed);
                 TIMED_OUT.log(now, format_args!("hook {} still running after its timeout: killed", r.what));
-                false
+                true
             }
             Ok(false) => true,
             Err(e) => {
@@ -332,14 +362,16 @@ fn reap(running: &mut Vec<Running>, counters: &HookCounters) {
     });
 }
 
-/// Kills the hook's process group (the shell and what it started), then
-/// reaps the shell.
-fn kill_group(child: &mut Child) {
+/// Ends a hook that has not been reaped: `SIGTERM` tells its supervisor to
+/// kill everything in it and exit (Linux); elsewhere its process group is
+/// killed. The caller reaps it.
+fn end(child: &Child) {
     if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        #[cfg(target_os = "linux")]
+        let _ = crate::sys::kill(pid, libc::SIGTERM);
+        #[cfg(not(target_os = "linux"))]
         let _ = crate::sys::kill(-pid, libc::SIGKILL);
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[cfg(test)]
@@ -448,6 +480,28 @@ mod tests {
         hooks.stop(); // kills the running one; the queued ones never run
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(hooks.counters.run.load(Ordering::Relaxed), 1);
+    }
+
+    /// The supervisor exits as the shell did: a shell killed by a signal
+    /// counts as failed, one that exits 0 does not; a hook that cannot start
+    /// (std's exec error, reported through the supervisor) counts too.
+    #[test]
+    fn the_shell_s_status_comes_through_its_supervisor() {
+        let dir = tempfile::tempdir().unwrap();
+        let done = dir.path().join("done");
+        let config = HookConfig {
+            on_warning: Some("kill -KILL $$".into()),
+            on_recovery: Some(format!("touch {}", done.display())),
+            ..HookConfig::default()
+        };
+        let mut hooks = Hooks::start(config).unwrap();
+        hooks.sender().unwrap().submit(job(HookEvent::Warning, "x"));
+        assert!(eventually(|| hooks.counters.failed.load(Ordering::Relaxed) == 1));
+        hooks.sender().unwrap().submit(job(HookEvent::Recovered, "x"));
+        assert!(eventually(|| done.exists()));
+        hooks.stop(); // reaps the recovery hook if still running
+        assert_eq!(hooks.counters.failed.load(Ordering::Relaxed), 1);
+        assert_eq!(hooks.counters.run.load(Ordering::Relaxed), 2);
     }
 
     #[test]
