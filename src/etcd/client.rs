@@ -1,16 +1,16 @@
 //! A small synchronous client for etcd's v3 JSON gateway.
 
 use std::fmt;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::wire;
 use crate::error::{Error, Result};
 
 /// How long one request may take unless told otherwise.
@@ -20,13 +20,54 @@ pub const DEFAULT_ETCD_TIMEOUT: Duration = Duration::from_secs(5);
 /// (`--max-txn-ops`, 128).
 pub const MAX_TXN_OPS: usize = 128;
 
-/// The largest answer read into memory (etcd's default request limit is
-/// 1.5 MiB; a range over many keys can be larger, up to this).
-const MAX_ANSWER: u64 = 64 << 20;
+/// The largest answer of a call other than a range or a watch (grant,
+/// keep-alive, revoke, put, txn, delete): a few hundred bytes from etcd; a
+/// transaction's holds one small response per operation
+/// ([`MAX_TXN_OPS`] at most).
+pub const MAX_ANSWER: usize = 1 << 20;
+
+/// The largest answer of [`Client::get`]: one key, whose value etcd bounds
+/// at its request limit (`--max-request-bytes`, 1.5 MiB by default; 2 MiB
+/// in base64).
+pub const MAX_GET_ANSWER: usize = 4 << 20;
+
+/// The largest answer of [`Client::range_prefix`] (and of
+/// [`Client::lease_count`], which counts without keeping): a range over
+/// many keys is the one answer etcd does not bound by its request limit.
+pub const MAX_RANGE_ANSWER: usize = 64 << 20;
+
+/// The most keys one range answer may hold (2^19); more is refused, not
+/// built.
+pub const MAX_RANGE_KEYS: usize = 1 << 19;
 
 /// The longest line of a watch stream: one watch response, holding many
 /// events. etcd bounds its own at about its request limit.
-const MAX_WATCH_LINE: usize = 16 << 20;
+pub const MAX_WATCH_LINE: usize = 16 << 20;
+
+/// The most events one watch line may hold (2^17); more is refused, not
+/// built.
+pub const MAX_WATCH_EVENTS: usize = 1 << 17;
+
+/// One call of the gateway: where, and the largest answer it reads.
+#[derive(Clone, Copy)]
+struct Call {
+    path: &'static str,
+    limit: usize,
+}
+
+const GRANT: Call = Call { path: "/v3/lease/grant", limit: MAX_ANSWER };
+const KEEPALIVE: Call = Call { path: "/v3/lease/keepalive", limit: MAX_ANSWER };
+const REVOKE: Call = Call { path: "/v3/lease/revoke", limit: MAX_ANSWER };
+const LEASES: Call = Call { path: "/v3/lease/leases", limit: MAX_RANGE_ANSWER };
+const PUT: Call = Call { path: "/v3/kv/put", limit: MAX_ANSWER };
+const TXN: Call = Call { path: "/v3/kv/txn", limit: MAX_ANSWER };
+const RANGE: Call = Call { path: "/v3/kv/range", limit: MAX_RANGE_ANSWER };
+const GET: Call = Call { path: "/v3/kv/range", limit: MAX_GET_ANSWER };
+const DELETE: Call = Call { path: "/v3/kv/deleterange", limit: MAX_ANSWER };
+
+/// The room a watch stream's line buffer keeps between lines; a longer
+/// line's buffer is let go after it.
+const KEEP_LINE: usize = 64 << 10;
 
 /// A lease etcd granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +148,32 @@ pub enum WatchEvent {
 /// Plain `http://` only: this build has no TLS. No proxy is used and
 /// redirects are not followed. Cloning gives another handle on the same
 /// endpoints.
+///
+/// # Memory
+/// Every answer is bounded in bytes, by a limit L that fits its call:
+/// [`MAX_ANSWER`] (1 MiB) for a grant, keep-alive, revoke, put, txn or
+/// delete, [`MAX_GET_ANSWER`] (4 MiB) for [`get`](Self::get),
+/// [`MAX_RANGE_ANSWER`] (64 MiB) for [`range_prefix`](Self::range_prefix)
+/// and [`lease_count`](Self::lease_count), [`MAX_WATCH_LINE`] (16 MiB) for
+/// one line of a watch. A longer answer is refused once L bytes are read.
+/// It is parsed into types holding only the fields read (any other is
+/// skipped with serde's `IgnoredAny`, never built), keys and values are
+/// decoded from base64 as they are read, and lists are capped:
+/// [`MAX_RANGE_KEYS`] keys a range, [`MAX_WATCH_EVENTS`] events a watch
+/// line. One answer costs at most
+///
+/// **4 × L + K × s**: its bytes (L), serde_json's scratch buffer (under
+/// 2 × L: a string with escapes, or the nesting of a skipped value, one
+/// byte a level), what is kept (at most L) and its list (K elements of s
+/// bytes: 64 a key, 72 a watch event), plus the HTTP client's buffers
+/// (about 128 KiB):
+///
+/// | call | worst case |
+/// |---|---|
+/// | grant, keep-alive, revoke, put, txn, delete | 4 × 1 MiB = 4 MiB |
+/// | get | 4 × 4 MiB = 16 MiB |
+/// | range | 4 × 64 MiB + 2^19 × 64 B = 288 MiB |
+/// | one watch line | 4 × 16 MiB + 2^17 × 72 B = 73 MiB |
 #[derive(Clone)]
 pub struct Client {
     endpoints: Arc<[String]>,
@@ -176,40 +243,39 @@ impl Client {
     /// Grants a lease of `ttl` (whole seconds, at least 1).
     pub fn grant(&self, ttl: Duration) -> Result<Lease> {
         let secs = ttl.as_secs().max(1);
-        let answer = self.call("/v3/lease/grant", &json!({ "TTL": secs.to_string() }))?;
-        let id = int(&answer, "ID").filter(|id| *id != 0);
-        let granted = int(&answer, "TTL").unwrap_or(0);
-        match id {
-            Some(id) if granted > 0 => Ok(Lease { id, ttl: Duration::from_secs(granted as u64) }),
-            _ => Err(self.odd("/v3/lease/grant", &answer)),
-        }
+        self.call(GRANT, &json!({ "TTL": secs.to_string() }), |a: wire::Grant| {
+            let id = a.id.0.filter(|id| *id != 0)?;
+            let granted = a.ttl.0.filter(|ttl| *ttl > 0)?;
+            Some(Lease { id, ttl: Duration::from_secs(granted as u64) })
+        })
     }
 
     /// Keeps `lease` alive once. `Ok(None)` when etcd no longer has it
     /// (expired or revoked): whatever was attached to it is gone.
     pub fn keepalive(&self, lease: i64) -> Result<Option<Duration>> {
-        let answer = self.call("/v3/lease/keepalive", &json!({ "ID": lease.to_string() }))?;
-        // The gateway streams: the answer is `{"result": {...}}`.
-        let result = answer.get("result").unwrap_or(&answer);
-        match int(result, "TTL").unwrap_or(0) {
-            ttl if ttl > 0 => Ok(Some(Duration::from_secs(ttl as u64))),
-            _ => Ok(None),
-        }
+        self.call(KEEPALIVE, &json!({ "ID": lease.to_string() }), |a: wire::Keepalive| {
+            // The gateway streams: the answer is `{"result": {...}}`.
+            let ttl = match a.result {
+                Some(result) => result.0.and_then(|r| r.ttl.0),
+                None => a.ttl.0,
+            };
+            Some(ttl.filter(|ttl| *ttl > 0).map(|ttl| Duration::from_secs(ttl as u64)))
+        })
     }
 
     /// Revokes `lease`: every key attached to it is deleted at once. A lease
     /// etcd does not have (expired already) is not an error.
     pub fn revoke(&self, lease: i64) -> Result<()> {
-        match self.call("/v3/lease/revoke", &json!({ "ID": lease.to_string() })) {
+        match self.call(REVOKE, &json!({ "ID": lease.to_string() }), |_: wire::Revision| Some(())) {
             Err(Error::Etcd { what, .. }) if what.contains("lease not found") => Ok(()),
-            other => other.map(drop),
+            other => other,
         }
     }
 
-    /// How many leases etcd holds (`/v3/lease/leases`).
+    /// How many leases etcd holds (`/v3/lease/leases`), counted as the
+    /// answer is read (none is kept).
     pub fn lease_count(&self) -> Result<usize> {
-        let answer = self.call("/v3/lease/leases", &json!({}))?;
-        Ok(answer.get("leases").and_then(Value::as_array).map_or(0, Vec::len))
+        self.call(LEASES, &json!({}), |a: wire::Leases| Some(a.leases.0))
     }
 
     /// Puts `key` = `value`, attached to `lease` (0 for none). Returns the
@@ -219,8 +285,7 @@ impl Client {
         if lease != 0 {
             body["lease"] = Value::from(lease.to_string());
         }
-        let answer = self.call("/v3/kv/put", &body)?;
-        Ok(revision(&answer))
+        self.call(PUT, &body, |a: wire::Revision| Some(wire::revision_of(&a.header)))
     }
 
     /// Applies `ops` in one transaction (at most [`MAX_TXN_OPS`]; etcd
@@ -245,45 +310,47 @@ impl Client {
                 Op::Delete { key } => json!({ "request_delete_range": { "key": B64.encode(key) } }),
             })
             .collect();
-        let answer = self.call("/v3/kv/txn", &json!({ "success": success }))?;
-        Ok(revision(&answer))
+        self.call(TXN, &json!({ "success": success }), |a: wire::Revision| Some(wire::revision_of(&a.header)))
     }
 
     /// Every key starting with `prefix`, in key order.
+    ///
+    /// The answer is bounded in bytes ([`MAX_RANGE_ANSWER`]) and in keys
+    /// ([`MAX_RANGE_KEYS`]); past either it is refused. At most
+    /// 4 × [`MAX_RANGE_ANSWER`] + 64 B × [`MAX_RANGE_KEYS`] (288 MiB) of
+    /// memory while it is read (see [`Client`], "Memory"); an answer of `n`
+    /// bytes costs about `n` plus what its keys hold.
     pub fn range_prefix(&self, prefix: &str) -> Result<Range> {
         let body =
             json!({ "key": B64.encode(prefix), "range_end": B64.encode(prefix_end(prefix.as_bytes())) });
-        let answer = self.call("/v3/kv/range", &body)?;
-        let kvs = answer.get("kvs").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-        let kvs = kvs.iter().map(key_value).collect::<Option<Vec<_>>>();
-        match kvs {
-            Some(kvs) => Ok(Range { kvs, revision: revision(&answer) }),
-            None => Err(self.odd("/v3/kv/range", &answer)),
-        }
+        self.call(RANGE, &body, |a: wire::RangeAnswer| {
+            if a.kvs.bad {
+                return None;
+            }
+            Some(Range { kvs: a.kvs.items, revision: wire::revision_of(&a.header) })
+        })
     }
 
-    /// One key, if it exists.
+    /// One key, if it exists (an answer of at most [`MAX_GET_ANSWER`] bytes).
     pub fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let answer = self.call("/v3/kv/range", &json!({ "key": B64.encode(key) }))?;
-        let first = answer.get("kvs").and_then(Value::as_array).and_then(|kvs| kvs.first());
-        match first {
-            None => Ok(None),
-            Some(kv) => key_value(kv).map(Some).ok_or_else(|| self.odd("/v3/kv/range", &answer)),
-        }
+        self.call(GET, &json!({ "key": B64.encode(key) }), |a: wire::RangeAnswer| {
+            if a.kvs.bad {
+                return None;
+            }
+            Some(a.kvs.items.into_iter().next())
+        })
     }
 
     /// Deletes `key`; returns how many keys went (0 or 1).
     pub fn delete(&self, key: &str) -> Result<u64> {
-        let answer = self.call("/v3/kv/deleterange", &json!({ "key": B64.encode(key) }))?;
-        Ok(int(&answer, "deleted").unwrap_or(0) as u64)
+        self.call(DELETE, &json!({ "key": B64.encode(key) }), deleted)
     }
 
     /// Deletes every key starting with `prefix`; returns how many went.
     pub fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         let body =
             json!({ "key": B64.encode(prefix), "range_end": B64.encode(prefix_end(prefix.as_bytes())) });
-        let answer = self.call("/v3/kv/deleterange", &body)?;
-        Ok(int(&answer, "deleted").unwrap_or(0) as u64)
+        self.call(DELETE, &body, deleted)
     }
 
     /// Opens a watch on every key starting with `prefix`, from
@@ -328,13 +395,14 @@ impl Client {
                 }
                 Ok(mut response) => {
                     let status = response.status().as_u16();
-                    let text = response
-                        .body_mut()
-                        .with_config()
-                        .limit(64 << 10)
-                        .read_to_string()
-                        .unwrap_or_default();
-                    return Err(Error::Etcd { endpoint, what: format!("HTTP {status}: {}", message(&text)) });
+                    let mut text = Vec::new();
+                    let mut reader = BufReader::new(response.body_mut().as_reader());
+                    let what = match read_bounded(&mut reader, &mut text, 64 << 10, false) {
+                        Ok(true) => message(&text),
+                        Ok(false) => "an answer longer than 65536 bytes".into(),
+                        Err(e) => format!("reading the answer: {e}"),
+                    };
+                    return Err(Error::Etcd { endpoint, what: format!("/v3/watch: HTTP {status}: {what}") });
                 }
                 Err(e) => last = format!("{endpoint}: {e}"),
             }
@@ -342,20 +410,39 @@ impl Client {
         Err(self.unreachable(last))
     }
 
-    /// Posts `body` to `path` on the current endpoint, failing over to the
-    /// others when it cannot be reached.
-    fn call(&self, path: &str, body: &Value) -> Result<Value> {
-        let body = body.to_string();
+    /// Posts `request` to `call`'s path on the current endpoint (failing
+    /// over to the others when it cannot be reached), parses the answer
+    /// into `A` and makes the result of it with `output`; `None` from
+    /// `output` is an answer without what the call needs.
+    fn call<A: wire::Answer, T>(
+        &self,
+        call: Call,
+        request: &Value,
+        output: impl FnOnce(A) -> Option<T>,
+    ) -> Result<T> {
+        let request = request.to_string();
         let mut last = String::new();
         for endpoint in self.rotation() {
-            match self.post(&endpoint, path, &body) {
+            match self.post(&endpoint, call, &request) {
                 Ok(answer) => {
                     self.settle(&endpoint);
-                    return Ok(answer);
+                    let what = |what: String| Error::Etcd {
+                        endpoint: endpoint.clone(),
+                        what: format!("{}: {what}", call.path),
+                    };
+                    let mut parsed: A = wire::first(&answer).map_err(what)?;
+                    if let Some(complaint) = parsed.complaint() {
+                        return Err(what(complaint.text()));
+                    }
+                    return output(parsed).ok_or_else(|| {
+                        what(format!("an answer without what it needs: {}", wire::cut_bytes(&answer)))
+                    });
                 }
-                Err(Failure::Answered(what)) => return Err(Error::Etcd { endpoint, what }),
+                Err(Failure::Answered(what)) => {
+                    return Err(Error::Etcd { endpoint, what: format!("{}: {what}", call.path) });
+                }
                 Err(Failure::Unreachable(what)) => {
-                    log::debug!("etcd {endpoint}{path}: {what}");
+                    log::debug!("etcd {endpoint}{}: {what}", call.path);
                     last = format!("{endpoint}: {what}");
                 }
             }
@@ -373,28 +460,32 @@ impl Client {
         Error::Etcd { endpoint, what }
     }
 
-    fn post(&self, endpoint: &str, path: &str, body: &str) -> std::result::Result<Value, Failure> {
-        let url = format!("{endpoint}{path}");
+    /// The answer's bytes (at most `call.limit`), if it is a success.
+    fn post(&self, endpoint: &str, call: Call, body: &str) -> std::result::Result<Vec<u8>, Failure> {
+        let url = format!("{endpoint}{}", call.path);
         let mut response = match self.agent.post(&url).content_type("application/json").send(body) {
             Ok(r) => r,
             Err(e) => return Err(Failure::Unreachable(e.to_string())),
         };
         let status = response.status().as_u16();
-        let text = match response.body_mut().with_config().limit(MAX_ANSWER).read_to_string() {
-            Ok(t) => t,
-            Err(e) => return Err(Failure::Unreachable(format!("reading the answer: {e}"))),
-        };
+        // A length given up front is room made once, never past the limit.
+        let hint = response.body().content_length().unwrap_or(0).min(call.limit as u64) as usize;
+        let mut answer = Vec::with_capacity(hint);
+        let mut reader = BufReader::new(response.body_mut().as_reader());
+        match read_bounded(&mut reader, &mut answer, call.limit, false) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Failure::Unreachable(format!(
+                    "{}: an answer longer than {} bytes",
+                    call.path, call.limit
+                )));
+            }
+            Err(e) => return Err(Failure::Unreachable(format!("{}: reading the answer: {e}", call.path))),
+        }
         if !(200..300).contains(&status) {
-            return Err(Failure::Answered(format!("HTTP {status}: {}", message(&text))));
+            return Err(Failure::Answered(format!("HTTP {status}: {}", message(&answer))));
         }
-        // The gateway's streaming calls answer one JSON object per line.
-        let first = text.lines().next().unwrap_or_default();
-        let value: Value = serde_json::from_str(first)
-            .map_err(|e| Failure::Answered(format!("an answer that is not JSON ({e}): {}", cut(&text))))?;
-        if let Some(error) = value.get("error") {
-            return Err(Failure::Answered(message_of(error)));
-        }
-        Ok(value)
+        Ok(answer)
     }
 
     /// The endpoints, the current one first.
@@ -409,12 +500,39 @@ impl Client {
             self.current.store(i, Ordering::Relaxed);
         }
     }
+}
 
-    fn odd(&self, path: &str, answer: &Value) -> Error {
-        let endpoint = self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len()].clone();
-        Error::Etcd {
-            endpoint,
-            what: format!("{path}: an answer without what it needs: {}", cut(&answer.to_string())),
+fn deleted(a: wire::Deleted) -> Option<u64> {
+    Some(a.deleted.0.unwrap_or(0).max(0) as u64)
+}
+
+/// Reads `reader` into `buf` to the end (or through the first `\n` when
+/// `line`); `Ok(false)` as soon as that would take more than `limit`
+/// bytes. The buffer grows by doubling but never past `limit`: it never
+/// holds room for more than `limit` bytes.
+fn read_bounded(reader: &mut impl BufRead, buf: &mut Vec<u8>, limit: usize, line: bool) -> io::Result<bool> {
+    loop {
+        let chunk = match reader.fill_buf() {
+            Ok(chunk) => chunk,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            return Ok(true);
+        }
+        let newline = if line { chunk.iter().position(|&b| b == b'\n') } else { None };
+        let take = newline.map_or(chunk.len(), |i| i + 1);
+        if buf.len() + take > limit {
+            return Ok(false);
+        }
+        if buf.capacity() - buf.len() < take {
+            let room = (buf.len() + take).max(buf.capacity() * 2).max(8 << 10).min(limit);
+            buf.reserve_exact(room - buf.len());
+        }
+        buf.extend_from_slice(&chunk[..take]);
+        reader.consume(take);
+        if newline.is_some() {
+            return Ok(true);
         }
     }
 }
@@ -457,52 +575,51 @@ impl WatchStream {
     pub fn next_batch(&mut self) -> Result<Option<WatchBatch>> {
         loop {
             self.line.clear();
-            let read = (&mut self.reader).take(MAX_WATCH_LINE as u64 + 1).read_until(b'\n', &mut self.line);
-            match read {
-                Ok(0) => return Ok(None),
-                Ok(_) if self.line.len() > MAX_WATCH_LINE => {
+            if self.line.capacity() > KEEP_LINE {
+                self.line = Vec::new();
+            }
+            match read_bounded(&mut self.reader, &mut self.line, MAX_WATCH_LINE, true) {
+                Ok(true) if self.line.is_empty() => return Ok(None),
+                Ok(true) => {}
+                Ok(false) => {
                     return Err(self.error(format!("a watch answer longer than {MAX_WATCH_LINE} bytes")));
                 }
-                Ok(_) => {}
                 Err(e) if is_timeout(&e) => return Ok(None),
                 Err(e) => return Err(self.error(format!("reading the watch: {e}"))),
             }
-            let text = String::from_utf8_lossy(&self.line);
-            let text = text.trim();
+            let text = self.line.trim_ascii();
             if text.is_empty() {
                 continue;
             }
-            let value: Value = serde_json::from_str(text)
-                .map_err(|e| self.error(format!("a watch line that is not JSON: {e}")))?;
-            if let Some(error) = value.get("error") {
-                return Err(self.error(message_of(error)));
+            let line: wire::WatchLine =
+                wire::first(text).map_err(|e| self.error(format!("a watch line: {e}")))?;
+            if let Some(complaint) = line.error {
+                return Err(self.error(complaint.text()));
             }
-            let result = value.get("result").unwrap_or(&value);
-            let compact = int(result, "compact_revision").unwrap_or(0);
+            let result = match line.result {
+                Some(result) => result.0.unwrap_or_default(),
+                // Not wrapped in `result`: the line is the response itself.
+                None => wire::first(text).map_err(|e| self.error(format!("a watch line: {e}")))?,
+            };
+            let compact = result.compact_revision.0.unwrap_or(0);
             if compact > 0 {
                 return Ok(Some(WatchBatch::Compacted { compact_revision: compact }));
             }
-            if result.get("canceled").and_then(Value::as_bool) == Some(true) {
-                let why = result.get("cancel_reason").and_then(Value::as_str).unwrap_or("no reason given");
-                return Err(self.error(format!("the watch was canceled: {why}")));
+            if result.canceled.0 == Some(true) {
+                let why = result.cancel_reason.0.as_deref().unwrap_or("no reason given");
+                return Err(self.error(format!("the watch was canceled: {}", crate::json::cut(why, 200))));
             }
-            if result.get("created").and_then(Value::as_bool) == Some(true) {
+            if result.created.0 == Some(true) {
                 self.created = true;
             }
-            let header_revision = result.get("header").map(revision_of).unwrap_or(0);
-            let raw = result.get("events").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-            let mut events = Vec::with_capacity(raw.len());
-            for event in raw {
-                let kv = event
-                    .get("kv")
-                    .and_then(key_value)
-                    .ok_or_else(|| self.error("an event without a key".into()))?;
+            let header_revision = wire::revision_of(&result.header);
+            if result.events.bad {
+                return Err(self.error("an event without a key".into()));
+            }
+            let events = result.events.items;
+            for event in &events {
+                let (WatchEvent::Put(kv) | WatchEvent::Delete(kv)) = event;
                 self.next_revision = self.next_revision.max(kv.mod_revision + 1);
-                if event.get("type").and_then(Value::as_str) == Some("DELETE") {
-                    events.push(WatchEvent::Delete(kv));
-                } else {
-                    events.push(WatchEvent::Put(kv));
-                }
             }
             if events.is_empty() && self.next_revision == 0 && header_revision > 0 {
                 // Watching "from now": start the next stream after what this one saw.
@@ -579,59 +696,12 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0] // all keys
 }
 
-/// A 64-bit field, which the gateway writes as a string (or a number).
-fn int(v: &Value, field: &str) -> Option<i64> {
-    match v.get(field)? {
-        Value::String(s) => s.parse().ok(),
-        Value::Number(n) => n.as_i64(),
-        _ => None,
-    }
-}
-
-fn revision_of(header: &Value) -> i64 {
-    int(header, "revision").unwrap_or(0)
-}
-
-fn revision(answer: &Value) -> i64 {
-    answer.get("header").map(revision_of).unwrap_or(0)
-}
-
-fn key_value(kv: &Value) -> Option<KeyValue> {
-    #[derive(Deserialize)]
-    struct Raw {
-        key: String,
-        #[serde(default)]
-        value: String,
-    }
-    let raw = Raw::deserialize(kv).ok()?;
-    Some(KeyValue {
-        key: B64.decode(raw.key).ok()?,
-        value: B64.decode(raw.value).ok()?,
-        mod_revision: int(kv, "mod_revision").unwrap_or(0),
-        lease: int(kv, "lease").unwrap_or(0),
-    })
-}
-
 /// etcd's message out of an error answer, else the answer cut short.
-fn message(text: &str) -> String {
-    match serde_json::from_str::<Value>(text) {
-        Ok(v) => message_of(v.get("error").unwrap_or(&v)),
-        Err(_) => cut(text),
+fn message(answer: &[u8]) -> String {
+    match wire::first::<wire::Complaint>(answer) {
+        Ok(complaint) => complaint.text(),
+        Err(_) => wire::cut_bytes(answer),
     }
-}
-
-fn message_of(error: &Value) -> String {
-    error
-        .get("message")
-        .or_else(|| error.get("error"))
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .or_else(|| error.as_str().map(str::to_owned))
-        .unwrap_or_else(|| cut(&error.to_string()))
-}
-
-fn cut(text: &str) -> String {
-    crate::json::cut(text.trim(), 200)
 }
 
 #[cfg(test)]
@@ -661,23 +731,53 @@ mod tests {
 
     #[test]
     fn gateway_fields_parse() {
-        let kv =
-            json!({"key": B64.encode("k"), "value": B64.encode("v"), "mod_revision": "7", "lease": "12"});
-        let kv = key_value(&kv).unwrap();
+        let kv = |text: &str| wire::first::<wire::RawKv>(text.as_bytes()).unwrap().into_key_value();
+        let one = format!(
+            r#"{{"key":"{}","value":"{}","mod_revision":"7","lease":"12"}}"#,
+            B64.encode("k"),
+            B64.encode("v")
+        );
+        let one = kv(&one).unwrap();
         assert_eq!(
-            (kv.key_str().as_ref(), kv.value.as_slice(), kv.mod_revision, kv.lease),
+            (one.key_str().as_ref(), one.value.as_slice(), one.mod_revision, one.lease),
             ("k", &b"v"[..], 7, 12)
         );
         // A deleted key in a watch has no value.
-        let gone = key_value(&json!({"key": B64.encode("k"), "mod_revision": "9"})).unwrap();
+        let gone = kv(&format!(r#"{{"key":"{}","mod_revision":9}}"#, B64.encode("k"))).unwrap();
         assert!(gone.value.is_empty());
-        assert!(key_value(&json!({"key": "not base64!"})).is_none());
-        assert_eq!(int(&json!({"TTL": 5}), "TTL"), Some(5));
+        assert_eq!(gone.mod_revision, 9);
+        assert!(kv(r#"{"key":"not base64!"}"#).is_none());
+        assert!(kv(r#"{"key":"aw==","value":"not base64!"}"#).is_none());
+        assert!(kv(r#"{"value":"aw=="}"#).is_none());
         assert_eq!(
-            message(r#"{"error":"etcdserver: requested lease not found","code":5}"#),
+            message(br#"{"error":"etcdserver: requested lease not found","code":5}"#),
             "etcdserver: requested lease not found"
         );
-        assert_eq!(message(r#"{"code":3,"message":"bad key"}"#), "bad key");
+        assert_eq!(message(br#"{"code":3,"message":"bad key"}"#), "bad key");
+        assert_eq!(message(b"<html>gone</html>"), "<html>gone</html>");
+    }
+
+    #[test]
+    fn reads_stop_at_the_limit_with_room_for_no_more() {
+        let mut buf = Vec::new();
+        let mut input = &b"0123456789"[..];
+        assert!(read_bounded(&mut input, &mut buf, 10, false).unwrap());
+        assert_eq!((buf.as_slice(), buf.capacity()), (&b"0123456789"[..], 10));
+        let mut buf = Vec::new();
+        let mut input = &b"0123456789x"[..];
+        assert!(!read_bounded(&mut input, &mut buf, 10, false).unwrap());
+        assert!(buf.capacity() <= 10);
+        // A line: through its newline, the rest left for the next.
+        let mut buf = Vec::new();
+        let mut input = &b"ab\ncd"[..];
+        assert!(read_bounded(&mut input, &mut buf, 3, true).unwrap());
+        assert_eq!(buf, b"ab\n");
+        buf.clear();
+        assert!(read_bounded(&mut input, &mut buf, 3, true).unwrap());
+        assert_eq!(buf, b"cd");
+        let mut input = &b"abcd\n"[..];
+        buf.clear();
+        assert!(!read_bounded(&mut input, &mut buf, 4, true).unwrap());
     }
 
     #[test]

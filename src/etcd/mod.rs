@@ -39,9 +39,11 @@ mod presence;
 mod publish;
 pub(crate) mod report;
 mod scan;
+mod wire;
 
 pub use client::{
-    Client, DEFAULT_ETCD_TIMEOUT, KeyValue, Lease, MAX_TXN_OPS, Op, Range, WatchBatch, WatchEvent,
+    Client, DEFAULT_ETCD_TIMEOUT, KeyValue, Lease, MAX_ANSWER, MAX_GET_ANSWER, MAX_RANGE_ANSWER,
+    MAX_RANGE_KEYS, MAX_TXN_OPS, MAX_WATCH_EVENTS, MAX_WATCH_LINE, Op, Range, WatchBatch, WatchEvent,
     WatchStream,
 };
 pub use presence::{MIN_TTL, Presence, PresenceState, PresenceStatus};

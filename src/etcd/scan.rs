@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use parking_lot::Mutex;
 
 use super::client::{Client, KeyValue, WatchBatch, WatchEvent};
-use super::{ALIVE, DEFAULT_PREFIX, MemberRecord, check_prefix};
+use super::{ALIVE, DEFAULT_PREFIX, check_prefix};
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::{Error, Result};
 use crate::lograte::{LogLimit, log_limit};
@@ -204,7 +204,7 @@ impl EtcdScannerBuilder {
 ///   are not probed (they are remote): the lease is what proves the process
 ///   is there, and a key whose lease is gone is simply absent.
 /// - `<prefix>sessions/<owner>/<id>` and `<prefix>peers/<owner>/<nick>` hold
-///   a [`MemberRecord`]: STALE when its state is not [`ALIVE`] (the reason
+///   a [`MemberRecord`](super::MemberRecord): STALE when its state is not [`ALIVE`] (the reason
 ///   says which), else as its owner's `hosts/<owner>` key is (STALE when
 ///   that key is missing).
 /// - Anything else under the prefix, and values that cannot be read, are
@@ -683,7 +683,7 @@ fn parse(prefix: &str, key: &str, kv: &KeyValue) -> std::result::Result<Parsed, 
     if !kv.value.trim_ascii_start().starts_with(b"{") {
         return Err("not a member record: its top level is not an object".into());
     }
-    let record: MemberRecord = serde_json::from_slice(&kv.value)
+    let record: MemberFields = serde_json::from_slice(&kv.value)
         .map_err(|e| format!("not a member record: {}", crate::json::cut(&e.to_string(), 200)))?;
     if record.kind != kind.as_str() {
         return Err(format!(
@@ -706,6 +706,49 @@ fn parse(prefix: &str, key: &str, kv: &KeyValue) -> std::result::Result<Parsed, 
         state: record.state,
         since,
     })
+}
+
+/// What a scan reads of a [`MemberRecord`](super::MemberRecord): the same fields, by the same
+/// rules, but `detail` is only checked to be an object and skipped, never
+/// built (64 KiB of `[0,0,...]` in it would be a `serde_json::Value` of
+/// 1 MiB).
+#[derive(serde::Deserialize)]
+struct MemberFields {
+    kind: String,
+    #[serde(rename = "id")]
+    _id: String,
+    owner: String,
+    state: String,
+    since: String,
+    #[serde(default, rename = "detail")]
+    _detail: SkippedObject,
+}
+
+/// An object, walked and dropped as it is read.
+#[derive(Default)]
+struct SkippedObject;
+
+impl<'de> serde::Deserialize<'de> for SkippedObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SkippedObject;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<SkippedObject, E> {
+                Ok(SkippedObject)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<SkippedObject, A::Error> {
+                serde::de::IgnoredAny.visit_map(map).map(|_| SkippedObject)
+            }
+        }
+        // As `serde_json::Map` asks for it: an object, nothing else.
+        d.deserialize_map(V)
+    }
 }
 
 /// The watch thread's side.
