@@ -215,51 +215,12 @@ impl MonitorArgs {
     }
 }
 
-/// The program a hook names by its path, when the shell would run that
-/// file: the first word of the command, if it holds a `/` and nothing the
-/// shell would quote, expand or redirect (`A=1 cmd`, `$HOME/x`, `>log x`
-/// and `'/a b'` are left to the shell).
-fn hook_program(command: &str) -> Option<&std::path::Path> {
-    let first = command.split_ascii_whitespace().next()?;
-    let plain = !first.bytes().any(|b| b"'\"\\$`;&|<>(){}[]*?~=#!".contains(&b));
-    (plain && first.contains('/')).then(|| std::path::Path::new(first))
-}
-
-/// A hook that names its program by path must name an executable regular
-/// file: found out at the start, not at the first timeout, in a log line.
+/// [`heartbeat::service::check_hook_command`], its error naming `flag`.
 fn check_hook(flag: &str, command: &str) -> Result<(), Error> {
-    use std::os::unix::fs::PermissionsExt;
-    let Some(program) = hook_program(command) else { return Ok(()) };
-    let why = match std::fs::metadata(program) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_owned(),
-        Err(e) => format!("cannot be looked at: {e}"),
-        Ok(meta) if !meta.is_file() => format!("is {}, not a regular file", file_kind(&meta)),
-        Ok(meta) if meta.permissions().mode() & 0o111 == 0 => {
-            format!("is not executable (mode {:o}; chmod +x it)", meta.permissions().mode() & 0o7777)
-        }
-        Ok(_) => return Ok(()),
-    };
-    Err(Error::InvalidConfig(format!("{flag}: {} {why}", program.display())))
-}
-
-/// What a file that is not a regular one is, for [`check_hook`] (in the
-/// library's words: "it is a FIFO, not a regular file").
-fn file_kind(meta: &std::fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else {
-        "not a regular file"
-    }
+    heartbeat::service::check_hook_command(command).map_err(|e| match e {
+        Error::InvalidConfig(why) => Error::InvalidConfig(format!("{flag}: {why}")),
+        other => other,
+    })
 }
 
 fn failed(e: &Error) -> ExitCode {
@@ -418,21 +379,6 @@ mod tests {
     #[test]
     fn a_hook_naming_its_program_by_path_must_name_an_executable_file() {
         use std::path::Path;
-        assert_eq!(hook_program("/usr/local/bin/alert --loud"), Some(Path::new("/usr/local/bin/alert")));
-        assert_eq!(hook_program("  ./alert.sh"), Some(Path::new("./alert.sh")));
-        for left_to_the_shell in [
-            "logger \"$HEARTBEAT_SESSION\"",
-            "A=1 /bin/x",
-            "'/a b'",
-            "$HOME/x",
-            ">log /bin/x",
-            "~/x",
-            "",
-            "x;/y",
-        ] {
-            assert_eq!(hook_program(left_to_the_shell), None, "{left_to_the_shell:?}");
-        }
-
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("alert.sh");
         std::fs::write(&script, "#!/bin/sh\n").unwrap();

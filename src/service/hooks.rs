@@ -46,6 +46,39 @@ static DROPPED: LogLimit = log_limit!(log::Level::Warn, "hook queue full, hooks 
 static FAILED: LogLimit = log_limit!(log::Level::Warn, "hooks failed");
 static TIMED_OUT: LogLimit = log_limit!(log::Level::Warn, "hooks killed after their timeout");
 
+/// The program a hook names by its path, when the shell would run that
+/// file: the first word of the command, if it holds a `/` and nothing the
+/// shell would quote, expand or redirect (`A=1 cmd`, `$HOME/x`, `>log x`
+/// and `'/a b'` are left to the shell).
+fn hook_program(command: &str) -> Option<&std::path::Path> {
+    let first = command.split_ascii_whitespace().next()?;
+    let plain = !first.bytes().any(|b| b"'\"\\$`;&|<>(){}[]*?~=#!".contains(&b));
+    (plain && first.contains('/')).then(|| std::path::Path::new(first))
+}
+
+/// Checks a hook command before it is ever run: one that names its
+/// program by path must name an executable regular file (found out at the
+/// start, not at the first timeout, in a log line); a command left to the
+/// shell (`logger ...`, `A=1 /bin/x`) is not checked. An
+/// [`Error::InvalidConfig`](crate::Error::InvalidConfig) says what is
+/// wrong: "/x/alert.sh is a FIFO, not a regular file".
+pub fn check_hook_command(command: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(program) = hook_program(command) else { return Ok(()) };
+    let why = match std::fs::metadata(program) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_owned(),
+        Err(e) => format!("cannot be looked at: {e}"),
+        Ok(meta) if !meta.is_file() => {
+            format!("is {}, not a regular file", crate::files::kind(meta.file_type()))
+        }
+        Ok(meta) if meta.permissions().mode() & 0o111 == 0 => {
+            format!("is not executable (mode {:o}; chmod +x it)", meta.permissions().mode() & 0o7777)
+        }
+        Ok(_) => return Ok(()),
+    };
+    Err(crate::Error::InvalidConfig(format!("{} {why}", program.display())))
+}
+
 /// The commands and their limits.
 #[derive(Debug, Clone)]
 pub struct HookConfig {
@@ -392,6 +425,25 @@ mod tests {
             thread::sleep(Duration::from_millis(10));
         }
         false
+    }
+
+    #[test]
+    fn a_hook_names_its_program_by_path_only_where_the_shell_would_run_that_file() {
+        use std::path::Path;
+        assert_eq!(hook_program("/usr/local/bin/alert --loud"), Some(Path::new("/usr/local/bin/alert")));
+        assert_eq!(hook_program("  ./alert.sh"), Some(Path::new("./alert.sh")));
+        for left_to_the_shell in [
+            "logger \"$HEARTBEAT_SESSION\"",
+            "A=1 /bin/x",
+            "'/a b'",
+            "$HOME/x",
+            ">log /bin/x",
+            "~/x",
+            "",
+            "x;/y",
+        ] {
+            assert_eq!(hook_program(left_to_the_shell), None, "{left_to_the_shell:?}");
+        }
     }
 
     #[test]

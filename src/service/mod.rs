@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime};
 use crossbeam_channel::{Receiver, Sender, select};
 use parking_lot::Mutex;
 
-pub use self::hooks::HookConfig;
+pub use self::hooks::{HookConfig, check_hook_command};
 use self::hooks::{HookEvent, HookJob, Hooks};
 pub use self::persist::{load_state, read_token_file, save_state};
 use crate::error::{Error, Result};
