@@ -13,7 +13,7 @@ use serde_json::Value;
 
 #[path = "support/child.rs"]
 mod child;
-use child::{Spawned, heartbeat, read_lines};
+use child::{Spawned, heartbeat, read_lines, told};
 
 const BOUND: Duration = Duration::from_secs(10);
 
@@ -1097,21 +1097,6 @@ fn stop_and_read(mut service: Service, stderr: &mpsc::Receiver<String>) -> Strin
     service.signal(libc::SIGTERM);
     assert!(service.wait().success());
     stderr.recv_timeout(BOUND).expect("stderr closed within the bound")
-}
-
-/// The lines a rate-limited call site was asked for: the lines written
-/// that contain `line`, and the counts of those suppressed, which come
-/// with the next line written or in a summary line starting `summary`.
-fn told(log: &str, line: &str, summary: &str) -> u64 {
-    let count = |l: &str| -> u64 {
-        l.split_once(" similar line")
-            .and_then(|(before, _)| before.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    log.lines()
-        .filter(|l| l.contains(line) || l.contains(summary))
-        .map(|l| if l.contains(summary) { count(l) } else { 1 + count(l) })
-        .sum()
 }
 
 /// Issue 22, defect 5: a failure report wrote a WARN line each, and each

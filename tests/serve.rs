@@ -14,7 +14,7 @@ use serde_json::Value;
 
 #[path = "support/child.rs"]
 mod child;
-use child::{Spawned, heartbeat, read_lines};
+use child::{Spawned, heartbeat, read_lines, told};
 
 const BOUND: Duration = Duration::from_secs(10);
 
@@ -649,21 +649,6 @@ fn peer_with_a_stdout_nobody_reads_still_stops_on_sigterm() {
     child.signal(libc::SIGTERM);
     assert!(child.wait_bounded(BOUND, "peer with a full stdout").success());
     hub.stop();
-}
-
-/// The lines a rate-limited call site was asked for: the lines written
-/// that contain `line`, and the counts of those suppressed, which come
-/// with the next line written or in a summary line containing `summary`.
-fn told(log: &str, line: &str, summary: &str) -> u64 {
-    let count = |l: &str| -> u64 {
-        l.split_once(" similar line")
-            .and_then(|(before, _)| before.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    log.lines()
-        .filter(|l| l.contains(line) || l.contains(summary))
-        .map(|l| if l.contains(summary) { count(l) } else { 1 + count(l) })
-        .sum()
 }
 
 /// Issue 22, defect 5, for the hub: each peer evicted was a line at info,

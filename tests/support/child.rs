@@ -74,3 +74,18 @@ pub fn read_lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
     });
     rx
 }
+
+/// The lines a rate-limited call site was asked for: the lines written
+/// that contain `line`, and the counts of those suppressed, which come
+/// with the next line written or in a summary line containing `summary`.
+pub fn told(log: &str, line: &str, summary: &str) -> u64 {
+    let count = |l: &str| -> u64 {
+        l.split_once(" similar line")
+            .and_then(|(before, _)| before.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    log.lines()
+        .filter(|l| l.contains(line) || l.contains(summary))
+        .map(|l| if l.contains(summary) { count(l) } else { 1 + count(l) })
+        .sum()
+}
